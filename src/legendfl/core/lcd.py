@@ -1,0 +1,135 @@
+"""LoRA Configuration Determination (LEGEND, Algorithm 1, eq. 10-16). Pure functions.
+
+Interpretation of Algorithm 1 (the printed lines 2-3 are ambiguous; as printed the slowest device would
+get depth 0). We follow the text: "the most powerful device is assigned maximum LoRA depth L, the weakest
+device is assigned L - k^h, while other devices are assigned values within the gap based on their
+capabilities". With t_i the predicted completion time of device i at full depth (eq. 12 with all L layers
+and the global rank distribution), t_max and t_min the slowest and fastest:
+
+    line 2: k^h   = ceil(L * (t_max - t_min) / t_max), clipped to [0, L - 1]       (the depth gap)
+    line 3: k_i^h = L - ceil(k^h * (t_i - t_min) / (t_max - t_min))                (the depth of device i)
+
+so depth falls from L (fastest) to L - k^h (slowest), monotone in t_i.
+
+Line 4, the rank distribution: r_l = r_0 + lambda * l (eq. 10, non-decreasing towards the output), with r_0
+the largest integer >= 1 such that sum_l r_l <= psi (eq. 11); the integer remainder psi - sum (< L) is
+added, one each, to the layers closest to the output, which keeps the ranks non-decreasing and uses the
+budget whole.
+
+Line 5, budgets: each device's depth is lowered greedily until eq. 14 (``hat_c + c * sum of its ranks <=
+C_i``) and eq. 15 (``b * sum of its ranks <= B_i``) hold; a device that violates them even at depth 1 keeps
+depth 1 and is flagged. The waiting-time bound of eq. 16 (mean predicted waiting <= epsilon) is met by
+widening the depth gap k^h step by step (up to L - 1), which keeps depths monotone in speed.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from .capacity import DeviceEstimate
+
+
+def rank_distribution(num_layers: int, rank_budget: int, rank_step: int = 1) -> list[int]:
+    """Global ranks r_0..r_{L-1}: arithmetic with difference ``rank_step``, sum <= ``rank_budget``."""
+    if num_layers <= 0:
+        raise ValueError(f"num_layers must be positive, got {num_layers}")
+    if rank_step < 0:
+        raise ValueError(f"rank_step must be >= 0, got {rank_step}")
+    rise = rank_step * num_layers * (num_layers - 1) // 2
+    r0 = (rank_budget - rise) // num_layers
+    if r0 < 1:
+        raise ValueError(f"rank_budget must be >= {num_layers + rise} for {num_layers} layers with rank_step "
+                         f"{rank_step}, got {rank_budget}")
+    ranks = [r0 + rank_step * l for l in range(num_layers)]
+    leftover = rank_budget - sum(ranks)
+    for l in range(num_layers - leftover, num_layers):
+        ranks[l] += 1
+    return ranks
+
+
+def uniform_distribution(num_layers: int, rank_budget: int) -> list[int]:
+    """The same total budget spread evenly (LEGEND w/o rank distribution); remainder to the top layers."""
+    return rank_distribution(num_layers, rank_budget, 0)
+
+
+@dataclass
+class Budgets:
+    """Per-device resource budgets of eq. 14-16; ``None`` means unbounded."""
+
+    compute: dict[int, float] | float | None = None  # C_i
+    comm: dict[int, float] | float | None = None  # B_i, bytes
+    waiting: float | None = None  # epsilon, seconds
+    compute_per_rank: float = 1.0  # c
+    compute_forward: float = 0.0  # hat_c
+    bytes_per_rank: float = 1.0  # b: bytes of one layer's LoRA at unit rank
+
+    def _of(self, value, device: int) -> float | None:
+        if isinstance(value, dict):
+            return value.get(device)
+        return value
+
+    def allows(self, device: int, rank_sum: int) -> bool:
+        c, b = self._of(self.compute, device), self._of(self.comm, device)
+        if c is not None and self.compute_forward + self.compute_per_rank * rank_sum > c:
+            return False
+        if b is not None and self.bytes_per_rank * rank_sum > b:
+            return False
+        return True
+
+
+@dataclass
+class LcdDecision:
+    depths: dict[int, int]
+    depth_gap: int
+    predicted_times: dict[int, float]  # eq. 12 at the chosen depths
+    full_depth_times: dict[int, float]  # eq. 12 at depth L (the speeds that order devices)
+    over_budget: list[int] = field(default_factory=list)
+
+    @property
+    def mean_waiting(self) -> float:
+        if not self.predicted_times:
+            return 0.0
+        slowest = max(self.predicted_times.values())
+        return sum(slowest - t for t in self.predicted_times.values()) / len(self.predicted_times)
+
+
+def _top_rank_sum(ranks: list[int], depth: int) -> int:
+    return sum(ranks[len(ranks) - depth:])
+
+
+def depths_for_gap(full_times: dict[int, float], num_layers: int, gap: int) -> dict[int, int]:
+    """Algorithm 1, line 3 (as interpreted above)."""
+    t_max, t_min = max(full_times.values()), min(full_times.values())
+    spread = t_max - t_min
+    if spread <= 0 or gap == 0:
+        return {d: num_layers for d in full_times}
+    return {d: num_layers - math.ceil(gap * (t - t_min) / spread - 1e-12) for d, t in full_times.items()}
+
+
+def configure_depths(estimates: dict[int, DeviceEstimate], ranks: list[int], budgets: Budgets | None = None) -> LcdDecision:
+    """Algorithm 1: each device's LoRA depth given capacity estimates and the global rank distribution."""
+    if not estimates:
+        raise ValueError("estimates must not be empty")
+    budgets = budgets or Budgets()
+    L = len(ranks)
+    full = {d: e.completion_time(L, sum(ranks)) for d, e in estimates.items()}
+    t_max, t_min = max(full.values()), min(full.values())
+    gap = min(L - 1, math.ceil(L * (t_max - t_min) / t_max - 1e-12)) if t_max > 0 else 0
+    gap = max(gap, 0)
+
+    def decide(g: int) -> LcdDecision:
+        depths = depths_for_gap(full, L, g)
+        over = []
+        for d in depths:  # line 5: greedy depth reduction until eq. 14 and 15 hold
+            while depths[d] > 1 and not budgets.allows(d, _top_rank_sum(ranks, depths[d])):
+                depths[d] -= 1
+            if not budgets.allows(d, _top_rank_sum(ranks, depths[d])):
+                over.append(d)
+        times = {d: estimates[d].completion_time(depths[d], _top_rank_sum(ranks, depths[d])) for d in depths}
+        return LcdDecision(depths, g, times, full, over)
+
+    decision = decide(gap)
+    if budgets.waiting is not None:
+        while decision.mean_waiting > budgets.waiting and decision.depth_gap < L - 1:
+            decision = decide(decision.depth_gap + 1)
+    return decision

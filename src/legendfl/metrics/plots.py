@@ -1,0 +1,88 @@
+"""Pictures a person would look at, re-made from the records alone.
+
+- ``accuracy_vs_time.png``: global accuracy against virtual time;
+- ``traffic_vs_accuracy.png``: cumulative traffic against accuracy;
+- ``timeline_round_N.png``: one bar per device (download, compute, upload, wait), sorted by completion.
+
+``overlay_*`` variants draw several strategies on the same axes (used by comparisons).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _evaluated(records: list[dict]) -> list[dict]:
+    return [r for r in records if r.get("accuracy") is not None]
+
+
+def plot_accuracy_vs_time(runs: dict[str, list[dict]], path: Path, target: float | None = None) -> Path:
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for name, records in runs.items():
+        ev = _evaluated(records)
+        ax.plot([0.0] + [r["virtual_time_s"] for r in ev], [None] + [100 * r["accuracy"] for r in ev], marker="o", ms=3, label=name)
+    if target is not None:
+        ax.axhline(100 * target, ls="--", c="grey", lw=1, label=f"target {100 * target:.1f}%")
+    ax.set_xlabel("virtual time (s)")
+    ax.set_ylabel("dev accuracy (%)")
+    ax.set_title("Accuracy vs virtual time")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_traffic_vs_accuracy(runs: dict[str, list[dict]], path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for name, records in runs.items():
+        ev = _evaluated(records)
+        ax.plot([100 * r["accuracy"] for r in ev], [r["traffic_bytes"] / 1e6 for r in ev], marker="o", ms=3, label=name)
+    ax.set_xlabel("dev accuracy (%)")
+    ax.set_ylabel("cumulative traffic (MB, up + down)")
+    ax.set_title("Traffic vs accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_timeline(record: dict, path: Path) -> Path:
+    """One horizontal bar per device: download, compute (forward + backward), upload, then waiting."""
+    devs = sorted(record["devices"].items(), key=lambda kv: kv[1]["total_s"])
+    fig, ax = plt.subplots(figsize=(7.5, 0.32 * len(devs) + 1.6))
+    parts = [("download_s", "download", "#4c72b0"), ("compute", "compute", "#dd8452"),
+             ("upload_s", "upload", "#55a868"), ("waiting_s", "wait", "#d9d9d9")]
+    for row, (dev, d) in enumerate(devs):
+        left = 0.0
+        for key, label, color in parts:
+            width = d["forward_s"] + d["backward_s"] if key == "compute" else d[key]
+            ax.barh(row, width, left=left, color=color, label=label if row == 0 else None)
+            left += width
+    ax.set_yticks(range(len(devs)))
+    ax.set_yticklabels([f"{dev} {d['kind']} m{d['mode']}" + (f" k={d['depth']}" if "depth" in d else "") for dev, d in devs], fontsize=7)
+    ax.set_xlabel("seconds of virtual time")
+    ax.set_title(f"{record['strategy']}: device timeline of round {record['round']} (sorted by completion)")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def run_plots(records: list[dict], out_dir: Path, timeline_round: int | None = None) -> list[str]:
+    name = records[0]["strategy"] if records else "run"
+    made = [plot_accuracy_vs_time({name: records}, out_dir / "accuracy_vs_time.png"),
+            plot_traffic_vs_accuracy({name: records}, out_dir / "traffic_vs_accuracy.png")]
+    if records:
+        rnd = timeline_round or records[min(1, len(records) - 1)]["round"]
+        rec = next(r for r in records if r["round"] == rnd)
+        made.append(plot_timeline(rec, out_dir / f"timeline_round_{rnd}.png"))
+    return [p.name for p in made]

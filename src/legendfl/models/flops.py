@@ -1,0 +1,57 @@
+"""FLOPs of the work a device really does, counted from the model's shapes and the token counts.
+
+Per token (one multiply-add = 2 FLOPs), for a batch padded to ``seq_len``:
+
+- forward of one transformer layer: ``2 * sum(in*out)`` over its linear modules plus attention scores and
+  mixing ``4 * seq_len * hidden``;
+- forward of a LoRA pair of rank r on an (in, out) module: ``2 * r * (in + out)``;
+- backward: nothing below the shallowest LoRA layer (no gradient is computed there). Each layer from the
+  shallowest LoRA layer up to the output propagates activation gradients through its frozen weights,
+  which costs about one forward of that layer; each LoRA pair costs twice its forward (gradient of its
+  input and of its weights). Full fine-tuning costs two forwards per layer (inputs and weights).
+- the head: twice its forward in backward. Embeddings are lookups and are not counted.
+"""
+from __future__ import annotations
+
+from ..core.lora_layout import LoraLayout
+from ..core.strategy import ModelSpec
+
+
+def layer_forward_flops(spec: ModelSpec, tokens: int, seq_len: int) -> float:
+    linear = sum(i * o for i, o in spec.linear_modules.values())
+    return float(tokens) * (2.0 * linear + 4.0 * seq_len * spec.hidden_size)
+
+
+def lora_forward_flops(spec: ModelSpec, rank: int, tokens: int) -> float:
+    return float(tokens) * 2.0 * rank * sum(i + o for i, o in spec.linear_modules.values())
+
+
+def head_forward_flops(spec: ModelSpec, sequences: int) -> float:
+    return 2.0 * sequences * sum(t.numel() for k, t in spec.head.items() if k.endswith("weight"))
+
+
+def batch_flops(spec: ModelSpec, layout: LoraLayout | None, sequences: int, seq_len: int,
+                *, full: bool = False, extra_forward_per_layer: dict[int, float] | None = None) -> tuple[float, float]:
+    """(forward, backward) FLOPs of one training batch of ``sequences`` x ``seq_len`` padded tokens.
+
+    ``layout`` None with ``full=False`` means inference only (no backward). ``extra_forward_per_layer``
+    adds per-layer forward FLOPs of other trainable modules (e.g. adapters), counted like LoRA.
+    """
+    tokens = sequences * seq_len
+    per_layer = layer_forward_flops(spec, tokens, seq_len)
+    forward = spec.num_layers * per_layer + head_forward_flops(spec, sequences)
+    backward = 0.0
+    if full:
+        backward = 2.0 * spec.num_layers * per_layer + 2.0 * head_forward_flops(spec, sequences)
+        return forward, backward
+    trained: dict[int, float] = {}
+    if layout is not None:
+        for layer, rank in layout.ranks.items():
+            trained[layer] = trained.get(layer, 0.0) + lora_forward_flops(spec, rank, tokens)
+    for layer, extra in (extra_forward_per_layer or {}).items():
+        trained[layer] = trained.get(layer, 0.0) + extra
+    forward += sum(trained.values())
+    if trained:
+        depth = spec.num_layers - min(trained)
+        backward = depth * per_layer + 2.0 * sum(trained.values()) + 2.0 * head_forward_flops(spec, sequences)
+    return forward, backward

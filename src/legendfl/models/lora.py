@@ -1,0 +1,147 @@
+"""Per-layer LoRA on the shared backbone through peft.
+
+A :class:`~legendfl.core.lora_layout.LoraLayout` becomes a ``peft.LoraConfig`` with
+``layers_to_transform`` (the chosen layers), ``rank_pattern`` (each layer's rank) and ``alpha_pattern``.
+
+Scaling, decided deliberately: peft scales a LoRA pair by ``lora_alpha / r``. We set every layer's alpha to
+``lora_scaling * r`` (``alpha_pattern``), so the scaling is the same constant for every layer and every rank.
+Layers of different ranks (LEGEND's rank distribution, HetLoRA's truncated ranks) then produce updates of
+comparable magnitude, and truncating or zero-padding a pair does not change its scale. The default
+``lora_scaling = 2`` equals the common ``alpha = 16, r = 8``.
+
+LoRA goes on all linear modules of each chosen block, as the paper does. The head is not a LoRA module:
+it is trained by every device and handled by the trainer.
+"""
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+
+from ..core.lora_layout import LoraLayout
+from ..core.strategy import Tensors, lora_key
+from .backbone import Backbone
+
+ADAPTER = "default"
+
+
+def lora_config(backbone: Backbone, layout: LoraLayout, *, scaling: float = 2.0, dropout: float = 0.0,
+                modules_to_save: list[str] | None = None) -> LoraConfig:
+    if layout.num_layers != backbone.num_layers:
+        raise ValueError(f"layout has {layout.num_layers} layers, model has {backbone.num_layers}")
+    pattern = re.escape(backbone.layers_pattern)
+    rank_pattern = {rf"{pattern}\.{l}\..*": r for l, r in layout.ranks.items()}
+    alpha_pattern = {rf"{pattern}\.{l}\..*": scaling * r for l, r in layout.ranks.items()}
+    top_rank = max(layout.ranks.values())
+    return LoraConfig(
+        r=top_rank, lora_alpha=scaling * top_rank, lora_dropout=dropout, bias="none",
+        target_modules=sorted(backbone.linear_modules), layers_to_transform=layout.layers,
+        layers_pattern=backbone.layers_pattern, rank_pattern=rank_pattern, alpha_pattern=alpha_pattern,
+        modules_to_save=modules_to_save,
+    )
+
+
+def _param_regex(backbone: Backbone) -> re.Pattern:
+    return re.compile(rf"(?:^|\.){re.escape(backbone.block_prefix)}\.(\d+)\.(.+)\.lora_([AB])\.{ADAPTER}\.weight$")
+
+
+def get_lora_tensors(backbone: Backbone, peft_model: torch.nn.Module) -> Tensors:
+    """Canonical ``{layer}.{module}.lora_{A,B}`` -> tensor copies, for every LoRA pair in the model."""
+    regex = _param_regex(backbone)
+    out: Tensors = {}
+    for name, param in peft_model.named_parameters():
+        m = regex.search(name)
+        if m:
+            out[lora_key(int(m.group(1)), m.group(2), m.group(3))] = param.detach().clone()
+    return out
+
+
+def set_lora_tensors(backbone: Backbone, peft_model: torch.nn.Module, tensors: Tensors) -> None:
+    """Copy canonical tensors into the model's LoRA parameters; every pair in the model must be given."""
+    regex = _param_regex(backbone)
+    seen = set()
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            m = regex.search(name)
+            if not m:
+                continue
+            key = lora_key(int(m.group(1)), m.group(2), m.group(3))
+            if key not in tensors:
+                raise KeyError(f"no tensor given for LoRA parameter {key}")
+            value = tensors[key]
+            if tuple(value.shape) != tuple(param.shape):
+                raise ValueError(f"{key}: shape {tuple(value.shape)} does not match the layer's {tuple(param.shape)}")
+            param.copy_(value)
+            seen.add(key)
+    extra = {k for k in tensors if k[0].isdigit()} - seen
+    if extra:
+        raise KeyError(f"tensors for layers without LoRA in this model: {sorted(extra)[:4]}")
+
+
+def head_parameters(backbone: Backbone, model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    """The head's live parameters (``head.<name>`` keys), in a plain or a peft-wrapped model."""
+    params = dict(model.named_parameters())
+    out = {}
+    for n in backbone.head_names:
+        for candidate in (n, f"base_model.model.{n}"):
+            if candidate in params:
+                out[f"head.{n}"] = params[candidate]
+                break
+        else:
+            raise KeyError(f"head parameter {n} not found")
+    return out
+
+
+@contextmanager
+def lora_adapter(backbone: Backbone, layout: LoraLayout, params: Tensors, *, scaling: float = 2.0,
+                 dropout: float = 0.0, train_head: bool = True) -> Iterator[PeftModel]:
+    """Inject ``layout``'s LoRA into the shared backbone, load ``params``, yield, then remove it again.
+
+    The base model is never copied: peft wraps it in place and ``unload()`` restores the original modules.
+    """
+    peft_model = get_peft_model(backbone.model, lora_config(backbone, layout, scaling=scaling, dropout=dropout))
+    try:
+        set_lora_tensors(backbone, peft_model, {k: v for k, v in params.items() if not k.startswith("head.")})
+        head = head_parameters(backbone, peft_model)
+        with torch.no_grad():
+            for key, p in head.items():
+                if key in params:
+                    p.copy_(params[key])
+                p.requires_grad_(train_head)
+        yield peft_model
+    finally:
+        for p in head_parameters(backbone, backbone.model).values():
+            p.requires_grad_(False)
+        peft_model.unload()
+        backbone.model.eval()
+
+
+def export_adapter(backbone: Backbone, layout: LoraLayout, params: Tensors, out_dir: str, *,
+                   scaling: float = 2.0) -> None:
+    """Save the global LoRA (and head, as ``modules_to_save``) in peft format.
+
+    ``PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(base), out_dir)`` then
+    reproduces the global model.
+    """
+    head_modules = sorted({n.rsplit(".", 1)[0].split(".")[0] for n in backbone.head_names})
+    cfg = lora_config(backbone, layout, scaling=scaling, modules_to_save=head_modules)
+    cfg.base_model_name_or_path = backbone.name
+    cfg.task_type = "SEQ_CLS"
+    peft_model = get_peft_model(backbone.model, cfg)
+    try:
+        set_lora_tensors(backbone, peft_model, {k: v for k, v in params.items() if not k.startswith("head.")})
+        live = dict(peft_model.named_parameters())
+        with torch.no_grad():
+            for n in backbone.head_names:
+                top, rest = n.split(".", 1)
+                key = f"base_model.model.{top}.modules_to_save.{ADAPTER}.{rest}"
+                live[key].copy_(params[f"head.{n}"])
+        peft_model.save_pretrained(out_dir)
+    finally:
+        peft_model.unload()
+        for p in backbone.model.parameters():
+            p.requires_grad_(False)
+        backbone.model.eval()

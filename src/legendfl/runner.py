@@ -1,0 +1,81 @@
+"""One run from a :class:`RunConfig`: data, model, partition, fleet, strategy, simulation, outputs."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .config import RunConfig
+from .data.partition import partition, partition_stats
+from .data.tasks import load_task
+from .fleet.devices import load_fleet
+from .metrics.summary import summarize
+from .models.backbone import load_backbone
+from .models.trainer import TokenizedData, TrainConfig
+from .runtime.inprocess import SimulationSetup, run_simulation
+from .strategies import build_strategy
+
+
+def prepare(cfg: RunConfig, progress: Callable[[str], None] = print) -> SimulationSetup:
+    """Everything a runtime needs, built from the configuration (validating inputs before any training)."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    task = load_task(cfg.task, data_file=cfg.data_file, dev_file=cfg.dev_file, text_columns=cfg.text_columns,
+                     label_column=cfg.label_column, seed=cfg.seed)
+    labels = [ex[2] for ex in task.train]
+    parts = partition(labels, cfg.num_devices, scheme=cfg.partition, alpha=cfg.dirichlet_alpha, seed=cfg.seed,
+                      max_examples_per_device=cfg.max_examples_per_device)
+    fleet = load_fleet(cfg.fleet, cfg.num_devices, cfg.seed)
+    backbone = load_backbone(cfg.model, task.num_labels, cfg.seed)
+    for name, value in (("rank_budget", cfg.rank_budget), ("initial_depth", cfg.initial_depth)):
+        if name == "initial_depth" and value is not None and value > backbone.num_layers:
+            raise ValueError(f"initial_depth must be in [1, {backbone.num_layers}], got {value}")
+    t0 = time.perf_counter()
+    train = TokenizedData(backbone.tokenizer, task.train, cfg.max_length)
+    dev = TokenizedData(backbone.tokenizer, task.dev, cfg.max_length)
+    progress(f"task {task.name}: {len(task.train)} train / {len(task.dev)} dev examples, labels {task.label_names}; "
+             f"tokenised in {time.perf_counter() - t0:.1f}s")
+    progress(f"model {cfg.model}: {backbone.num_layers} layers, LoRA targets {sorted(backbone.linear_modules)}, "
+             f"head {backbone.head_names}")
+    tcfg = TrainConfig(batch_size=cfg.batch_size, local_epochs=cfg.local_epochs, max_local_steps=cfg.max_local_steps,
+                       weight_decay=cfg.weight_decay, lora_scaling=cfg.lora_scaling, seed=cfg.seed)
+    setup = SimulationSetup(backbone, train, dev, parts, fleet, tcfg, cfg.rounds, cfg.eval_every, cfg.report_noise, cfg.seed)
+    setup.label_names = task.label_names  # type: ignore[attr-defined]
+    setup.stats = partition_stats(parts, labels, task.num_labels)  # type: ignore[attr-defined]
+    return setup
+
+
+def run(cfg: RunConfig, progress: Callable[[str], None] = print) -> dict:
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    setup = prepare(cfg, progress)
+    strategy = build_strategy(cfg)
+    (out / "config.json").write_text(json.dumps(cfg.to_json(), indent=2))
+    (out / "partition.json").write_text(json.dumps(setup.stats, indent=1))
+    sizes = [s["examples"] for s in setup.stats]
+    progress(f"partition {cfg.partition} (alpha {cfg.dirichlet_alpha}) over {cfg.num_devices} devices: sizes "
+             f"min {min(sizes)} / max {max(sizes)}; per device: " +
+             ", ".join(f"{s['device']}:{s['examples']}{s['label_counts']}" for s in setup.stats[:12]) +
+             (" ..." if len(sizes) > 12 else ""))
+    progress(f"fleet {setup.fleet.name}: " + ", ".join(sorted({d.kind for d in setup.fleet.devices})[:6]))
+    t0 = time.perf_counter()
+    records = run_simulation(strategy, setup, out, progress)
+    summary = {**summarize(records, cfg.target_accuracy), **strategy.summary(), "task": cfg.task, "model": cfg.model,
+               "fleet": cfg.fleet, "num_devices": cfg.num_devices, "wall_time_s": time.perf_counter() - t0}
+    task = strategy.evaluation_task()
+    if task.kind == "lora":
+        from .models.lora import export_adapter
+
+        export_adapter(setup.backbone, task.layout, task.params, str(out / "adapter"), scaling=cfg.lora_scaling)
+        (out / "adapter" / "labels.json").write_text(json.dumps(setup.label_names))
+    try:
+        from .metrics.plots import run_plots
+
+        summary["plots"] = run_plots(records, out)
+    except ImportError:  # pragma: no cover - matplotlib missing
+        summary["plots"] = []
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

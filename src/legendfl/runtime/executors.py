@@ -1,0 +1,64 @@
+"""What a runtime does with a task: train it or evaluate it, by the task's kind.
+
+Runtimes (in-process, Flower) call these; strategies never do. New kinds of method (adapters, full
+fine-tuning) register a trainer and an evaluator here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from ..core.strategy import DeviceResult, DeviceTask, key_layer, tensors_bytes
+from ..fleet.cost_model import DeviceWork
+from ..models.backbone import Backbone
+from ..models.trainer import TokenizedData, TrainConfig, evaluate_lora, train_lora
+
+
+@dataclass
+class DeviceData:
+    backbone: Backbone
+    train: TokenizedData
+    cfg: TrainConfig
+
+
+Trainer = Callable[[DeviceTask, DeviceData, list[int]], DeviceResult]
+Evaluator = Callable[[DeviceTask, Backbone, TokenizedData, TrainConfig], dict]
+
+_TRAINERS: dict[str, Trainer] = {}
+_EVALUATORS: dict[str, Evaluator] = {}
+
+
+def register(kind: str, trainer: Trainer, evaluator: Evaluator) -> None:
+    _TRAINERS[kind] = trainer
+    _EVALUATORS[kind] = evaluator
+
+
+def _lora_trainer(task: DeviceTask, data: DeviceData, indices: list[int]) -> DeviceResult:
+    reg = task.settings.get("regularizer")
+    return train_lora(data.backbone, task, data.train, indices, data.cfg, regularizer=reg)
+
+
+def _lora_evaluator(task: DeviceTask, backbone: Backbone, dev: TokenizedData, cfg: TrainConfig) -> dict:
+    return evaluate_lora(backbone, task, dev, scaling=cfg.lora_scaling)
+
+
+register("lora", _lora_trainer, _lora_evaluator)
+
+
+def train(task: DeviceTask, data: DeviceData, indices: list[int]) -> DeviceResult:
+    if task.kind not in _TRAINERS:
+        raise ValueError(f"task kind must be one of {sorted(_TRAINERS)}, got {task.kind!r}")
+    return _TRAINERS[task.kind](task, data, indices)
+
+
+def evaluate(task: DeviceTask, backbone: Backbone, dev: TokenizedData, cfg: TrainConfig) -> dict:
+    return _EVALUATORS[task.kind](task, backbone, dev, cfg)
+
+
+def work_of(task: DeviceTask, result: DeviceResult) -> DeviceWork:
+    """The work the cost model prices: FLOPs done and bytes really exchanged."""
+    lora_up = {k: v for k, v in result.params.items() if key_layer(k) is not None}
+    depth = task.layout.depth if task.layout is not None else int(result.metrics.get("trained_depth", 0))
+    rank_sum = int(result.metrics.get("uploaded_rank_sum", task.layout.rank_sum if task.layout else 0))
+    return DeviceWork(result.forward_flops, result.backward_flops, task.download_bytes, result.upload_bytes,
+                      depth, rank_sum, tensors_bytes(lora_up))

@@ -1,0 +1,128 @@
+"""End-to-end runs through the CLI on real data and the real model (tiny sizes)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from legendfl.metrics.summary import read_records
+
+RECORD_KEYS = {"round", "strategy", "lr", "virtual_time_s", "round_time_s", "mean_waiting_s", "traffic_bytes",
+               "downlink_bytes", "uplink_bytes", "round_downlink_bytes", "round_uplink_bytes", "accuracy",
+               "eval_loss", "aggregation", "devices", "wall_s"}
+DEVICE_KEYS = {"kind", "mode", "download_s", "forward_s", "backward_s", "upload_s", "total_s", "waiting_s",
+               "examples", "tokens", "forward_flops", "backward_flops", "download_bytes", "upload_bytes"}
+
+
+def cli(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "legendfl", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def check_records(records):
+    for rec in records:
+        assert RECORD_KEYS <= set(rec), RECORD_KEYS - set(rec)
+        for d in rec["devices"].values():
+            assert DEVICE_KEYS <= set(d)
+            assert d["total_s"] == pytest.approx(d["download_s"] + d["forward_s"] + d["backward_s"] + d["upload_s"], abs=1e-3)
+        assert rec["round_time_s"] == pytest.approx(max(d["total_s"] for d in rec["devices"].values()), abs=1e-3)
+        assert rec["round_uplink_bytes"] == sum(d["upload_bytes"] for d in rec["devices"].values())
+        assert rec["round_downlink_bytes"] == sum(d["download_bytes"] for d in rec["devices"].values())
+
+
+@pytest.fixture(scope="module")
+def legend_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("legend")
+    r = cli("run", "--config", "configs/default.toml", "--num-devices", "6", "--rounds", "3", "--max-local-steps", "4",
+            "--max-examples-per-device", "200", "--out-dir", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out, r.stdout
+
+
+def test_legend_run_writes_records_summary_plots_and_adapter(legend_run):
+    out, stdout = legend_run
+    records = read_records(out / "rounds.jsonl")
+    assert len(records) == 3
+    check_records(records)
+    assert records[0]["strategy"] == "legend"
+    # round 1: conservative initial depth ceil(6/2) = 3 for all; then LCD gives per-device depths
+    assert {d["depth"] for d in records[0]["devices"].values()} == {3}
+    later = [d["depth"] for d in records[2]["devices"].values()]
+    assert max(later) == 6 and min(later) < 6  # the fastest trains all layers, slower ones fewer
+    ranks = records[2]["devices"]["0"]["ranks"]
+    assert ranks == sorted(ranks)
+    # only the layers a device trains travel: downlink bytes grow with depth
+    devs = records[2]["devices"].values()
+    by_depth = {d["depth"]: d["download_bytes"] for d in devs}
+    assert all(by_depth[a] < by_depth[b] for a in by_depth for b in by_depth if a < b)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["final_accuracy"] == records[-1]["accuracy"]
+    assert summary["time_to_target_s"] is not None and summary["mean_waiting_s"] >= 0
+    for png in ("accuracy_vs_time.png", "traffic_vs_accuracy.png", "timeline_round_2.png"):
+        assert (out / png).stat().st_size > 5000
+    assert (out / "adapter" / "adapter_config.json").exists()
+    assert "summary:" in stdout
+
+
+def test_exported_adapter_reproduces_accuracy_in_a_fresh_process(legend_run):
+    out, _ = legend_run
+    final = read_records(out / "rounds.jsonl")[-1]["accuracy"]
+    r = cli("eval-adapter", str(out / "adapter"), "--task", "sst2")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert abs(json.loads(r.stdout)["accuracy"] - final) <= 0.003
+
+
+def test_fedlora_run_same_schema(tmp_path):
+    r = cli("run", "--strategy", "fedlora", "--num-devices", "3", "--rounds", "1", "--max-local-steps", "2",
+            "--max-examples-per-device", "100", "--out-dir", str(tmp_path))
+    assert r.returncode == 0, r.stderr[-2000:]
+    records = read_records(tmp_path / "rounds.jsonl")
+    check_records(records)
+    assert {d["depth"] for d in records[0]["devices"].values()} == {6}
+    assert {tuple(d["ranks"]) for d in records[0]["devices"].values()} == {(8,) * 6}
+
+
+def test_user_tsv_with_string_labels_and_four_classes(tmp_path):
+    rows = ["text\tlabel"]
+    words = {"sports": "the team won the match", "politics": "the senate passed the bill",
+             "science": "the cell divides under the microscope", "music": "the band played a loud song"}
+    for i in range(40):
+        for label, text in words.items():
+            rows.append(f"{text} number {i}\t{label}")
+    data = tmp_path / "mine.tsv"
+    data.write_text("\n".join(rows) + "\n")
+    r = cli("run", "--data-file", str(data), "--num-devices", "4", "--rounds", "2", "--max-local-steps", "3",
+            "--strategy", "fedlora", "--out-dir", str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    labels = json.loads((tmp_path / "out" / "adapter" / "labels.json").read_text())
+    assert labels == ["music", "politics", "science", "sports"]
+    assert read_records(tmp_path / "out" / "rounds.jsonl")[-1]["accuracy"] is not None
+
+
+@pytest.mark.parametrize("args, field", [
+    (["--task", "imdb"], "task must be one of"),
+    (["--lora-rank", "0"], "lora_rank must be a positive integer"),
+    (["--initial-depth", "9"], "initial_depth must be in [1, 6]"),
+    (["--num-devices", "100000"], "num_devices (100000) must not exceed"),
+    (["--data-file", "MISSING"], "data file 'MISSING' does not exist"),
+    (["--data-file", "COLS", "--text-columns", "sentence"], "column 'sentence'"),
+    (["--data-file", "EMPTY"], "is empty"),
+])
+def test_bad_input_exits_with_one_line_naming_the_field(tmp_path, args, field):
+    cols = tmp_path / "cols.tsv"
+    cols.write_text("text\tlabel\na b\tx\nc d\ty\n")
+    empty = tmp_path / "empty.csv"
+    empty.write_text("text,label\n")
+    args = [str(cols) if a == "COLS" else str(empty) if a == "EMPTY" else a for a in args]
+    r = cli("run", *args, "--out-dir", str(tmp_path / "o"), timeout=120)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    lines = [l for l in r.stderr.strip().splitlines() if l.startswith("legendfl: error:")]
+    assert len(lines) == 1 and field in lines[0], r.stderr
+
+
+def test_help_explains_every_option():
+    r = cli("run", "--help", timeout=60)
+    assert r.returncode == 0
+    for flag in ("--rank-budget", "--rank-step", "--ema", "--fleet", "--dirichlet-alpha", "--max-local-steps"):
+        assert flag in r.stdout

@@ -1,0 +1,86 @@
+"""Property tests of LEGEND's configuration algorithm (Algorithm 1) over random fleets."""
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from legendfl.core.capacity import CapacityEstimator, DeviceEstimate
+from legendfl.core.lcd import Budgets, configure_depths, rank_distribution
+from legendfl.core.strategy import CapacityReport
+
+estimate = st.builds(DeviceEstimate, st.floats(0.001, 50.0), st.floats(0.0001, 5.0), st.floats(0.01, 100.0))
+fleets = st.dictionaries(st.integers(0, 200), estimate, min_size=1, max_size=40)
+
+
+@given(L=st.integers(1, 48), step=st.integers(0, 4), extra=st.integers(0, 400))
+def test_rank_distribution_properties(L, step, extra):
+    budget = L + step * L * (L - 1) // 2 + extra
+    ranks = rank_distribution(L, budget, step)
+    assert len(ranks) == L and all(isinstance(r, int) and r >= 1 for r in ranks)
+    assert all(a <= b for a, b in zip(ranks, ranks[1:]))  # eq. 10: non-decreasing towards the output
+    assert sum(ranks) <= budget  # eq. 11
+    assert sum(ranks) > budget - L  # uses the budget (remainder spread)
+
+
+def test_rank_distribution_paper_example_and_errors():
+    assert rank_distribution(6, 48, 1) == [5, 6, 7, 8, 10, 11]
+    assert rank_distribution(12, 96, 0) == [8] * 12
+    with pytest.raises(ValueError, match="rank_budget must be >= 18"):
+        rank_distribution(6, 17, 1)
+
+
+@settings(max_examples=300, deadline=None)
+@given(fleet=fleets, L=st.integers(1, 24))
+def test_depths_in_range_monotone_fastest_gets_L(fleet, L):
+    ranks = rank_distribution(L, 8 * L, 0 if L > 12 else 1)
+    d = configure_depths(fleet, ranks)
+    assert all(1 <= k <= L for k in d.depths.values())
+    speed = d.full_depth_times
+    fastest = min(speed, key=speed.get)
+    assert d.depths[fastest] == L
+    slowest = max(speed, key=speed.get)
+    assert d.depths[slowest] == L - d.depth_gap and 0 <= d.depth_gap <= L - 1
+    for a in fleet:
+        for b in fleet:
+            if speed[a] < speed[b]:
+                assert d.depths[a] >= d.depths[b]  # faster never gets a smaller depth
+
+
+@settings(max_examples=300, deadline=None)
+@given(fleet=fleets, L=st.integers(2, 12), comp=st.integers(1, 120), comm=st.floats(100, 2e6),
+       eps=st.one_of(st.none(), st.floats(0.0, 50.0)))
+def test_budgets_never_violated(fleet, L, comp, comm, eps):
+    ranks = rank_distribution(L, 8 * L, 1)
+    budgets = Budgets(compute=comp, comm=comm, waiting=eps, bytes_per_rank=3072.0)
+    d = configure_depths(fleet, ranks, budgets)
+    for dev, k in d.depths.items():
+        rank_sum = sum(ranks[L - k:])
+        within = rank_sum <= comp and 3072.0 * rank_sum <= comm
+        assert within or (k == 1 and dev in d.over_budget)
+    if eps is not None and d.depth_gap < L - 1:
+        assert d.mean_waiting <= eps + 1e-9
+    speed = d.full_depth_times
+    for a in fleet:
+        for b in fleet:
+            if speed[a] < speed[b]:
+                assert d.depths[a] >= d.depths[b]
+
+
+def test_depth_gap_follows_the_spread_by_hand():
+    # t_i at full depth (L = 4, ranks [1,2,3,4], sum 10): fwd + 4 mu + 10 beta
+    est = {0: DeviceEstimate(1.0, 0.0, 6.0), 1: DeviceEstimate(1.0, 0.0, 1.0), 2: DeviceEstimate(0.5, 0.0, 3.0)}
+    # full times: 10, 5, 5 -> gap = ceil(4 * 5/10) = 2; depths: 4 - ceil(2*(t-5)/5)
+    d = configure_depths(est, [1, 2, 3, 4])
+    assert d.depth_gap == 2 and d.depths == {0: 2, 1: 4, 2: 4}
+    assert d.predicted_times[0] == pytest.approx(6 + 2 * 1.0)
+
+
+def test_capacity_moving_average():
+    est = CapacityEstimator(ema=0.8)
+    est.update(7, CapacityReport(1.0, 0.1, 10.0))
+    e = est.update(7, CapacityReport(2.0, 0.2, 20.0))
+    assert e.backward_time_per_layer == pytest.approx(0.8 * 1.0 + 0.2 * 2.0)
+    assert e.upload_time_per_rank == pytest.approx(0.12) and e.forward_time == pytest.approx(12.0)
+    with pytest.raises(ValueError, match="ema"):
+        CapacityEstimator(ema=1.5)
