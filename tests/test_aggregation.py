@@ -27,3 +27,17 @@ def test_layerwise_average_over_devices_that_trained_each_layer():
 def test_shape_mismatch_is_refused():
     with pytest.raises(ValueError, match="shape mismatch"):
         layerwise_average([(1.0, {"0.a": torch.zeros(2, 3)}), (1.0, {"0.a": torch.zeros(3, 3)})], {})
+
+
+def test_run_config_validates_and_names_fields():
+    from legendfl.config import RunConfig
+
+    for kwargs, field in [({"strategy": "fedavg"}, "strategy must be one of"), ({"rounds": 0}, "rounds"),
+                          ({"lr": -1.0}, "lr must be > 0"), ({"ema": 2.0}, "ema must be in [0, 1]"),
+                          ({"max_local_steps": 0}, "max_local_steps"), ({"partition": "zipf"}, "partition must be one of"),
+                          ({"legend_weighting": "size"}, "legend_weighting must be one of"),
+                          ({"target_accuracy": 85.0}, "target_accuracy must be in (0, 1]")]:
+        with pytest.raises(ValueError) as err:
+            RunConfig(**kwargs)
+        assert field in str(err.value)
+    assert RunConfig().strategy == "legend"

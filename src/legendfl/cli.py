@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import types
 import typing
 
 from .config import RunConfig, load_config_file
@@ -29,11 +30,11 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     for f in dataclasses.fields(RunConfig):
         flag = "--" + f.name.replace("_", "-")
         hint = hints[f.name]
-        args = typing.get_args(hint)
+        args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else ()
         optional = type(None) in args
         base = next((a for a in args if a is not type(None)), hint)
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help_text = f"{f.metadata.get('help', '')} (default: {default})"
+        help_text = f"{f.metadata.get('help', '')} (default: {default})".replace("%", "%%")
         if typing.get_origin(base) is list:
             parser.add_argument(flag, nargs="+", default=argparse.SUPPRESS, help=help_text)
         else:
@@ -53,7 +54,7 @@ def _cmd_run(ns: argparse.Namespace) -> int:
     from .runner import run
 
     cfg = build_config(ns)
-    summary = run(cfg)
+    summary = run(cfg, progress=lambda line: print(line, flush=True))
     keys = ["final_accuracy", "best_accuracy", "target_accuracy", "time_to_target_s", "traffic_to_target_bytes",
             "virtual_time_s", "traffic_bytes", "mean_waiting_s", "wall_time_s"]
     print("summary: " + json.dumps({k: summary.get(k) for k in keys}))
@@ -76,8 +77,15 @@ def _cmd_eval_adapter(ns: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line naming the option."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"legendfl: error: {message}\n")
+
+
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="legendfl", description="Federated LoRA fine-tuning on heterogeneous devices (LEGEND and baselines).")
+    parser = _Parser(prog="legendfl", description="Federated LoRA fine-tuning on heterogeneous devices (LEGEND and baselines).")
     sub = parser.add_subparsers(dest="command", required=True)
     p_run = sub.add_parser("run", help="run one federated fine-tuning job in the in-process simulator",
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)

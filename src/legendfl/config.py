@@ -57,6 +57,7 @@ class RunConfig:
     initial_depth: int | None = _f(None, "LoRA depth of every device in round 1, before any report (default: ceil(L/2))")
     compute_budget: float | None = _f(None, "C_i: per-device computing budget in units of c (None: unbounded)")
     comm_budget: float | None = _f(None, "B_i: per-device upload budget in bytes per round (None: unbounded)")
+    legend_weighting: str = _f("uniform", "LEGEND's layer-wise average: plain mean over the devices that trained a layer (eq. 17) or weighted by their examples", ("uniform", "examples"))
     waiting_budget: float | None = _f(None, "epsilon: bound on the predicted mean waiting time in seconds (None: off)")
     # --- fleet and clock
     fleet: str = _f("jetson", "device fleet: jetson, phones, or a TOML file")

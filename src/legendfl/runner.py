@@ -30,9 +30,8 @@ def prepare(cfg: RunConfig, progress: Callable[[str], None] = print) -> Simulati
                       max_examples_per_device=cfg.max_examples_per_device)
     fleet = load_fleet(cfg.fleet, cfg.num_devices, cfg.seed)
     backbone = load_backbone(cfg.model, task.num_labels, cfg.seed)
-    for name, value in (("rank_budget", cfg.rank_budget), ("initial_depth", cfg.initial_depth)):
-        if name == "initial_depth" and value is not None and value > backbone.num_layers:
-            raise ValueError(f"initial_depth must be in [1, {backbone.num_layers}], got {value}")
+    if cfg.initial_depth is not None and cfg.initial_depth > backbone.num_layers:
+        raise ValueError(f"initial_depth must be in [1, {backbone.num_layers}], got {cfg.initial_depth}")
     t0 = time.perf_counter()
     train = TokenizedData(backbone.tokenizer, task.train, cfg.max_length)
     dev = TokenizedData(backbone.tokenizer, task.dev, cfg.max_length)

@@ -128,7 +128,9 @@ def export_adapter(backbone: Backbone, layout: LoraLayout, params: Tensors, out_
     """
     head_modules = sorted({n.rsplit(".", 1)[0].split(".")[0] for n in backbone.head_names})
     cfg = lora_config(backbone, layout, scaling=scaling, modules_to_save=head_modules)
-    cfg.base_model_name_or_path = backbone.name
+    from .backbone import resolve_model_path
+
+    cfg.base_model_name_or_path = resolve_model_path(backbone.name)
     cfg.task_type = "SEQ_CLS"
     peft_model = get_peft_model(backbone.model, cfg)
     try:

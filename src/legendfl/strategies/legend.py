@@ -100,7 +100,7 @@ def build_legend(cfg, **common: Any) -> Legend:
     """LEGEND or an ablation from a run configuration."""
     budgets = Budgets(compute=cfg.compute_budget, comm=cfg.comm_budget, waiting=cfg.waiting_budget)
     kwargs = dict(rank_budget=cfg.rank_budget, rank_step=cfg.rank_step, ema=cfg.ema, initial_depth=cfg.initial_depth,
-                  budgets=budgets, default_rank=cfg.lora_rank, **common)
+                  budgets=budgets, default_rank=cfg.lora_rank, weighting=cfg.legend_weighting, **common)
     if cfg.strategy == "legend":
         return Legend(**kwargs)
     if cfg.strategy == "legend-no-depth":
