@@ -11,6 +11,7 @@ import json
 import sys
 import types
 import typing
+from pathlib import Path
 
 from .config import RunConfig, load_config_file
 
@@ -58,7 +59,8 @@ def _cmd_run(ns: argparse.Namespace) -> int:
     keys = ["final_accuracy", "best_accuracy", "target_accuracy", "time_to_target_s", "traffic_to_target_bytes",
             "virtual_time_s", "traffic_bytes", "mean_waiting_s", "wall_time_s"]
     print("summary: " + json.dumps({k: summary.get(k) for k in keys}))
-    print(f"outputs in {cfg.out_dir}: rounds.jsonl, summary.json, adapter/, " + ", ".join(summary.get("plots", [])))
+    adapter = ["adapter/"] if (Path(cfg.out_dir) / "adapter").exists() else []
+    print(f"outputs in {cfg.out_dir}: " + ", ".join(["rounds.jsonl", "summary.json", *adapter, *summary.get("plots", [])]))
     return 0
 
 

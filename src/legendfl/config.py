@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-STRATEGIES = ("legend", "legend-no-depth", "legend-no-rank", "fedlora")
+STRATEGIES = ("legend", "legend-no-depth", "legend-no-rank", "fedlora", "hetlora", "fedadapter", "full")
 
 
 def _f(default: Any, help: str, choices: tuple | None = None) -> Any:
@@ -59,6 +59,15 @@ class RunConfig:
     comm_budget: float | None = _f(None, "B_i: per-device upload budget in bytes per round (None: unbounded)")
     legend_weighting: str = _f("uniform", "LEGEND's layer-wise average: plain mean over the devices that trained a layer (eq. 17) or weighted by their examples", ("uniform", "examples"))
     waiting_budget: float | None = _f(None, "epsilon: bound on the predicted mean waiting time in seconds (None: off)")
+    # --- baselines
+    pretest: str | None = _f(None, "FedLoRA with a pre-test layout of the paper's section 2: layers-a/s/m/d, depth-<k>, rank-inc/dec/avg/rand")
+    hetlora_r_min: int = _f(4, "HetLoRA: smallest device rank")
+    hetlora_r_max: int = _f(16, "HetLoRA: largest device rank (the server's rank)")
+    hetlora_gamma: float = _f(0.9, "HetLoRA: rank kept by self-pruning (and start of the penalised tail)")
+    hetlora_lambda: float = _f(1e-3, "HetLoRA: strength of the rank-tail norm penalty")
+    fedadapter_depth: int = _f(2, "FedAdapter: initial adapter depth d (top layers)")
+    fedadapter_width: int = _f(8, "FedAdapter: initial bottleneck width w (steps of 8, at most 64)")
+    fedadapter_window: int = _f(3, "FedAdapter: rounds per configuration-search window")
     # --- fleet and clock
     fleet: str = _f("jetson", "device fleet: jetson, phones, or a TOML file")
     report_noise: float = _f(0.0, "relative noise on devices' reported timings")
@@ -73,7 +82,8 @@ class RunConfig:
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
                 raise ValueError(f"{f.name} must be one of {list(choices)}, got {getattr(self, f.name)!r}")
-        positive = ["max_length", "num_devices", "rounds", "eval_every", "batch_size", "lora_rank"]
+        positive = ["max_length", "num_devices", "rounds", "eval_every", "batch_size", "lora_rank", "hetlora_r_min",
+                    "hetlora_r_max", "fedadapter_depth", "fedadapter_width", "fedadapter_window"]
         for name in positive:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
@@ -93,6 +103,10 @@ class RunConfig:
             raise ValueError(f"report_noise must be >= 0, got {self.report_noise}")
         if self.target_accuracy is not None and not 0.0 < self.target_accuracy <= 1.0:
             raise ValueError(f"target_accuracy must be in (0, 1], got {self.target_accuracy}")
+        if self.hetlora_r_min > self.hetlora_r_max:
+            raise ValueError(f"hetlora_r_min ({self.hetlora_r_min}) must be <= hetlora_r_max ({self.hetlora_r_max})")
+        if self.pretest is not None and self.strategy != "fedlora":
+            raise ValueError(f"pretest applies to strategy 'fedlora', got strategy {self.strategy!r}")
         if not 1 <= len(self.text_columns) <= 2:
             raise ValueError(f"text_columns must name one or two columns, got {self.text_columns}")
 

@@ -51,6 +51,8 @@ class ModelSpec:
     hidden_size: int
     base_param_count: int  # all frozen backbone parameters (for full fine-tuning traffic)
     bytes_per_param: int = 4
+    # the backbone's pretrained weights ("full.<name>"), for strategies that exchange the whole model
+    base_state: Tensors | None = field(default=None, repr=False, compare=False)
 
     def lora_shapes(self, layout: LoraLayout) -> dict[str, tuple[int, ...]]:
         shapes: dict[str, tuple[int, ...]] = {}
@@ -165,6 +167,14 @@ class Strategy(ABC):
     @abstractmethod
     def evaluation_task(self) -> DeviceTask:
         """The global model to evaluate (device_id -1)."""
+
+    def candidate_evaluations(self, rnd: int) -> dict[str, DeviceTask]:
+        """Extra server-side evaluations wanted after round ``rnd`` (e.g. FedAdapter's trial groups)."""
+        return {}
+
+    def receive_evaluations(self, rnd: int, metrics: dict[str, dict[str, float]]) -> dict[str, Any]:
+        """Results of :meth:`candidate_evaluations`; returns metrics for the round record."""
+        return {}
 
     def summary(self) -> dict[str, Any]:
         return {"strategy": self.name}

@@ -121,5 +121,6 @@ def load_backbone(name: str = DEFAULT_MODEL, num_labels: int = 2, seed: int = 0)
     params = dict(model.named_parameters())
     spec = ModelSpec(num_layers=len(blocks), linear_modules=linear,
                      head={f"head.{n}": params[n].detach().clone() for n in head_names},
-                     hidden_size=hidden, base_param_count=base_count)
+                     hidden_size=hidden, base_param_count=base_count,
+                     base_state={f"full.{n}": p.detach().clone() for n, p in model.named_parameters() if n.startswith(backbone_prefix)})
     return Backbone(model, tokenizer, name, prefix, linear, head_names, spec)

@@ -110,72 +110,93 @@ def local_batches(indices: list[int], cfg: TrainConfig, seed: int, rnd: int, dev
 
 
 Regularizer = Callable[[torch.nn.Module, DeviceTask], torch.Tensor]
+FlopsFn = Callable[[int, int], tuple[float, float]]  # (sequences, padded width) -> (forward, backward)
 
 
-def train_lora(backbone: Backbone, task: DeviceTask, data: TokenizedData, indices: list[int], cfg: TrainConfig,
-               regularizer: Regularizer | None = None) -> DeviceResult:
-    """Train ``task.layout``'s LoRA (and the head) on ``indices`` of ``data``; return the device's result."""
-    if task.layout is None:
-        raise ValueError("train_lora needs a task with a LoRA layout")
+def local_training(model: torch.nn.Module, task: DeviceTask, data: TokenizedData, indices: list[int], cfg: TrainConfig,
+                   flops: FlopsFn, regularizer: Regularizer | None = None) -> DeviceResult:
+    """The local loop shared by every kind of method: AdamW over the model's trainable parameters.
+
+    Returns a result without ``params``; the caller fills in what the device uploads.
+    """
     batches = local_batches(indices, cfg, cfg.seed, task.round, task.device_id, data.lengths)
     torch.manual_seed(derive_seed(cfg.seed, "dropout", task.round, task.device_id))
     start = time.perf_counter()
-    fwd_s = bwd_s = 0.0
-    fwd_flops = bwd_flops = 0.0
+    fwd_s = bwd_s = fwd_flops = bwd_flops = 0.0
     tokens = examples = 0
     losses = []
-    with lora_adapter(backbone, task.layout, task.params, scaling=cfg.lora_scaling, dropout=cfg.lora_dropout) as model:
-        model.train()
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(trainable, lr=task.lr, weight_decay=cfg.weight_decay)
-        for idx in batches:
-            batch = data.batch(idx)
-            t0 = time.perf_counter()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-                out = model(**batch)
-            loss = out.loss.float()
-            if regularizer is not None:
-                loss = loss + regularizer(model, task)
-            t1 = time.perf_counter()
-            loss.backward()
-            if cfg.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            t2 = time.perf_counter()
-            fwd_s += t1 - t0
-            bwd_s += t2 - t1
-            seqs, width = batch["input_ids"].shape
-            f, b = batch_flops(backbone.spec, task.layout, seqs, width)
-            fwd_flops += f
-            bwd_flops += b
-            tokens += int(batch["attention_mask"].sum())
-            examples += seqs
-            losses.append(float(out.loss.detach()))
-        model.eval()
-        params: Tensors = get_lora_tensors(backbone, model)
-        params.update({k: p.detach().clone() for k, p in head_parameters(backbone, model).items()})
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=task.lr, weight_decay=cfg.weight_decay)
+    for idx in batches:
+        batch = data.batch(idx)
+        t0 = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            out = model(**batch)
+        loss = out.loss.float()
+        if regularizer is not None:
+            loss = loss + regularizer(model, task)
+        t1 = time.perf_counter()
+        loss.backward()
+        if cfg.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        t2 = time.perf_counter()
+        fwd_s += t1 - t0
+        bwd_s += t2 - t1
+        seqs, width = batch["input_ids"].shape
+        f, b = flops(seqs, width)
+        fwd_flops += f
+        bwd_flops += b
+        tokens += int(batch["attention_mask"].sum())
+        examples += seqs
+        losses.append(float(out.loss.detach()))
+    model.eval()
     return DeviceResult(
-        device_id=task.device_id, round=task.round, params=params, num_examples=examples, num_tokens=tokens,
+        device_id=task.device_id, round=task.round, params={}, num_examples=examples, num_tokens=tokens,
         num_steps=len(batches), forward_flops=fwd_flops, backward_flops=bwd_flops,
         train_loss=float(np.mean(losses)) if losses else float("nan"),
         wall_time_s=time.perf_counter() - start, measured_forward_s=fwd_s, measured_backward_s=bwd_s,
     )
 
 
+def train_lora(backbone: Backbone, task: DeviceTask, data: TokenizedData, indices: list[int], cfg: TrainConfig,
+               regularizer: Regularizer | None = None, tail_gamma: float | None = None) -> DeviceResult:
+    """Train ``task.layout``'s LoRA (and the head) on ``indices`` of ``data``; return the device's result."""
+    if task.layout is None:
+        raise ValueError("train_lora needs a task with a LoRA layout")
+    with lora_adapter(backbone, task.layout, task.params, scaling=cfg.lora_scaling, dropout=cfg.lora_dropout) as model:
+        result = local_training(model, task, data, indices, cfg,
+                                lambda seqs, width: batch_flops(backbone.spec, task.layout, seqs, width), regularizer)
+        if tail_gamma is not None:  # HetLoRA's rank self-pruning reads the tail norm the device ends with
+            from .regularizers import lora_pairs, rank_tail_norm
+
+            with torch.no_grad():
+                result.metrics["tail_norm"] = float(rank_tail_norm(lora_pairs(model), tail_gamma))
+        result.params = get_lora_tensors(backbone, model)
+        result.params.update({k: p.detach().clone() for k, p in head_parameters(backbone, model).items()})
+    return result
+
+
 @torch.no_grad()
-def evaluate_lora(backbone: Backbone, task: DeviceTask, data: TokenizedData, batch_size: int = 64,
-                  scaling: float = 2.0) -> dict[str, float]:
-    """Accuracy and mean loss of the global model ``task`` on ``data``."""
+def evaluate_model(model: torch.nn.Module, data: TokenizedData, batch_size: int = 64) -> dict[str, float]:
+    """Accuracy and mean loss on ``data`` (fp32)."""
     order = np.argsort(data.lengths)  # length-sorted batches: less padding, same result
     correct = 0
     loss_sum = 0.0
-    with lora_adapter(backbone, task.layout, task.params, scaling=scaling, train_head=False) as model:
-        model.eval()
-        for i in range(0, len(order), batch_size):
-            idx = order[i:i + batch_size]
-            batch = data.batch(idx)
-            out = model(**batch)
-            correct += int((out.logits.argmax(-1) == batch["labels"]).sum())
-            loss_sum += float(out.loss) * len(idx)
+    model.eval()
+    for i in range(0, len(order), batch_size):
+        idx = order[i:i + batch_size]
+        batch = data.batch(idx)
+        out = model(**batch)
+        correct += int((out.logits.argmax(-1) == batch["labels"]).sum())
+        loss_sum += float(out.loss) * len(idx)
     return {"accuracy": correct / len(data), "loss": loss_sum / len(data)}
+
+
+def evaluate_lora(backbone: Backbone, task: DeviceTask, data: TokenizedData, batch_size: int = 64,
+                  scaling: float = 2.0) -> dict[str, float]:
+    """Accuracy and mean loss of the global LoRA model ``task`` on ``data``."""
+    with lora_adapter(backbone, task.layout, task.params, scaling=scaling, train_head=False) as model:
+        return evaluate_model(model, data, batch_size)

@@ -34,8 +34,14 @@ def register(kind: str, trainer: Trainer, evaluator: Evaluator) -> None:
 
 
 def _lora_trainer(task: DeviceTask, data: DeviceData, indices: list[int]) -> DeviceResult:
-    reg = task.settings.get("regularizer")
-    return train_lora(data.backbone, task, data.train, indices, data.cfg, regularizer=reg)
+    reg_cfg = task.settings.get("rank_regularizer")
+    if reg_cfg is None:
+        return train_lora(data.backbone, task, data.train, indices, data.cfg)
+    from ..models.regularizers import make_rank_regularizer
+
+    return train_lora(data.backbone, task, data.train, indices, data.cfg,
+                      regularizer=make_rank_regularizer(reg_cfg["gamma"], reg_cfg["strength"]),
+                      tail_gamma=reg_cfg["gamma"])
 
 
 def _lora_evaluator(task: DeviceTask, backbone: Backbone, dev: TokenizedData, cfg: TrainConfig) -> dict:
@@ -43,6 +49,36 @@ def _lora_evaluator(task: DeviceTask, backbone: Backbone, dev: TokenizedData, cf
 
 
 register("lora", _lora_trainer, _lora_evaluator)
+
+
+def _full_trainer(task: DeviceTask, data: DeviceData, indices: list[int]) -> DeviceResult:
+    from ..models.full_model import train_full
+
+    return train_full(data.backbone, task, data.train, indices, data.cfg)
+
+
+def _full_evaluator(task: DeviceTask, backbone: Backbone, dev: TokenizedData, cfg: TrainConfig) -> dict:
+    from ..models.full_model import evaluate_full
+
+    return evaluate_full(backbone, task, dev)
+
+
+register("full", _full_trainer, _full_evaluator)
+
+
+def _adapter_trainer(task: DeviceTask, data: DeviceData, indices: list[int]) -> DeviceResult:
+    from ..models.bottleneck import train_adapter
+
+    return train_adapter(data.backbone, task, data.train, indices, data.cfg)
+
+
+def _adapter_evaluator(task: DeviceTask, backbone: Backbone, dev: TokenizedData, cfg: TrainConfig) -> dict:
+    from ..models.bottleneck import evaluate_adapter
+
+    return evaluate_adapter(backbone, task, dev)
+
+
+register("adapter", _adapter_trainer, _adapter_evaluator)
 
 
 def train(task: DeviceTask, data: DeviceData, indices: list[int]) -> DeviceResult:

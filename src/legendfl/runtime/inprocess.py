@@ -63,6 +63,10 @@ def run_simulation(strategy: Strategy, setup: SimulationSetup, out_dir: Path,
             timings[dev], states[dev], down[dev], up[dev] = timing, state, work.download_bytes, work.upload_bytes
         entry = clock.advance(rnd, timings, down, up)
         agg = strategy.aggregate_round(rnd, results)
+        candidates = strategy.candidate_evaluations(rnd)
+        if candidates:
+            scores = {name: executors.evaluate(t, setup.backbone, setup.dev, setup.train_cfg) for name, t in candidates.items()}
+            agg.update(strategy.receive_evaluations(rnd, scores))
         config_log = strategy.round_log(tasks)
         for r in results:
             d = r.device_id
@@ -73,6 +77,7 @@ def run_simulation(strategy: Strategy, setup: SimulationSetup, out_dir: Path,
                 "examples": r.num_examples, "tokens": r.num_tokens, "forward_flops": r.forward_flops,
                 "backward_flops": r.backward_flops, "download_bytes": down[d], "upload_bytes": up[d],
                 "train_loss": round(r.train_loss, 5), "wall_s": round(r.wall_time_s, 3),
+                "trainable_params": int(sum(v.numel() for v in tasks[d].params.values())),
                 **config_log.get(str(d), {}),
             }
         rec = {"round": rnd, "strategy": strategy.name, "lr": strategy.round_lr(rnd),
@@ -89,6 +94,10 @@ def run_simulation(strategy: Strategy, setup: SimulationSetup, out_dir: Path,
         with records_path.open("a") as fh:
             fh.write(json.dumps(rec) + "\n")
         depths = sorted(v.get("depth", 0) for v in devices_log.values())
+        params = sorted(v["trainable_params"] for v in devices_log.values())
+        progress(f"[{strategy.name}] round {rnd}: trainable parameters per device {params[0]:,}..{params[-1]:,}; "
+                 f"traffic per device down {min(down.values()):,}..{max(down.values()):,} B, "
+                 f"up {min(up.values()):,}..{max(up.values()):,} B")
         acc = f"{rec['accuracy']:.4f}" if rec["accuracy"] is not None else "  -   "
         progress(f"[{strategy.name}] round {rnd:3d}/{setup.rounds}  acc {acc}  virtual {clock.now_s:9.1f}s  "
                  f"round {entry.round_time_s:7.2f}s  wait {entry.mean_waiting_s:6.2f}s  "

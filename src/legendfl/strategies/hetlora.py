@@ -1,0 +1,124 @@
+"""HetLoRA (Cho et al., "Heterogeneous LoRA for Federated Fine-tuning of On-Device Foundation Models").
+
+1. Distribution: the server keeps every LoRA pair at rank r_max; device k, with rank r_k chosen by its
+   capability (r_min <= r_k <= r_max), receives the truncated slices A[:r_k, :] and B[:, :r_k].
+   Capability: before any report every device gets the middle rank; afterwards ranks are spread linearly
+   from r_max (fastest predicted full-model completion time) to r_min (slowest), from the same reported
+   speeds LEGEND uses.
+2. Local rank self-pruning: the local loss adds lambda * ||A[gamma r_k:]|| * ||B[:, gamma r_k:]|| per pair;
+   when a device's tail norm at the end of a round is smaller than at the end of its previous round, its
+   rank drops to floor(gamma r_k) (not below r_min) for later rounds. (The exact test is not public; this is
+   the reading of one re-implementation.)
+3. Aggregation: zero-pad each device's A and B to r_max and weight device k, per LoRA pair, by
+   p_k = ||B_k A_k||_F / sum_j ||B_j A_j||_F (sparsity-weighted aggregation). The head is averaged by examples.
+4. LoRA on all layers.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from ..core.aggregation import weighted_average
+from ..core.capacity import CapacityEstimator
+from ..core.lora_layout import LoraLayout
+from ..core.strategy import DeviceResult, DeviceTask, ModelSpec, Tensors, key_layer
+from .lora_base import LoraStrategy
+
+
+def truncate(params: Tensors, rank: int) -> Tensors:
+    """First ``rank`` rows of every A and first ``rank`` columns of every B; other tensors unchanged."""
+    out = {}
+    for k, v in params.items():
+        if k.endswith("lora_A"):
+            out[k] = v[:rank].clone()
+        elif k.endswith("lora_B"):
+            out[k] = v[:, :rank].clone()
+        else:
+            out[k] = v.clone()
+    return out
+
+
+def pad(a: torch.Tensor, b: torch.Tensor, r_max: int) -> tuple[torch.Tensor, torch.Tensor]:
+    r = a.shape[0]
+    return (torch.cat([a, a.new_zeros(r_max - r, a.shape[1])]), torch.cat([b, b.new_zeros(b.shape[0], r_max - r)], dim=1))
+
+
+def sparsity_weighted_aggregate(updates: list[Tensors], r_max: int) -> Tensors:
+    """Per LoRA pair: zero-pad to r_max, weight by ||B_k A_k||_F / sum_j ||B_j A_j||_F."""
+    out: Tensors = {}
+    pairs = sorted({k[: -len("lora_A")] for u in updates for k in u if k.endswith("lora_A")})
+    for stem in pairs:
+        padded, norms = [], []
+        for u in updates:
+            if stem + "lora_A" not in u:
+                continue
+            a, b = u[stem + "lora_A"].double(), u[stem + "lora_B"].double()
+            norms.append(float(torch.linalg.matrix_norm(b @ a)))
+            padded.append(pad(a, b, r_max))
+        total = sum(norms)
+        weights = [n / total for n in norms] if total > 0 else [1.0 / len(norms)] * len(norms)
+        out[stem + "lora_A"] = sum(w * a for w, (a, _) in zip(weights, padded)).float()
+        out[stem + "lora_B"] = sum(w * b for w, (_, b) in zip(weights, padded)).float()
+    return out
+
+
+class HetLoRA(LoraStrategy):
+    name = "hetlora"
+
+    def __init__(self, *, r_min: int = 4, r_max: int = 16, gamma: float = 0.9, reg_strength: float = 1e-3,
+                 ema: float = 0.8, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if not 1 <= r_min <= r_max:
+            raise ValueError(f"hetlora_r_min and hetlora_r_max must satisfy 1 <= r_min <= r_max, got {r_min}, {r_max}")
+        if not 0 < gamma < 1:
+            raise ValueError(f"hetlora_gamma must be in (0, 1), got {gamma}")
+        self.r_min, self.r_max, self.gamma, self.reg_strength = r_min, r_max, gamma, reg_strength
+        self.estimator = CapacityEstimator(ema)
+        self.pruned_rank: dict[int, int] = {}
+        self.last_tail: dict[int, float] = {}
+
+    def make_global_layout(self, spec: ModelSpec) -> LoraLayout:
+        return LoraLayout.all_layers(self.r_max, spec.num_layers)
+
+    def capability_ranks(self, device_ids: list[int]) -> dict[int, int]:
+        L = self.spec.num_layers
+        middle = (self.r_min + self.r_max) // 2
+        known = {d: self.estimator.estimates[d].completion_time(L, L * self.r_max) for d in device_ids if self.estimator.known(d)}
+        ranks = {d: middle for d in device_ids}
+        if known:
+            t_max, t_min = max(known.values()), min(known.values())
+            for d, t in known.items():
+                share = (t_max - t) / (t_max - t_min) if t_max > t_min else 1.0
+                ranks[d] = self.r_min + round(share * (self.r_max - self.r_min))
+        return {d: min(r, self.pruned_rank.get(d, self.r_max)) for d, r in ranks.items()}
+
+    def configure_round(self, rnd: int, device_ids: list[int]) -> dict[int, DeviceTask]:
+        tasks = {}
+        L = self.spec.num_layers
+        for d, r in self.capability_ranks(device_ids).items():
+            layout = LoraLayout.all_layers(r, L)
+            tasks[d] = DeviceTask(d, rnd, truncate(self.global_params, r), layout, "lora", self.round_lr(rnd),
+                                  {"rank_regularizer": {"gamma": self.gamma, "strength": self.reg_strength}})
+        return tasks
+
+    def aggregate_round(self, rnd: int, results: list[DeviceResult]) -> dict[str, Any]:
+        if not results:
+            return {"aggregated_devices": 0}
+        pruned = []
+        for r in results:
+            if r.report is not None:
+                self.estimator.update(r.device_id, r.report)
+            tail = r.metrics.get("tail_norm")
+            if tail is not None:
+                prev = self.last_tail.get(r.device_id)
+                rank = r.params[next(k for k in r.params if k.endswith("lora_A"))].shape[0]
+                if prev is not None and tail < prev and rank > self.r_min:
+                    self.pruned_rank[r.device_id] = max(self.r_min, math.floor(self.gamma * rank))
+                    pruned.append(r.device_id)
+                self.last_tail[r.device_id] = tail
+        lora = sparsity_weighted_aggregate([r.params for r in results], self.r_max)
+        head = weighted_average([(self.weight(r), {k: v for k, v in r.params.items() if key_layer(k) is None}) for r in results])
+        self.global_params = {**self.global_params, **lora, **head}
+        return {"aggregated_devices": len(results), "pruned_devices": pruned}
