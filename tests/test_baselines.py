@@ -97,7 +97,7 @@ def test_baseline_runs_from_the_cli_with_the_common_schema(tmp_path, strategy):
     from legendfl.metrics.summary import read_records
 
     r = cli("run", "--strategy", strategy, "--num-devices", "3", "--rounds", "2", "--max-local-steps", "2",
-            "--max-examples-per-device", "60", "--eval-every", "2", "--fedadapter-window", "1", "--out-dir", str(tmp_path))
+            "--max-examples-per-device", "60", "--max-dev-examples", "200", "--eval-every", "2", "--fedadapter-window", "1", "--out-dir", str(tmp_path))
     assert r.returncode == 0, r.stderr[-2000:]
     assert "trainable parameters per device" in r.stdout
     records = read_records(tmp_path / "rounds.jsonl")

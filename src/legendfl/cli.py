@@ -71,6 +71,21 @@ def _cmd_fleet(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(ns: argparse.Namespace) -> int:
+    from .compare import run_profile
+
+    overrides = {}
+    for item in ns.set or []:
+        key, sep, value = item.partition("=")
+        if not sep or key not in {f.name for f in dataclasses.fields(RunConfig)}:
+            raise ValueError(f"--set takes key=value with a run option as key, got {item!r}")
+        overrides[key] = None if value.lower() == "none" else json.loads(value) if value[:1] in "0123456789-[{" or value in ("true", "false") else value
+    run_profile(ns.profile, Path(ns.out), tasks=ns.tasks, strategies=ns.strategies, target=ns.target, hub=ns.hub,
+                overrides=overrides, progress=lambda line: print(line, flush=True))
+    print(f"tables and figures in {ns.out}/<task>/")
+    return 0
+
+
 def _cmd_eval_adapter(ns: argparse.Namespace) -> int:
     from .models.evaluate_export import evaluate_exported
 
@@ -100,6 +115,15 @@ def make_parser() -> argparse.ArgumentParser:
     p_fleet.add_argument("--seed", type=int, default=0)
     p_fleet.add_argument("--rounds", type=int, default=100, help="rounds of bandwidth draws summarised")
     p_fleet.set_defaults(func=_cmd_fleet)
+    p_cmp = sub.add_parser("compare", help="run strategies side by side (same seed, partition, fleet trace): tables and figures")
+    p_cmp.add_argument("--profile", default="quick", help="quick, paper, pretests, or a profile TOML file")
+    p_cmp.add_argument("--strategies", nargs="+", help="strategies to compare (the first is the reference); default: the profile's")
+    p_cmp.add_argument("--tasks", nargs="+", help="tasks (default: the profile's)")
+    p_cmp.add_argument("--out", default="runs/compare", help="output folder; finished strategies in it are not re-run")
+    p_cmp.add_argument("--target", type=float, help="target accuracy (default: the lowest final accuracy of the compared strategies)")
+    p_cmp.add_argument("--hub", action="store_true", help="use the profile's hub models (needs a reachable hub)")
+    p_cmp.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override run options of the profile")
+    p_cmp.set_defaults(func=_cmd_compare)
     p_eval = sub.add_parser("eval-adapter", help="evaluate an exported adapter with plain transformers + peft")
     p_eval.add_argument("adapter", help="adapter folder written by a run")
     p_eval.add_argument("--task", default="sst2")

@@ -30,6 +30,7 @@ class RunConfig:
     dev_file: str | None = _f(None, "your own dev file; without it 10% of --data-file is held out")
     text_columns: list[str] = _f(["text"], "one or two text columns of --data-file")
     label_column: str = _f("label", "label column of --data-file (string or integer labels, any number of classes)")
+    max_dev_examples: int | None = _f(None, "evaluate on the first N dev examples only (None: the whole dev split)")
     max_length: int = _f(128, "maximum tokens per example (the paper: 512)")
     # --- model
     model: str = _f("minilm", "packaged alias (minilm), a local Hugging Face directory, or a hub id (roberta-base)")
@@ -91,7 +92,7 @@ class RunConfig:
         for name in ["lr", "local_epochs", "dirichlet_alpha", "lora_scaling"]:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ["max_local_steps", "max_examples_per_device", "rank_budget", "initial_depth", "threads"]:
+        for name in ["max_local_steps", "max_examples_per_device", "max_dev_examples", "rank_budget", "initial_depth", "threads"]:
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v <= 0):
                 raise ValueError(f"{name} must be a positive integer or unset, got {v!r}")

@@ -33,8 +33,15 @@ def prepare(cfg: RunConfig, progress: Callable[[str], None] = print) -> Simulati
     if cfg.initial_depth is not None and cfg.initial_depth > backbone.num_layers:
         raise ValueError(f"initial_depth must be in [1, {backbone.num_layers}], got {cfg.initial_depth}")
     t0 = time.perf_counter()
-    train = TokenizedData(backbone.tokenizer, task.train, cfg.max_length)
-    dev = TokenizedData(backbone.tokenizer, task.dev, cfg.max_length)
+    used = sorted({i for p in parts for i in p})
+    if len(used) < len(task.train):  # tokenise only the examples some device holds
+        position = {i: n for n, i in enumerate(used)}
+        train_examples = [task.train[i] for i in used]
+        parts = [[position[i] for i in p] for p in parts]
+    else:
+        train_examples = task.train
+    train = TokenizedData(backbone.tokenizer, train_examples, cfg.max_length)
+    dev = TokenizedData(backbone.tokenizer, task.dev[: cfg.max_dev_examples], cfg.max_length)
     progress(f"task {task.name}: {len(task.train)} train / {len(task.dev)} dev examples, labels {task.label_names}; "
              f"tokenised in {time.perf_counter() - t0:.1f}s")
     progress(f"model {cfg.model}: {backbone.num_layers} layers, LoRA targets {sorted(backbone.linear_modules)}, "
@@ -43,7 +50,7 @@ def prepare(cfg: RunConfig, progress: Callable[[str], None] = print) -> Simulati
                        weight_decay=cfg.weight_decay, lora_scaling=cfg.lora_scaling, seed=cfg.seed)
     setup = SimulationSetup(backbone, train, dev, parts, fleet, tcfg, cfg.rounds, cfg.eval_every, cfg.report_noise, cfg.seed)
     setup.label_names = task.label_names  # type: ignore[attr-defined]
-    setup.stats = partition_stats(parts, labels, task.num_labels)  # type: ignore[attr-defined]
+    setup.stats = partition_stats(parts, [ex[2] for ex in train_examples], task.num_labels)  # type: ignore[attr-defined]
     return setup
 
 

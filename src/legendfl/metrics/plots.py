@@ -86,3 +86,21 @@ def run_plots(records: list[dict], out_dir: Path, timeline_round: int | None = N
         rec = next(r for r in records if r["round"] == rnd)
         made.append(plot_timeline(rec, out_dir / f"timeline_round_{rnd}.png"))
     return [p.name for p in made]
+
+
+def plot_bars(values: dict[str, float | None], ylabel: str, path: Path) -> Path:
+    """One bar per strategy (a strategy that never reached the target shows no bar and says so)."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    names = list(values)
+    heights = [values[n] or 0.0 for n in names]
+    bars = ax.bar(names, heights, color=[f"C{i}" for i in range(len(names))])
+    for bar, n in zip(bars, names):
+        label = "not reached" if values[n] is None else f"{values[n]:.1f}"
+        ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.tick_params(axis="x", labelrotation=20)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

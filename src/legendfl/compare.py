@@ -1,0 +1,198 @@
+"""Side-by-side comparison: several strategies on the same task, seed, partition and fleet trace.
+
+Every strategy sees the same device modes and bandwidth draws in the same round (a fleet state is a pure
+function of (seed, round, device)) and the same data partition. Runs are sequential and resumable: a
+strategy whose ``summary.json`` exists is not re-run, so re-running recomputes tables and figures only.
+
+The table follows the paper's rule for the common target: the lowest final accuracy among the compared
+strategies, unless a target is given. For the first strategy S and each other strategy X:
+speed-up = time_X / time_S to target; traffic reduction = 1 - traffic_S / traffic_X; waiting reduction =
+1 - waiting_S / waiting_X (mean waiting time over all rounds).
+"""
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .config import RunConfig
+from .metrics.summary import read_records, summarize
+
+
+@dataclass
+class ComparisonRow:
+    strategy: str
+    final_accuracy: float
+    time_to_target_s: float | None
+    traffic_to_target_bytes: int | None
+    mean_waiting_s: float
+    speedup: float | None  # of the first strategy over this one
+    traffic_reduction: float | None
+    waiting_reduction: float | None
+
+
+def final_accuracy(records: list[dict]) -> float:
+    return [r for r in records if r["accuracy"] is not None][-1]["accuracy"]
+
+
+def compare_records(runs: dict[str, list[dict]], target: float | None = None) -> tuple[float, list[ComparisonRow]]:
+    """The comparison table from records alone (the first strategy is the reference)."""
+    if not runs:
+        raise ValueError("runs must not be empty")
+    if target is None:
+        target = min(final_accuracy(rec) for rec in runs.values())
+    summaries = {n: summarize(rec, target) for n, rec in runs.items()}
+    ref = summaries[next(iter(runs))]
+    rows = []
+    for name, s in summaries.items():
+        t, tr, w = s["time_to_target_s"], s["traffic_to_target_bytes"], s["mean_waiting_s"]
+        rt, rtr, rw = ref["time_to_target_s"], ref["traffic_to_target_bytes"], ref["mean_waiting_s"]
+        rows.append(ComparisonRow(
+            name, s["final_accuracy"], t, tr, w,
+            speedup=t / rt if t and rt else None,
+            traffic_reduction=1 - rtr / tr if tr and rtr else None,
+            waiting_reduction=1 - rw / w if w else None))
+    return target, rows
+
+
+def _fmt(value, pattern: str) -> str:
+    return "-" if value is None else pattern.format(value)
+
+
+def table_markdown(target: float, rows: list[ComparisonRow], title: str = "") -> str:
+    ref = rows[0].strategy
+    lines = [f"{title}target accuracy {100 * target:.2f}%", "",
+             f"| strategy | final accuracy | time to target (s) | speed-up of {ref} | traffic to target (MB) | "
+             f"traffic reduction by {ref} | mean waiting (s) | waiting reduction by {ref} |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r.strategy} | {100 * r.final_accuracy:.2f}% | {_fmt(r.time_to_target_s, '{:.1f}')} | "
+                     f"{_fmt(r.speedup, '{:.2f}x')} | {_fmt(r.traffic_to_target_bytes and r.traffic_to_target_bytes / 1e6, '{:.1f}')} | "
+                     f"{_fmt(r.traffic_reduction and 100 * r.traffic_reduction, '{:.1f}%')} | {r.mean_waiting_s:.2f} | "
+                     f"{_fmt(r.waiting_reduction and 100 * r.waiting_reduction, '{:.1f}%')} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(target: float, rows: list[ComparisonRow], path: Path) -> None:
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["strategy", "target_accuracy", "final_accuracy", "time_to_target_s", "speedup",
+                    "traffic_to_target_bytes", "traffic_reduction", "mean_waiting_s", "waiting_reduction"])
+        for r in rows:
+            w.writerow([r.strategy, target, r.final_accuracy, r.time_to_target_s, r.speedup,
+                        r.traffic_to_target_bytes, r.traffic_reduction, r.mean_waiting_s, r.waiting_reduction])
+
+
+def run_strategies(base: dict, strategies: list[str], out: Path, progress: Callable[[str], None] = print) -> dict[str, list[dict]]:
+    """Run each strategy once into ``out/<strategy>`` (skipping finished ones); return their records."""
+    runs = {}
+    for name in strategies:
+        folder = out / name
+        if (folder / "summary.json").exists():
+            progress(f"{name}: results exist in {folder}, not re-run")
+        else:
+            from .runner import run
+
+            values = {**base, "strategy": name, "out_dir": str(folder)}
+            if name.startswith("fedlora-"):  # a pre-test layout, e.g. fedlora-layers-d
+                values.update(strategy="fedlora", pretest=name[len("fedlora-"):])
+            run(RunConfig(**values), progress)
+        runs[name] = read_records(folder / "rounds.jsonl")
+    return runs
+
+
+def compare(base: dict, strategies: list[str], out: Path, *, target: float | None = None, ablation: list[str] | None = None,
+            progress: Callable[[str], None] = print, title: str = "") -> dict:
+    """Run (or reuse) the strategies, then write table.md, table.csv and the figures into ``out``."""
+    from .metrics import plots
+
+    out.mkdir(parents=True, exist_ok=True)
+    runs = run_strategies(base, strategies, out, progress)
+    target, rows = compare_records(runs, target)
+    md = table_markdown(target, rows, title)
+    (out / "table.md").write_text(md)
+    write_csv(target, rows, out / "table.csv")
+    figures = [plots.plot_accuracy_vs_time(runs, out / "fig7_accuracy_vs_time.png", target),
+               plots.plot_bars({r.strategy: r.time_to_target_s for r in rows}, "time to target (s)", out / "fig8_time_to_target.png"),
+               plots.plot_bars({r.strategy: r.traffic_to_target_bytes and r.traffic_to_target_bytes / 1e6 for r in rows},
+                               "traffic to target (MB)", out / "fig11_traffic_to_target.png"),
+               plots.plot_bars({r.strategy: r.mean_waiting_s for r in rows}, "mean waiting time (s)", out / "fig12_waiting.png"),
+               plots.plot_traffic_vs_accuracy(runs, out / "traffic_vs_accuracy.png")]
+    if ablation:
+        abl = {n: runs[n] for n in ablation if n in runs}
+        figures.append(plots.plot_accuracy_vs_time(abl, out / "fig13_ablation.png", target))
+    result = {"target_accuracy": target, "rows": [r.__dict__ for r in rows], "figures": [f.name for f in figures]}
+    (out / "comparison.json").write_text(json.dumps(result, indent=2))
+    progress(md)
+    return result
+
+
+PROFILES = Path(__file__).parent / "profiles"
+
+
+def load_profile(name_or_path: str) -> dict:
+    """A profile: ``[compare]`` (tasks, strategies, ablation, or pre-test groups), ``[run]`` (RunConfig
+    values; the string "none" stands for an unset value) and optional ``[hub_model]`` (task -> hub id)."""
+    import tomllib
+
+    path = Path(name_or_path)
+    if not path.exists():
+        path = PROFILES / f"{name_or_path}.toml"
+    if not path.exists():
+        known = sorted(p.stem for p in PROFILES.glob("*.toml")) if PROFILES.exists() else []
+        raise ValueError(f"profile must be one of {known} or a TOML file, got {name_or_path!r}")
+    data = tomllib.loads(path.read_text())
+    data["run"] = {k: (None if v == "none" else v) for k, v in data.get("run", {}).items()}
+    return data
+
+
+def run_profile(profile: str, out: Path, *, tasks: list[str] | None = None, strategies: list[str] | None = None,
+                target: float | None = None, hub: bool = False, overrides: dict | None = None,
+                progress: Callable[[str], None] = print) -> dict:
+    """Run a profile's comparison for each task into ``out/<task>``; pre-test profiles also write Figs. 3-5."""
+    prof = load_profile(profile)
+    spec = prof.get("compare", {})
+    results = {}
+    for task in tasks or spec.get("tasks", ["sst2"]):
+        base = {**prof["run"], "task": task, **(overrides or {})}
+        if hub and task in prof.get("hub_model", {}):
+            base["model"] = prof["hub_model"][task]
+        RunConfig(**{**base, "strategy": "legend"})  # validate the shared settings before any run
+        folder = out / task
+        groups = {g: spec[g] for g in ("position", "depth", "rank") if g in spec}
+        if groups and not strategies:
+            results[task] = _pretests(base, groups, folder, progress)
+            continue
+        names = strategies or spec.get("strategies", ["legend", "fedlora"])
+        ablation = spec.get("ablation") if not strategies else None
+        order = list(dict.fromkeys([*names, *(ablation or [])]))
+        results[task] = compare(base, order, folder, target=target, ablation=ablation, progress=progress,
+                                title=f"{task} ({base.get('model')}, {base.get('num_devices')} devices): ")
+        if ablation:  # the ablation table has LEGEND as its reference too
+            t2, rows2 = compare_records({n: read_records(folder / n / "rounds.jsonl") for n in ablation}, target)
+            (folder / "ablation.md").write_text(table_markdown(t2, rows2, f"{task} ablation: "))
+    return results
+
+
+def _pretests(base: dict, groups: dict[str, list[str]], out: Path, progress: Callable[[str], None]) -> dict:
+    from .pretest_report import measure_depth_costs, pretest_figures, pretest_table
+
+    out.mkdir(parents=True, exist_ok=True)
+    runs = {g: run_strategies(base, names, out, progress) for g, names in groups.items()}
+    costs_path = out / "depth_costs.json"
+    if "depth" in groups and not costs_path.exists():
+        from .data.tasks import load_task
+        from .models.backbone import load_backbone
+        from .models.trainer import TokenizedData
+
+        data = load_task(base["task"])
+        backbone = load_backbone(base.get("model", "minilm"), data.num_labels)
+        costs_path.write_text(json.dumps(measure_depth_costs(backbone, TokenizedData(backbone.tokenizer, data.train[:2000], 64)), indent=1))
+    costs = json.loads(costs_path.read_text()) if costs_path.exists() else []
+    table = pretest_table(runs, costs)
+    (out / "pretests.md").write_text(table)
+    figures = pretest_figures(runs, costs, out)
+    progress(table)
+    return {"figures": figures, "depth_costs": costs}

@@ -1,0 +1,125 @@
+"""The paper's pre-tests (section 2): LoRA position (Fig. 3), depth (Fig. 4), rank distribution (Fig. 5).
+
+Accuracy comes from short federated runs of FedLoRA with the named layouts (``strategies/pretests.py``).
+Fig. 4's cost side is measured on this machine: per-batch latency (forward + backward + AdamW step) and the
+memory a training step holds, for LoRA depth 1..L at rank 8. Memory is measured with autograd's
+saved-tensor hooks (bytes of activations kept for backward) plus trainable parameters, their gradients
+and AdamW's two moments; that is the part that grows with depth (the frozen weights are shared and fixed).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .core.lora_layout import LoraLayout
+from .metrics.summary import summarize
+
+
+def measure_depth_costs(backbone, data, batch_size: int = 16, batches: int = 12, seed: int = 0) -> list[dict]:
+    """Per-batch latency and step memory for every LoRA depth (rank 8), on real batches of ``data``."""
+    from .models.lora import lora_adapter
+
+    L = backbone.num_layers
+    gen = np.random.default_rng(seed)
+    picks = [gen.choice(len(data), batch_size, replace=False) for _ in range(batches + 2)]
+    rows = []
+    for depth in range(1, L + 1):
+        layout = LoraLayout.top(depth, [8] * L)
+        params = {**backbone.spec.init_lora(layout, seed), **backbone.head_tensors()}
+        with lora_adapter(backbone, layout, params) as model:
+            model.train()
+            trainable = [p for p in model.parameters() if p.requires_grad]
+            opt = torch.optim.AdamW(trainable, lr=1e-4)
+            times, saved = [], []
+            for i, idx in enumerate(picks):
+                batch = data.batch(idx)
+                held = [0]
+
+                def pack(t, held=held):
+                    held[0] += t.numel() * t.element_size()
+                    return t
+
+                t0 = time.perf_counter()
+                with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                    loss = model(**batch).loss
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                if i >= 2:  # two warm-up batches
+                    times.append(time.perf_counter() - t0)
+                    saved.append(held[0])
+            state = sum(p.numel() * p.element_size() for p in trainable) * 4  # weights, grads, two moments
+            rows.append({"depth": depth, "batch_latency_ms": 1000 * float(np.median(times)),
+                         "memory_mb": (float(np.mean(saved)) + state) / 2**20})
+    return rows
+
+
+def pretest_figures(groups: dict[str, dict[str, list[dict]]], depth_costs: list[dict], out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    pos = groups.get("position", {})
+    if pos:
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+        for name, rec in pos.items():
+            ev = [r for r in rec if r["accuracy"] is not None]
+            a1.plot([r["virtual_time_s"] for r in ev], [100 * r["accuracy"] for r in ev], marker="o", ms=3, label=name.removeprefix("fedlora-"))
+        a1.set_xlabel("virtual time (s)"), a1.set_ylabel("dev accuracy (%)"), a1.legend(), a1.grid(alpha=0.3)
+        names = list(pos)
+        a2.bar([n.removeprefix("fedlora-") for n in names], [np.mean([r["round_time_s"] for r in pos[n]]) for n in names])
+        a2.set_ylabel("mean round time (s)")
+        fig.suptitle("Fig. 3: LoRA position")
+        fig.tight_layout()
+        fig.savefig(out / "fig3_position.png", dpi=120)
+        plt.close(fig)
+        made.append("fig3_position.png")
+    dep = groups.get("depth", {})
+    if dep or depth_costs:
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+        if dep:
+            ds = sorted(dep, key=lambda n: int(n.rsplit("-", 1)[1]))
+            a1.plot([int(n.rsplit("-", 1)[1]) for n in ds], [100 * summarize(dep[n])["final_accuracy"] for n in ds], marker="o", label="final accuracy (%)")
+            a1.set_ylabel("final dev accuracy (%)")
+        if depth_costs:
+            ax = a1.twinx()
+            ax.plot([r["depth"] for r in depth_costs], [r["batch_latency_ms"] for r in depth_costs], "s--", c="C1", label="per-batch latency (ms)")
+            ax.set_ylabel("per-batch latency (ms, measured here)")
+            a2.plot([r["depth"] for r in depth_costs], [r["memory_mb"] for r in depth_costs], marker="o", c="C2")
+        a1.set_xlabel("LoRA depth"), a2.set_xlabel("LoRA depth"), a2.set_ylabel("training-step memory (MB)")
+        fig.suptitle("Fig. 4: LoRA depth")
+        fig.tight_layout()
+        fig.savefig(out / "fig4_depth.png", dpi=120)
+        plt.close(fig)
+        made.append("fig4_depth.png")
+    rank = groups.get("rank", {})
+    if rank:
+        fig, ax = plt.subplots(figsize=(6.4, 4))
+        for name, rec in rank.items():
+            ev = [r for r in rec if r["accuracy"] is not None]
+            ax.plot([r["round"] for r in ev], [100 * r["accuracy"] for r in ev], marker="o", ms=3, label=name.removeprefix("fedlora-"))
+        ax.set_xlabel("round"), ax.set_ylabel("dev accuracy (%)"), ax.grid(alpha=0.3), ax.legend()
+        ax.set_title("Fig. 5: rank distribution (same total rank)")
+        fig.tight_layout()
+        fig.savefig(out / "fig5_rank_distribution.png", dpi=120)
+        plt.close(fig)
+        made.append("fig5_rank_distribution.png")
+    return made
+
+
+def pretest_table(groups: dict[str, dict[str, list[dict]]], depth_costs: list[dict]) -> str:
+    lines = ["| group | configuration | final accuracy | best accuracy | mean round time (s) | traffic (MB) |", "|---|---|---|---|---|---|"]
+    for group, runs in groups.items():
+        for name, rec in runs.items():
+            s = summarize(rec)
+            lines.append(f"| {group} | {name.removeprefix('fedlora-')} | {100 * s['final_accuracy']:.2f}% | {100 * s['best_accuracy']:.2f}% | "
+                         f"{s['mean_round_time_s']:.2f} | {s['traffic_bytes'] / 1e6:.1f} |")
+    if depth_costs:
+        lines += ["", "| LoRA depth | per-batch latency (ms) | training-step memory (MB) |", "|---|---|---|"]
+        lines += [f"| {r['depth']} | {r['batch_latency_ms']:.1f} | {r['memory_mb']:.1f} |" for r in depth_costs]
+    return "\n".join(lines) + "\n"
