@@ -26,8 +26,9 @@ def test_rank_distribution_properties(L, step, extra):
 def test_rank_distribution_paper_example_and_errors():
     assert rank_distribution(6, 48, 1) == [5, 6, 7, 9, 10, 11]  # [5..10] = 45, remainder 3 to the top
     assert rank_distribution(12, 96, 0) == [8] * 12
-    with pytest.raises(ValueError, match="rank_budget must be >= 18"):
-        rank_distribution(6, 17, 1)
+    assert rank_distribution(6, 21, 1) == [1, 2, 3, 4, 5, 6]  # the smallest budget for lambda = 1
+    with pytest.raises(ValueError, match="rank_budget must be >= 21"):
+        rank_distribution(6, 20, 1)
 
 
 @settings(max_examples=300, deadline=None)
