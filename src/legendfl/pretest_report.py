@@ -57,6 +57,16 @@ def measure_depth_costs(backbone, data, batch_size: int = 16, batches: int = 12,
     return rows
 
 
+def _save(fig, title: str, path: Path) -> str:
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path.name
+
+
 def pretest_figures(groups: dict[str, dict[str, list[dict]]], depth_costs: list[dict], out: Path) -> list[str]:
     import matplotlib
 
@@ -74,11 +84,7 @@ def pretest_figures(groups: dict[str, dict[str, list[dict]]], depth_costs: list[
         names = list(pos)
         a2.bar([n.removeprefix("fedlora-") for n in names], [np.mean([r["round_time_s"] for r in pos[n]]) for n in names])
         a2.set_ylabel("mean round time (s)")
-        fig.suptitle("Fig. 3: LoRA position")
-        fig.tight_layout()
-        fig.savefig(out / "fig3_position.png", dpi=120)
-        plt.close(fig)
-        made.append("fig3_position.png")
+        made.append(_save(fig, "Fig. 3: LoRA position", out / "fig3_position.png"))
     dep = groups.get("depth", {})
     if dep or depth_costs:
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
@@ -92,22 +98,13 @@ def pretest_figures(groups: dict[str, dict[str, list[dict]]], depth_costs: list[
             ax.set_ylabel("per-batch latency (ms, measured here)")
             a2.plot([r["depth"] for r in depth_costs], [r["memory_mb"] for r in depth_costs], marker="o", c="C2")
         a1.set_xlabel("LoRA depth"), a2.set_xlabel("LoRA depth"), a2.set_ylabel("training-step memory (MB)")
-        fig.suptitle("Fig. 4: LoRA depth")
-        fig.tight_layout()
-        fig.savefig(out / "fig4_depth.png", dpi=120)
-        plt.close(fig)
-        made.append("fig4_depth.png")
+        made.append(_save(fig, "Fig. 4: LoRA depth", out / "fig4_depth.png"))
     rank = groups.get("rank", {})
     if rank:
-        fig, ax = plt.subplots(figsize=(6.4, 4))
-        for name, rec in rank.items():
-            ev = [r for r in rec if r["accuracy"] is not None]
-            ax.plot([r["round"] for r in ev], [100 * r["accuracy"] for r in ev], marker="o", ms=3, label=name.removeprefix("fedlora-"))
-        ax.set_xlabel("round"), ax.set_ylabel("dev accuracy (%)"), ax.grid(alpha=0.3), ax.legend()
-        ax.set_title("Fig. 5: rank distribution (same total rank)")
-        fig.tight_layout()
-        fig.savefig(out / "fig5_rank_distribution.png", dpi=120)
-        plt.close(fig)
+        from .metrics.plots import plot_accuracy_vs_round
+
+        plot_accuracy_vs_round({n.removeprefix("fedlora-"): r for n, r in rank.items()}, out / "fig5_rank_distribution.png",
+                               "Fig. 5: rank distribution (same total rank)")
         made.append("fig5_rank_distribution.png")
     return made
 

@@ -20,38 +20,38 @@ def _evaluated(records: list[dict]) -> list[dict]:
     return [r for r in records if r.get("accuracy") is not None]
 
 
-def plot_accuracy_vs_time(runs: dict[str, list[dict]], path: Path, target: float | None = None) -> Path:
+def _curves(runs: dict[str, list[dict]], x, y, path: Path, xlabel: str, ylabel: str, title: str,
+            target: float | None = None) -> Path:
+    """One line per run over its evaluated rounds, x(record) against y(record)."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for name, records in runs.items():
         ev = _evaluated(records)
-        ax.plot([0.0] + [r["virtual_time_s"] for r in ev], [None] + [100 * r["accuracy"] for r in ev], marker="o", ms=3, label=name)
+        ax.plot([x(r) for r in ev], [y(r) for r in ev], marker="o", ms=3, label=name)
     if target is not None:
         ax.axhline(100 * target, ls="--", c="grey", lw=1, label=f"target {100 * target:.1f}%")
-    ax.set_xlabel("virtual time (s)")
-    ax.set_ylabel("dev accuracy (%)")
-    ax.set_title("Accuracy vs virtual time")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_accuracy_vs_time(runs: dict[str, list[dict]], path: Path, target: float | None = None) -> Path:
+    return _curves(runs, lambda r: r["virtual_time_s"], lambda r: 100 * r["accuracy"], path, "virtual time (s)",
+                   "dev accuracy (%)", "Accuracy vs virtual time", target)
+
+
+def plot_accuracy_vs_round(runs: dict[str, list[dict]], path: Path, title: str) -> Path:
+    return _curves(runs, lambda r: r["round"], lambda r: 100 * r["accuracy"], path, "round", "dev accuracy (%)", title)
 
 
 def plot_traffic_vs_accuracy(runs: dict[str, list[dict]], path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for name, records in runs.items():
-        ev = _evaluated(records)
-        ax.plot([100 * r["accuracy"] for r in ev], [r["traffic_bytes"] / 1e6 for r in ev], marker="o", ms=3, label=name)
-    ax.set_xlabel("dev accuracy (%)")
-    ax.set_ylabel("cumulative traffic (MB, up + down)")
-    ax.set_title("Traffic vs accuracy")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _curves(runs, lambda r: 100 * r["accuracy"], lambda r: r["traffic_bytes"] / 1e6, path, "dev accuracy (%)",
+                   "cumulative traffic (MB, up + down)", "Traffic vs accuracy")
 
 
 def plot_timeline(record: dict, path: Path) -> Path:
