@@ -48,10 +48,9 @@ def prepare(cfg: RunConfig, progress: Callable[[str], None] = print) -> Simulati
              f"head {backbone.head_names}")
     tcfg = TrainConfig(batch_size=cfg.batch_size, local_epochs=cfg.local_epochs, max_local_steps=cfg.max_local_steps,
                        weight_decay=cfg.weight_decay, lora_scaling=cfg.lora_scaling, seed=cfg.seed)
-    setup = SimulationSetup(backbone, train, dev, parts, fleet, tcfg, cfg.rounds, cfg.eval_every, cfg.report_noise, cfg.seed)
-    setup.label_names = task.label_names  # type: ignore[attr-defined]
-    setup.stats = partition_stats(parts, [ex[2] for ex in train_examples], task.num_labels)  # type: ignore[attr-defined]
-    return setup
+    return SimulationSetup(backbone, train, dev, parts, fleet, tcfg, cfg.rounds, cfg.eval_every, cfg.report_noise, cfg.seed,
+                           label_names=task.label_names,
+                           partition_stats=partition_stats(parts, [ex[2] for ex in train_examples], task.num_labels))
 
 
 def run(cfg: RunConfig, progress: Callable[[str], None] = print) -> dict:
@@ -60,11 +59,11 @@ def run(cfg: RunConfig, progress: Callable[[str], None] = print) -> dict:
     setup = prepare(cfg, progress)
     strategy = build_strategy(cfg)
     (out / "config.json").write_text(json.dumps(cfg.to_json(), indent=2))
-    (out / "partition.json").write_text(json.dumps(setup.stats, indent=1))
-    sizes = [s["examples"] for s in setup.stats]
+    (out / "partition.json").write_text(json.dumps(setup.partition_stats, indent=1))
+    sizes = [s["examples"] for s in setup.partition_stats]
     progress(f"partition {cfg.partition} (alpha {cfg.dirichlet_alpha}) over {cfg.num_devices} devices: sizes "
              f"min {min(sizes)} / max {max(sizes)}; per device: " +
-             ", ".join(f"{s['device']}:{s['examples']}{s['label_counts']}" for s in setup.stats[:12]) +
+             ", ".join(f"{s['device']}:{s['examples']}{s['label_counts']}" for s in setup.partition_stats[:12]) +
              (" ..." if len(sizes) > 12 else ""))
     progress(f"fleet {setup.fleet.name}: " + ", ".join(sorted({d.kind for d in setup.fleet.devices})[:6]))
     t0 = time.perf_counter()

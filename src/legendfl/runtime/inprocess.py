@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -34,6 +34,8 @@ class SimulationSetup:
     eval_every: int = 1
     report_noise: float = 0.0
     seed: int = 0
+    label_names: list[str] = field(default_factory=list)
+    partition_stats: list[dict] = field(default_factory=list)
 
 
 def run_simulation(strategy: Strategy, setup: SimulationSetup, out_dir: Path,
