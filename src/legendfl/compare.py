@@ -188,7 +188,7 @@ def _pretests(base: dict, groups: dict[str, list[str]], out: Path, progress: Cal
         from .models.trainer import TokenizedData
 
         data = load_task(base["task"])
-        backbone = load_backbone(base.get("model", "minilm"), data.num_labels)
+        backbone = load_backbone(base.get("model", "minilm"), data.num_labels, device=base.get("device", "auto"))
         costs_path.write_text(json.dumps(measure_depth_costs(backbone, TokenizedData(backbone.tokenizer, data.train[:2000], 64)), indent=1))
     costs = json.loads(costs_path.read_text()) if costs_path.exists() else []
     table = pretest_table(runs, costs)

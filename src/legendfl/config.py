@@ -74,6 +74,7 @@ class RunConfig:
     report_noise: float = _f(0.0, "relative noise on devices' reported timings")
     target_accuracy: float | None = _f(None, "target accuracy for time/traffic-to-target (default: final accuracy)")
     # --- run
+    device: str = _f("auto", "where training runs: auto (cuda when available), cpu or cuda", ("auto", "cpu", "cuda"))
     seed: int = _f(0, "seed of every random choice (partition, fleet, batches, dropout, init)")
     threads: int | None = _f(None, "torch CPU threads (default: all cores)")
     out_dir: str = _f("runs/default", "output folder (records, summary, adapter, plots)")

@@ -34,8 +34,9 @@ def measure_depth_costs(backbone, data, batch_size: int = 16, batches: int = 12,
             trainable = [p for p in model.parameters() if p.requires_grad]
             opt = torch.optim.AdamW(trainable, lr=1e-4)
             times, saved = [], []
+            device = next(model.parameters()).device
             for i, idx in enumerate(picks):
-                batch = data.batch(idx)
+                batch = {k: v.to(device) for k, v in data.batch(idx).items()}
                 held = [0]
 
                 def pack(t, held=held):

@@ -29,7 +29,7 @@ def prepare(cfg: RunConfig, progress: Callable[[str], None] = print) -> Simulati
     parts = partition(labels, cfg.num_devices, scheme=cfg.partition, alpha=cfg.dirichlet_alpha, seed=cfg.seed,
                       max_examples_per_device=cfg.max_examples_per_device)
     fleet = load_fleet(cfg.fleet, cfg.num_devices, cfg.seed)
-    backbone = load_backbone(cfg.model, task.num_labels, cfg.seed)
+    backbone = load_backbone(cfg.model, task.num_labels, cfg.seed, cfg.device)
     if cfg.initial_depth is not None and cfg.initial_depth > backbone.num_layers:
         raise ValueError(f"initial_depth must be in [1, {backbone.num_layers}], got {cfg.initial_depth}")
     t0 = time.perf_counter()

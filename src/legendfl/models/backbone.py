@@ -128,10 +128,18 @@ class Backbone:
 
     def head_tensors(self) -> dict[str, torch.Tensor]:
         params = dict(self.model.named_parameters())
-        return {f"head.{n}": params[n].detach().clone() for n in self.head_names}
+        return {f"head.{n}": params[n].detach().to("cpu", copy=True) for n in self.head_names}
 
 
-def load_backbone(name: str = DEFAULT_MODEL, num_labels: int = 2, seed: int = 0) -> Backbone:
+def resolve_device(device: str = "auto") -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelError("device 'cuda' was asked for but torch sees no CUDA device; use device cpu or auto")
+    return device
+
+
+def load_backbone(name: str = DEFAULT_MODEL, num_labels: int = 2, seed: int = 0, device: str = "cpu") -> Backbone:
     """Load tokenizer and sequence-classification model; freeze it; discover blocks and head."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -161,4 +169,5 @@ def load_backbone(name: str = DEFAULT_MODEL, num_labels: int = 2, seed: int = 0)
                      head={f"head.{n}": params[n].detach().clone() for n in head_names},
                      hidden_size=hidden, base_param_count=base_count,
                      base_state={f"full.{n}": p.detach().clone() for n, p in model.named_parameters() if n.startswith(backbone_prefix)})
+    model.to(resolve_device(device))
     return Backbone(model, tokenizer, name, prefix, linear, head_names, spec)

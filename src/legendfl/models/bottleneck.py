@@ -88,8 +88,8 @@ def train_adapter(backbone: Backbone, task: DeviceTask, data: TokenizedData, ind
     depth, width = task.settings["adapter_depth"], task.settings["adapter_width"]
     with bottleneck_adapter(backbone, depth, width, task.params, train=True) as model:
         result = local_training(model, task, data, indices, cfg, _adapter_flops(backbone, depth, width))
-        result.params = {k: p.detach().clone() for k, p in _live(backbone).items()}
-        result.params.update({k: p.detach().clone() for k, p in head_parameters(backbone, model).items()})
+        result.params = {k: p.detach().to("cpu", copy=True) for k, p in _live(backbone).items()}
+        result.params.update({k: p.detach().to("cpu", copy=True) for k, p in head_parameters(backbone, model).items()})
         result.metrics["trained_depth"] = depth
     return result
 

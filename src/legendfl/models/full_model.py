@@ -46,7 +46,7 @@ def train_full(backbone: Backbone, task: DeviceTask, data: TokenizedData, indice
     with full_weights(backbone, task.params, trainable=True) as model:
         result = local_training(model, task, data, indices, cfg,
                                 lambda seqs, width: batch_flops(backbone.spec, None, seqs, width, full=True))
-        result.params = {k: p.detach().clone() for k, p in _live(backbone).items()}
+        result.params = {k: p.detach().to("cpu", copy=True) for k, p in _live(backbone).items()}
         result.metrics["trained_depth"] = backbone.num_layers
     return result
 

@@ -55,7 +55,7 @@ def get_lora_tensors(backbone: Backbone, peft_model: torch.nn.Module) -> Tensors
     for name, param in peft_model.named_parameters():
         m = regex.search(name)
         if m:
-            out[lora_key(int(m.group(1)), m.group(2), m.group(3))] = param.detach().clone()
+            out[lora_key(int(m.group(1)), m.group(2), m.group(3))] = param.detach().to("cpu", copy=True)
     return out
 
 

@@ -18,13 +18,13 @@ def lora_pairs(model: torch.nn.Module, adapter: str = "default") -> list[tuple[t
 
 def rank_tail_norm(pairs, gamma: float) -> torch.Tensor:
     """HetLoRA's penalty: sum over pairs of ||A[floor(gamma r):r, :]|| * ||B[:, floor(gamma r):r]||."""
-    total = torch.zeros(())
+    terms = []
     for a, b in pairs:
         r = a.shape[0]
         cut = math.floor(gamma * r)
         if cut < r:
-            total = total + a[cut:].norm() * b[:, cut:].norm()
-    return total
+            terms.append(a[cut:].norm() * b[:, cut:].norm())
+    return torch.stack(terms).sum() if terms else torch.zeros(())
 
 
 def make_rank_regularizer(gamma: float, strength: float):

@@ -128,10 +128,11 @@ def local_training(model: torch.nn.Module, task: DeviceTask, data: TokenizedData
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=task.lr, weight_decay=cfg.weight_decay)
+    device = next(model.parameters()).device
     for idx in batches:
-        batch = data.batch(idx)
+        batch = {k: v.to(device) for k, v in data.batch(idx).items()}
         t0 = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
             out = model(**batch)
         loss = out.loss.float()
         if regularizer is not None:
@@ -175,7 +176,7 @@ def train_lora(backbone: Backbone, task: DeviceTask, data: TokenizedData, indice
             with torch.no_grad():
                 result.metrics["tail_norm"] = float(rank_tail_norm(lora_pairs(model), tail_gamma))
         result.params = get_lora_tensors(backbone, model)
-        result.params.update({k: p.detach().clone() for k, p in head_parameters(backbone, model).items()})
+        result.params.update({k: p.detach().to("cpu", copy=True) for k, p in head_parameters(backbone, model).items()})
     return result
 
 
@@ -186,9 +187,10 @@ def evaluate_model(model: torch.nn.Module, data: TokenizedData, batch_size: int 
     correct = 0
     loss_sum = 0.0
     model.eval()
+    device = next(model.parameters()).device
     for i in range(0, len(order), batch_size):
         idx = order[i:i + batch_size]
-        batch = data.batch(idx)
+        batch = {k: v.to(device) for k, v in data.batch(idx).items()}
         out = model(**batch)
         correct += int((out.logits.argmax(-1) == batch["labels"]).sum())
         loss_sum += float(out.loss) * len(idx)
