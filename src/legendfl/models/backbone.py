@@ -127,8 +127,17 @@ class Backbone:
         return self.block_prefix.rsplit(".", 1)[-1]
 
     def head_tensors(self) -> dict[str, torch.Tensor]:
-        params = dict(self.model.named_parameters())
-        return {f"head.{n}": params[n].detach().to("cpu", copy=True) for n in self.head_names}
+        """The head as loaded (the live head is restored to this after every task)."""
+        return {k: v.clone() for k, v in self.spec.head.items()}
+
+    def restore_head(self, model: torch.nn.Module | None = None) -> None:
+        """Put the loaded head back into the shared model and freeze it."""
+        from .lora import head_parameters
+
+        with torch.no_grad():
+            for key, p in head_parameters(self, model or self.model).items():
+                p.copy_(self.spec.head[key])
+                p.requires_grad_(False)
 
 
 def resolve_device(device: str = "auto") -> str:

@@ -68,6 +68,7 @@ def bottleneck_adapter(backbone: Backbone, depth: int, width: int, params: Tenso
     finally:
         for p in model.parameters():
             p.requires_grad_(False)
+        backbone.restore_head()
         model.delete_adapter(NAME)
         model.set_active_adapters(None)
         model.eval()

@@ -37,8 +37,7 @@ def full_weights(backbone: Backbone, params: Tensors, trainable: bool) -> Iterat
         with torch.no_grad():
             for k, p in live.items():
                 p.requires_grad_(False)
-                if k.startswith("full."):
-                    p.copy_(backbone.spec.base_state[k])
+                p.copy_(backbone.spec.base_state[k] if k.startswith("full.") else backbone.spec.head[k])
         backbone.model.eval()
 
 

@@ -113,8 +113,7 @@ def lora_adapter(backbone: Backbone, layout: LoraLayout, params: Tensors, *, sca
                 p.requires_grad_(train_head)
         yield peft_model
     finally:
-        for p in head_parameters(backbone, backbone.model).values():
-            p.requires_grad_(False)
+        backbone.restore_head(peft_model)
         peft_model.unload()
         backbone.model.eval()
 
