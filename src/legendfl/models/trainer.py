@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..core.seeding import derive_seed, rng
-from ..core.strategy import DeviceResult, DeviceTask, Tensors
+from ..core.strategy import DeviceResult, DeviceTask
 from .backbone import Backbone
 from .flops import batch_flops
 from .lora import get_lora_tensors, head_parameters, lora_adapter
