@@ -56,6 +56,7 @@ class RunConfig:
     rank_step: int = _f(1, "lambda: common difference of the rank distribution")
     ema: float = _f(0.8, "rho: moving-average weight of capacity estimates")
     initial_depth: int | None = _f(None, "LoRA depth of every device in round 1, before any report (default: ceil(L/2))")
+    fixed_depths: list[int] | None = _f(None, "LEGEND: pin each device's LoRA depth (one entry per device; for controlled experiments and runtime-equivalence checks); None: LCD decides")
     compute_budget: float | None = _f(None, "C_i: per-device computing budget in units of c (None: unbounded)")
     comm_budget: float | None = _f(None, "B_i: per-device upload budget in bytes per round (None: unbounded)")
     legend_weighting: str = _f("uniform", "LEGEND's layer-wise average: plain mean over the devices that trained a layer (eq. 17) or weighted by their examples", ("uniform", "examples"))
@@ -109,6 +110,13 @@ class RunConfig:
             raise ValueError(f"hetlora_r_min ({self.hetlora_r_min}) must be <= hetlora_r_max ({self.hetlora_r_max})")
         if self.pretest is not None and self.strategy != "fedlora":
             raise ValueError(f"pretest applies to strategy 'fedlora', got strategy {self.strategy!r}")
+        if self.fixed_depths is not None:
+            if self.strategy not in ("legend", "legend-no-rank"):
+                raise ValueError(f"fixed_depths applies to strategies 'legend' and 'legend-no-rank', got {self.strategy!r}")
+            if (not isinstance(self.fixed_depths, list) or len(self.fixed_depths) != self.num_devices
+                    or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in self.fixed_depths)):
+                raise ValueError(f"fixed_depths must list one positive integer depth per device ({self.num_devices}), "
+                                 f"got {self.fixed_depths!r}")
         if not 1 <= len(self.text_columns) <= 2:
             raise ValueError(f"text_columns must name one or two columns, got {self.text_columns}")
 

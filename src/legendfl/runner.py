@@ -68,14 +68,20 @@ def run(cfg: RunConfig, progress: Callable[[str], None] = print) -> dict:
     progress(f"fleet {setup.fleet.name}: " + ", ".join(sorted({d.kind for d in setup.fleet.devices})[:6]))
     t0 = time.perf_counter()
     records = run_simulation(strategy, setup, out, progress)
+    return write_outputs(cfg, strategy, setup.backbone, records, out, setup.label_names, time.perf_counter() - t0)
+
+
+def write_outputs(cfg: RunConfig, strategy, backbone, records: list[dict], out: Path, label_names: list[str],
+                  wall_time_s: float, **extra) -> dict:
+    """What every runtime leaves after a run: ``summary.json``, the exported adapter, the figures."""
     summary = {**summarize(records, cfg.target_accuracy), **strategy.summary(), "task": cfg.task, "model": cfg.model,
-               "fleet": cfg.fleet, "num_devices": cfg.num_devices, "wall_time_s": time.perf_counter() - t0}
+               "fleet": cfg.fleet, "num_devices": cfg.num_devices, "wall_time_s": wall_time_s, **extra}
     task = strategy.evaluation_task()
     if task.kind == "lora":
         from .models.lora import export_adapter
 
-        export_adapter(setup.backbone, task.layout, task.params, str(out / "adapter"), scaling=cfg.lora_scaling)
-        (out / "adapter" / "labels.json").write_text(json.dumps(setup.label_names))
+        export_adapter(backbone, task.layout, task.params, str(out / "adapter"), scaling=cfg.lora_scaling)
+        (out / "adapter" / "labels.json").write_text(json.dumps(label_names))
     try:
         from .metrics.plots import run_plots
 

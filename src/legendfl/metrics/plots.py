@@ -59,16 +59,17 @@ def plot_timeline(record: dict, path: Path) -> Path:
     devs = sorted(record["devices"].items(), key=lambda kv: kv[1]["total_s"])
     fig, ax = plt.subplots(figsize=(7.5, 0.32 * len(devs) + 1.6))
     parts = [("download_s", "download", "#4c72b0"), ("compute", "compute", "#dd8452"),
-             ("upload_s", "upload", "#55a868"), ("waiting_s", "wait", "#d9d9d9")]
+             ("upload_s", "upload", "#55a868"), ("other_s", "process start, model load", "#8172b2"),
+             ("waiting_s", "wait", "#d9d9d9")]
     for row, (dev, d) in enumerate(devs):
         left = 0.0
         for key, label, color in parts:
-            width = d["forward_s"] + d["backward_s"] if key == "compute" else d[key]
+            width = d["forward_s"] + d["backward_s"] if key == "compute" else d.get(key, 0.0)
             ax.barh(row, width, left=left, color=color, label=label if row == 0 else None)
             left += width
     ax.set_yticks(range(len(devs)))
     ax.set_yticklabels([f"{dev} {d['kind']} m{d['mode']}" + (f" k={d['depth']}" if "depth" in d else "") for dev, d in devs], fontsize=7)
-    ax.set_xlabel("seconds of virtual time")
+    ax.set_xlabel("seconds of real time" if record.get("clock") == "real" else "seconds of virtual time")
     ax.set_title(f"{record['strategy']}: device timeline of round {record['round']} (sorted by completion)")
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()

@@ -31,7 +31,8 @@ class Legend(LoraStrategy):
 
     def __init__(self, *, rank_budget: int | None = None, rank_step: int = 1, ema: float = 0.8,
                  initial_depth: int | None = None, budgets: Budgets | None = None, adaptive_depth: bool = True,
-                 rank_shape: str = "increasing", default_rank: int = 8, weighting: str = "uniform", **kwargs: Any) -> None:
+                 rank_shape: str = "increasing", default_rank: int = 8, weighting: str = "uniform",
+                 fixed_depths: list[int] | None = None, **kwargs: Any) -> None:
         super().__init__(weighting=weighting, **kwargs)
         if rank_shape not in ("increasing", "uniform"):
             raise ValueError(f"rank_shape must be one of ('increasing', 'uniform'), got {rank_shape!r}")
@@ -42,6 +43,7 @@ class Legend(LoraStrategy):
         self.adaptive_depth = adaptive_depth
         self.rank_shape = rank_shape
         self.default_rank = default_rank
+        self.fixed_depths = fixed_depths
         self.estimator = CapacityEstimator(ema)
         self.ranks: list[int] = []
         self.last_decision: LcdDecision | None = None
@@ -53,6 +55,8 @@ class Legend(LoraStrategy):
                       else uniform_distribution(L, budget))
         if self.initial_depth is not None and not 1 <= self.initial_depth <= L:
             raise ValueError(f"initial_depth must be in [1, {L}], got {self.initial_depth}")
+        if self.fixed_depths is not None and not all(1 <= k <= L for k in self.fixed_depths):
+            raise ValueError(f"fixed_depths must be in [1, {L}], got {self.fixed_depths}")
         # b of eq. 15: bytes of one layer's LoRA at unit rank (fp32)
         self.budgets.bytes_per_rank = float(spec.bytes_per_param * sum(i + o for i, o in spec.linear_modules.values()))
         return LoraLayout.top(L, self.ranks)
@@ -61,6 +65,8 @@ class Legend(LoraStrategy):
         L = self.spec.num_layers
         if not self.adaptive_depth:
             return {d: L for d in device_ids}
+        if self.fixed_depths is not None:
+            return {d: self.fixed_depths[d] for d in device_ids}
         first = self.initial_depth or math.ceil(L / 2)
         known = {d: self.estimator.estimates[d] for d in device_ids if self.estimator.known(d)}
         depths = {d: first for d in device_ids if d not in known}
@@ -100,7 +106,8 @@ def build_legend(cfg, **common: Any) -> Legend:
     """LEGEND or an ablation from a run configuration."""
     budgets = Budgets(compute=cfg.compute_budget, comm=cfg.comm_budget, waiting=cfg.waiting_budget)
     kwargs = dict(rank_budget=cfg.rank_budget, rank_step=cfg.rank_step, ema=cfg.ema, initial_depth=cfg.initial_depth,
-                  budgets=budgets, default_rank=cfg.lora_rank, weighting=cfg.legend_weighting, **common)
+                  budgets=budgets, default_rank=cfg.lora_rank, weighting=cfg.legend_weighting,
+                  fixed_depths=cfg.fixed_depths, **common)
     if cfg.strategy == "legend":
         return Legend(**kwargs)
     if cfg.strategy == "legend-no-depth":

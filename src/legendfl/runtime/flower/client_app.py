@@ -1,0 +1,197 @@
+"""The Flower ClientApp: one device of the federation, training our trainer on its own data.
+
+Each SuperNode is one device. It is started with its identity and data in ``--node-config``::
+
+    flower-supernode ... --node-config "partition-id=3 num-partitions=80"
+    flower-supernode ... --node-config "partition-id=3 data-file='/data/my_reviews.tsv'"
+
+Keys (all optional except ``partition-id``):
+
+* ``partition-id``: the device id the strategy knows this node by; with no ``data-file`` the node trains on
+  that partition of the run's task, cut exactly as the in-process runtime cuts it (same seed, same scheme);
+* ``num-partitions``: checked against the run's ``num_devices`` when given;
+* ``data-file``: the device's own local data (CSV/TSV/JSON/JSONL, the run's columns); no partitioning;
+* ``emulate-device``: train for real, then sleep so that the round takes as long as this entry of the run's
+  fleet would take for the same work (virtual seconds times ``emulate-time-scale``), and report that
+  device's timings: heterogeneity on a loopback or lab cluster;
+* ``emulate-time-scale`` (default 1.0) and ``threads`` (torch CPU threads of this node).
+
+Flower 1.41 starts a fresh ClientApp process for every message, so each message pays for importing torch and
+loading the model and data (reported as ``setup_s`` in every result; see docs/flower.md). Within one process
+the loaded model and data are cached.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+
+from ...config import RunConfig
+from ...core.strategy import CapacityReport
+from .messages import decode_task, encode_identity, encode_result
+
+_IMPORTED = time.perf_counter()
+app = ClientApp()
+
+
+def _process_age_s() -> float:
+    """Seconds since this process started (Linux: from /proc, so Python and Flower's own start-up count);
+    elsewhere since this module was imported."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime"))
+        return max(0.0, time.time() - (boot + int(fields[19]) / ticks))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return time.perf_counter() - _IMPORTED
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """A SuperNode's ``--node-config``, validated."""
+
+    partition_id: int
+    num_partitions: int | None = None
+    data_file: str | None = None
+    emulate_device: int | None = None
+    emulate_time_scale: float = 1.0
+    threads: int | None = None
+
+    KEYS = ("partition-id", "num-partitions", "data-file", "emulate-device", "emulate-time-scale", "threads")
+
+    @classmethod
+    def from_node_config(cls, node_config: dict[str, Any]) -> "NodeSettings":
+        unknown = sorted(set(node_config) - set(cls.KEYS))
+        if unknown:
+            raise ValueError(f"unknown node-config keys {unknown}; allowed: {list(cls.KEYS)}")
+        if "partition-id" not in node_config:
+            raise ValueError("node-config must set partition-id (the device id of this SuperNode)")
+
+        def integer(key: str, minimum: int) -> int | None:
+            v = node_config.get(key)
+            if v is None:
+                return None
+            if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+                raise ValueError(f"node-config {key} must be an integer >= {minimum}, got {v!r}")
+            return v
+
+        scale = node_config.get("emulate-time-scale", 1.0)
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale < 0:
+            raise ValueError(f"node-config emulate-time-scale must be a number >= 0, got {scale!r}")
+        data_file = node_config.get("data-file")
+        if data_file is not None and (not isinstance(data_file, str) or not data_file):
+            raise ValueError(f"node-config data-file must be a path, got {data_file!r}")
+        return cls(integer("partition-id", 0), integer("num-partitions", 1), data_file,
+                   integer("emulate-device", 0), float(scale), integer("threads", 1))
+
+    def check(self, cfg: RunConfig) -> None:
+        if self.num_partitions is not None and self.num_partitions != cfg.num_devices:
+            raise ValueError(f"node-config num-partitions ({self.num_partitions}) must equal the run's num_devices "
+                             f"({cfg.num_devices})")
+        if self.data_file is None and self.partition_id >= cfg.num_devices:
+            raise ValueError(f"node-config partition-id must be in [0, {cfg.num_devices - 1}], got {self.partition_id}")
+
+
+def local_examples(cfg: RunConfig, settings: NodeSettings) -> list:
+    """This device's training examples, in the order the in-process runtime gives them."""
+    from ...data.partition import partition
+    from ...data.tasks import load_task
+
+    if settings.data_file is not None:
+        return list(load_task("file", data_file=settings.data_file, text_columns=cfg.text_columns,
+                              label_column=cfg.label_column, seed=cfg.seed).train)
+    task = load_task(cfg.task, data_file=cfg.data_file, dev_file=cfg.dev_file, text_columns=cfg.text_columns,
+                     label_column=cfg.label_column, seed=cfg.seed)
+    parts = partition([ex[2] for ex in task.train], cfg.num_devices, scheme=cfg.partition, alpha=cfg.dirichlet_alpha,
+                      seed=cfg.seed, max_examples_per_device=cfg.max_examples_per_device)
+    return [task.train[i] for i in parts[settings.partition_id]]
+
+
+_CACHE: dict[str, Any] = {}
+
+
+def _node_state(cfg: RunConfig, settings: NodeSettings, num_labels: int):
+    """Model, tokenised local data and training settings of this node (cached within the process)."""
+    import torch
+
+    from ...models.backbone import load_backbone
+    from ...models.trainer import TokenizedData, TrainConfig
+    from ..executors import DeviceData
+
+    key = repr((cfg.to_json(), settings, num_labels))
+    if key not in _CACHE:
+        threads = settings.threads or cfg.threads
+        if threads:
+            torch.set_num_threads(threads)
+        backbone = load_backbone(cfg.model, num_labels, cfg.seed, cfg.device)
+        examples = local_examples(cfg, settings)
+        tcfg = TrainConfig(batch_size=cfg.batch_size, local_epochs=cfg.local_epochs, max_local_steps=cfg.max_local_steps,
+                           weight_decay=cfg.weight_decay, lora_scaling=cfg.lora_scaling, seed=cfg.seed)
+        _CACHE.clear()
+        _CACHE[key] = (DeviceData(backbone, TokenizedData(backbone.tokenizer, examples, cfg.max_length), tcfg),
+                       list(range(len(examples))))
+    return _CACHE[key]
+
+
+def _host() -> dict[str, Any]:
+    return {"hostname": socket.gethostname(), "platform": platform.platform(), "pid": os.getpid(),
+            "cpus": os.cpu_count()}
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Who this node is: its device id, how much data it holds, its machine."""
+    import json
+
+    cfg = RunConfig(**json.loads(str(msg.content.config_records["query"]["run-config-json"])))
+    settings = NodeSettings.from_node_config(dict(context.node_config))
+    settings.check(cfg)
+    examples = local_examples(cfg, settings)
+    identity = {"device_id": settings.partition_id, "num_examples": len(examples),
+                "data_file": settings.data_file, "emulate_device": settings.emulate_device, **_host()}
+    return Message(encode_identity(identity), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Train the task on local data; return the uploaded tensors, the work done and measured timings."""
+    received = time.perf_counter()
+    started = received - _process_age_s()
+    from ..executors import train as run_task, work_of
+
+    task, cfg_json, num_labels = decode_task(msg.content)
+    cfg = RunConfig(**cfg_json)
+    settings = NodeSettings.from_node_config(dict(context.node_config))
+    settings.check(cfg)
+    if task.device_id != settings.partition_id:
+        raise ValueError(f"task for device {task.device_id} sent to the node with partition-id {settings.partition_id}")
+    data, indices = _node_state(cfg, settings, num_labels)
+    start = time.perf_counter()
+    result = run_task(task, data, indices)
+    work = work_of(task, result)
+    node: dict[str, Any] = {"setup_s": start - started, "train_s": time.perf_counter() - start, **_host()}
+    if settings.emulate_device is not None:
+        from ...fleet.cost_model import capacity_report, device_timing
+        from ...fleet.devices import load_fleet
+
+        fleet = load_fleet(cfg.fleet, max(cfg.num_devices, settings.emulate_device + 1), cfg.seed)
+        state = fleet.state(settings.emulate_device, task.round)
+        timing = device_timing(state, work)
+        pause = max(0.0, timing.total_s * settings.emulate_time_scale - (time.perf_counter() - received))
+        time.sleep(pause)
+        result.report = capacity_report(state, work, timing)
+        node["emulated"] = {"device": settings.emulate_device, "kind": fleet.devices[settings.emulate_device].kind,
+                            "mode": state.mode, **timing.to_json(), "sleep_s": pause}
+    else:
+        depth = max(1, work.trained_depth)
+        # upload time per unit rank is measured by the server (it sees when the reply arrives)
+        result.report = CapacityReport(result.measured_backward_s / depth, 0.0, result.measured_forward_s)
+    node["busy_s"] = time.perf_counter() - started
+    return Message(encode_result(result, node), reply_to=msg)

@@ -1,0 +1,191 @@
+"""A whole Flower federation on this machine's loopback: a SuperLink, N SuperNodes, TLS and node auth.
+
+Used by the tests and by ``legendfl flower local`` (a dry run of a deployment before touching a fleet).
+Every process is started in its own session and stopped by its PID (its process group: the SuperNode's
+SuperExec and ClientApp children go with it), never by name. Addresses are 127.0.0.1 only.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .credentials import Credentials, make_credentials
+
+CONNECTION = "legendfl-local"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def flower_env(flwr_home: Path) -> dict[str, str]:
+    """Environment for Flower processes: no telemetry, no update check, our own Flower configuration."""
+    env = dict(os.environ)
+    env.update(FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1", FLWR_HOME=str(flwr_home))
+    bin_dir = str(Path(sys.executable).parent)
+    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+    return env
+
+
+def _toml_value(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, str) else repr(value).lower() if isinstance(value, bool) else repr(value)
+
+
+def node_config_arg(node_config: dict[str, Any]) -> str:
+    """``--node-config`` text: ``key=value`` pairs, strings quoted as TOML wants."""
+    return " ".join(f"{k}={_toml_value(v)}" for k, v in node_config.items())
+
+
+class LocalFederation:
+    """Start with :meth:`start`; always :meth:`close` (a ``with`` block does)."""
+
+    def __init__(self, workdir: Path, *, tls: bool = True, node_auth: bool = True) -> None:
+        if node_auth and not tls:
+            raise ValueError("node_auth needs tls: Flower authenticates SuperNodes only over TLS")
+        self.workdir = Path(workdir)
+        self.tls, self.node_auth = tls, node_auth
+        self.home = self.workdir / "flwr-home"
+        self.env = flower_env(self.home)
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.credentials: Credentials | None = None
+        self.processes: dict[str, subprocess.Popen] = {}
+        self.logs: dict[str, Path] = {}
+
+    def __enter__(self) -> "LocalFederation":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- processes -------------------------------------------------------------------------------------------
+    def _spawn(self, name: str, command: list[str]) -> subprocess.Popen:
+        log = self.workdir / f"{name}.log"
+        self.logs[name] = log
+        with log.open("w") as fh:
+            proc = subprocess.Popen(command, stdout=fh, stderr=subprocess.STDOUT, env=self.env, cwd=self.workdir,
+                                    start_new_session=True)
+        self.processes[name] = proc
+        return proc
+
+    def stop(self, name: str, timeout: float = 15.0) -> None:
+        """Stop one process and its children by PID (SIGTERM to its process group, SIGKILL if it lingers)."""
+        proc = self.processes.get(name)
+        if proc is None:
+            return
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                proc.wait(wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        try:  # children that outlived their group leader (same group id = the leader's PID)
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def close(self) -> None:
+        for name in [n for n in self.processes if n != "superlink"] + ["superlink"]:
+            self.stop(name)
+
+    def log(self, name: str) -> str:
+        return self.logs[name].read_text() if name in self.logs and self.logs[name].exists() else ""
+
+    # -- federation ------------------------------------------------------------------------------------------
+    def start(self, wait_s: float = 60.0) -> "LocalFederation":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.home.mkdir(parents=True, exist_ok=True)
+        cmd = ["flower-superlink", "--host", "127.0.0.1", "--port", str(self.port),
+               "--disable-runtime-dependency-installation"]
+        connection = {"address": self.address}
+        if self.tls:
+            self.credentials = make_credentials(self.workdir / "certs", ["127.0.0.1", "localhost"], 0)
+            c = self.credentials
+            cmd += ["--ssl-ca-certfile", str(c.ca_cert), "--ssl-certfile", str(c.server_cert),
+                    "--ssl-keyfile", str(c.server_key)]
+            connection["root-certificates"] = str(c.ca_cert)
+        else:
+            cmd.append("--insecure")
+            connection["insecure"] = True
+        if self.node_auth:
+            cmd.append("--enable-supernode-auth")
+        (self.home / "config.toml").write_text(
+            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+            + "".join(f"{k} = {_toml_value(v)}\n" for k, v in connection.items()))
+        self._spawn("superlink", cmd)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if self.processes["superlink"].poll() is not None:
+                raise RuntimeError(f"SuperLink exited:\n{self.log('superlink')[-3000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return self
+            except OSError:
+                time.sleep(0.5)
+        raise RuntimeError(f"SuperLink did not listen on {self.address} within {wait_s:.0f}s")
+
+    def flwr(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
+        return subprocess.run(["flwr", *args], env=self.env, cwd=self.workdir, capture_output=True, text=True,
+                              timeout=timeout)
+
+    def node_keys(self, name: str) -> tuple[Path, Path]:
+        from .credentials import make_node_keys
+
+        return make_node_keys(self.workdir / "certs", name)
+
+    def register(self, public_key: Path) -> int:
+        """``flwr supernode register``: the SuperLink will admit the node holding the matching private key."""
+        res = self.flwr("supernode", "register", str(public_key), CONNECTION, "--format", "json")
+        try:
+            return int(json.loads(res.stdout)["node-id"])
+        except (ValueError, KeyError):
+            raise RuntimeError(f"registering {public_key} failed: {res.stdout}{res.stderr}") from None
+
+    def start_supernode(self, name: str, node_config: dict[str, Any], *, register: bool = True) -> subprocess.Popen:
+        """A SuperNode with its own key pair (registered unless ``register=False``)."""
+        cmd = ["flower-supernode", "--superlink", self.address, "--host", "127.0.0.1", "--port", str(free_port()),
+               "--node-config", node_config_arg(node_config)]
+        if self.tls:
+            cmd += ["--root-certificates", str(self.credentials.ca_cert)]
+        else:
+            cmd.append("--insecure")
+        if self.node_auth:
+            private, public = self.node_keys(name)
+            if register:
+                self.register(public)
+            cmd += ["--auth-supernode-private-key", str(private)]
+        return self._spawn(name, cmd)
+
+    def run(self, app_dir: Path, run_config: dict[str, Any], timeout: float) -> tuple[str, str]:
+        """``flwr run`` the app with these run-config values and wait for it to end.
+
+        Returns the run's final status as the SuperLink reports it (e.g. ``finished:completed``) and the
+        streamed log. ``flwr run --stream`` exits 0 even when the ServerApp failed, so the status is read back.
+        """
+        path = self.workdir / "run-config.toml"
+        path.write_text("".join(f"{k} = {_toml_value(v)}\n" for k, v in run_config.items()))
+        res = self.flwr("run", str(app_dir), CONNECTION, "--run-config", str(path), "--stream", "--format", "default",
+                        timeout=timeout)
+        output = res.stdout + res.stderr
+        run_id = next((line.split()[-1] for line in output.splitlines() if "Successfully started run" in line), None)
+        if run_id is None:
+            return "not started", output
+        listed = self.flwr("ls", CONNECTION, "--run-id", run_id, "--format", "json")
+        try:
+            runs = json.loads(listed.stdout)["runs"]
+            return str(runs[0]["status"]), output
+        except (ValueError, KeyError, IndexError):
+            return f"unknown ({listed.stdout.strip()}{listed.stderr.strip()})", output

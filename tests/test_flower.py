@@ -1,0 +1,147 @@
+"""The Flower runtime on this machine's loopback: a SuperLink and 3 SuperNodes over TLS with node auth.
+
+Every process is started by ``LocalFederation`` and stopped by its PID (process group) when the module's
+tests end; Flower's simulation engine (Ray) is never used. Bounded: each run has a timeout.
+"""
+from __future__ import annotations
+
+import json
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from legendfl.config import RunConfig
+from legendfl.runner import run
+from legendfl.runtime.flower.local import LocalFederation
+from legendfl.runtime.flower.server_app import FederationSettings
+from legendfl.runtime.flower.client_app import NodeSettings
+
+APP = Path(__file__).resolve().parents[1] / "deploy" / "flower"
+DEPTHS = [6, 4, 2]
+RUN_OPTIONS = f"""task = "sst2"
+strategy = "legend"
+num_devices = 3
+rounds = 2
+max_examples_per_device = 24
+max_dev_examples = 32
+max_length = 32
+batch_size = 8
+max_local_steps = 2
+lr = 2e-3
+fixed_depths = {DEPTHS}
+threads = 1
+seed = 0
+"""
+
+
+def _records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory):
+    work = tmp_path_factory.mktemp("flower")
+    (work / "legend.toml").write_text(RUN_OPTIONS)
+    with LocalFederation(work / "federation", tls=True, node_auth=True) as fed:
+        fed.start_supernode("intruder", {"partition-id": 0}, register=False)  # its key was never registered
+        for i in range(3):
+            fed.start_supernode(f"node-{i}", {"partition-id": i, "num-partitions": 3, "threads": 1})
+        yield work, fed
+
+
+def test_unauthenticated_supernode_is_refused(federation):
+    _, fed = federation
+    intruder = fed.processes["intruder"]
+    deadline = time.monotonic() + 60
+    while intruder.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert intruder.poll() not in (None, 0), "a SuperNode with an unregistered key must not stay connected"
+    assert "Failed to activate SuperNode" in fed.log("intruder")
+    listed = json.loads(fed.flwr("supernode", "ls", "legendfl-local", "--format", "json").stdout)["nodes"]
+    assert len(listed) == 3  # only the registered nodes
+
+
+def test_two_legend_rounds_over_tls_match_the_inprocess_runtime(federation):
+    work, fed = federation
+    out = work / "flower-run"
+    status, log = fed.run(APP, {"config-file": str(work / "legend.toml"), "out-dir": str(out),
+                                "round-timeout-s": 240.0}, timeout=480)
+    assert status == "finished:completed", log[-4000:]
+    records = _records(out / "rounds.jsonl")
+    assert [r["round"] for r in records] == [1, 2]
+    for rec in records:
+        assert rec["missing"] == []
+        assert {int(d): v["depth"] for d, v in rec["devices"].items()} == dict(enumerate(DEPTHS))
+        for dev, entry in rec["devices"].items():  # real measured timings, real bytes
+            assert entry["forward_s"] > 0 and entry["backward_s"] > 0 and entry["round_trip_s"] > entry["train_s"]
+            assert entry["upload_bytes"] > 0 and entry["hostname"]
+        # deeper devices carry more LoRA tensors both ways
+        sizes = [rec["devices"][str(d)]["download_bytes"] for d in range(3)]
+        assert sizes[0] > sizes[1] > sizes[2]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["runtime"] == "flower" and sorted(summary["devices"]) == ["0", "1", "2"]
+
+    options = tomllib.loads(RUN_OPTIONS)
+    reference = work / "inprocess-run"
+    run(RunConfig(**options, out_dir=str(reference)), progress=lambda line: None)
+    flower_adapter = load_file(out / "adapter" / "adapter_model.safetensors")
+    local_adapter = load_file(reference / "adapter" / "adapter_model.safetensors")
+    assert sorted(flower_adapter) == sorted(local_adapter)
+    moved = 0
+    for key, value in local_adapter.items():
+        torch.testing.assert_close(flower_adapter[key], value, rtol=1e-5, atol=1e-6)
+        moved += int("lora_B" in key and bool(value.abs().sum() > 0))
+    assert moved > 0  # training really changed the adapter
+    local_records = _records(reference / "rounds.jsonl")
+    assert [r["accuracy"] for r in records] == pytest.approx([r["accuracy"] for r in local_records])
+
+
+def test_a_node_killed_after_round_one_is_recorded_missing(federation):
+    work, fed = federation
+    out = work / "flower-run-killed"
+    (work / "legend-killed.toml").write_text(RUN_OPTIONS)
+    import threading
+
+    def kill_after_round_one():
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            path = out / "rounds.jsonl"
+            if path.exists() and _records(path):
+                fed.stop("node-2")
+                return
+            time.sleep(0.5)
+
+    killer = threading.Thread(target=kill_after_round_one, daemon=True)
+    killer.start()
+    status, log = fed.run(APP, {"config-file": str(work / "legend-killed.toml"), "out-dir": str(out),
+                                "round-timeout-s": 75.0}, timeout=480)
+    killer.join(5)
+    assert status == "finished:completed", log[-4000:]
+    records = _records(out / "rounds.jsonl")
+    assert [r["round"] for r in records] == [1, 2]
+    assert records[0]["missing"] == [] and sorted(records[0]["devices"]) == ["0", "1", "2"]
+    assert [m["device"] for m in records[1]["missing"]] == [2]
+    assert "no reply" in records[1]["missing"][0]["reason"] or "error" in records[1]["missing"][0]["reason"]
+    assert sorted(records[1]["devices"]) == ["0", "1"]
+    assert records[1]["accuracy"] is not None  # the round aggregated who answered and the run went on
+
+
+def test_settings_name_the_bad_field():
+    with pytest.raises(ValueError, match="round-timeout-s"):
+        FederationSettings.from_run_config({"round-timeout-s": "soon"})
+    with pytest.raises(ValueError, match="allowed"):
+        FederationSettings.from_run_config({"rounds": 3})
+    with pytest.raises(ValueError, match="unknown run options"):
+        FederationSettings(options="roundz = 2").run_config()
+    with pytest.raises(ValueError, match="partition-id"):
+        NodeSettings.from_node_config({"num-partitions": 3})
+    with pytest.raises(ValueError, match="emulate-device"):
+        NodeSettings.from_node_config({"partition-id": 0, "emulate-device": -1})
+    with pytest.raises(ValueError, match="num-partitions"):
+        NodeSettings.from_node_config({"partition-id": 0, "num-partitions": 4}).check(RunConfig(num_devices=3))
+    with pytest.raises(ValueError, match="fixed_depths"):
+        RunConfig(num_devices=3, fixed_depths=[6, 4])
