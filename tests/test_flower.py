@@ -49,7 +49,10 @@ def federation(tmp_path_factory):
     with LocalFederation(work / "federation", tls=True, node_auth=True) as fed:
         fed.start_supernode("intruder", {"partition-id": 0}, register=False)  # its key was never registered
         for i in range(3):
-            fed.start_supernode(f"node-{i}", {"partition-id": i, "num-partitions": 3, "threads": 1})
+            node_config = {"partition-id": i, "num-partitions": 3, "threads": 1}
+            if i == 1:  # this device trains in a long-lived worker; the others in Flower's per-message process
+                node_config["worker-socket"] = fed.start_worker("worker-1")
+            fed.start_supernode(f"node-{i}", node_config)
         yield work, fed
 
 
@@ -82,6 +85,9 @@ def test_two_legend_rounds_over_tls_match_the_inprocess_runtime(federation):
         # deeper devices carry more LoRA tensors both ways
         sizes = [rec["devices"][str(d)]["download_bytes"] for d in range(3)]
         assert sizes[0] > sizes[1] > sizes[2]
+    # the worker kept its process (torch and the model loaded once); the others got a new process per message
+    pids = [{d: rec["devices"][d]["pid"] for d in ("0", "1")} for rec in records]
+    assert pids[0]["1"] == pids[1]["1"] and pids[0]["0"] != pids[1]["0"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["runtime"] == "flower" and sorted(summary["devices"]) == ["0", "1", "2"]
 

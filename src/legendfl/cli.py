@@ -1,4 +1,4 @@
-"""Command line: ``legendfl run``, ``legendfl fleet``, ``legendfl eval-adapter``.
+"""Command line: ``legendfl run``, ``fleet``, ``compare``, ``flower {credentials,worker,local}``, ``eval-adapter``.
 
 Every option of ``run`` is a field of :class:`~legendfl.config.RunConfig`; ``--config FILE`` (TOML or YAML)
 sets them first and flags override. Bad input exits with one line naming the field, never a traceback.
@@ -37,7 +37,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         help_text = f"{f.metadata.get('help', '')} (default: {default})".replace("%", "%%")
         if typing.get_origin(base) is list:
-            parser.add_argument(flag, nargs="+", default=argparse.SUPPRESS, help=help_text)
+            item = (typing.get_args(base) or (str,))[0]
+            parser.add_argument(flag, nargs="+", type=item, default=argparse.SUPPRESS, help=help_text)
         else:
             kind = base if base in (int, float, str) else str
             parser.add_argument(flag, type=_parse_optional(kind) if optional else kind, default=argparse.SUPPRESS,
@@ -86,6 +87,31 @@ def _cmd_compare(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_flower_credentials(ns: argparse.Namespace) -> int:
+    from .runtime.flower.credentials import make_credentials
+
+    c = make_credentials(Path(ns.out), ns.hosts, ns.nodes)
+    print(f"CA {c.ca_cert}; SuperLink certificate {c.server_cert} and key {c.server_key} for {ns.hosts}")
+    for private, public in c.node_keys:
+        print(f"SuperNode key pair {private} / {public}  (register with: flwr supernode register {public} <connection>)")
+    return 0
+
+
+def _cmd_flower_worker(ns: argparse.Namespace) -> int:
+    from .runtime.flower.worker import serve
+
+    serve(ns.socket, progress=lambda line: print(line, flush=True))
+    return 0
+
+
+def _cmd_flower_local(ns: argparse.Namespace) -> int:
+    from .runtime.flower.local import run_local
+
+    status = run_local(Path(ns.config) if ns.config else None, ns.nodes, Path(ns.out), options=ns.options or "",
+                       workers=ns.workers, emulate_time_scale=ns.emulate, progress=lambda line: print(line, flush=True))
+    return 0 if status == "finished:completed" else 1
+
+
 def _cmd_eval_adapter(ns: argparse.Namespace) -> int:
     from .models.evaluate_export import evaluate_exported
 
@@ -124,6 +150,25 @@ def make_parser() -> argparse.ArgumentParser:
     p_cmp.add_argument("--hub", action="store_true", help="use the profile's hub models (needs a reachable hub)")
     p_cmp.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override run options of the profile")
     p_cmp.set_defaults(func=_cmd_compare)
+    p_fl = sub.add_parser("flower", help="deploy on Flower SuperLink/SuperNodes (see docs/flower.md)")
+    fl = p_fl.add_subparsers(dest="flower_command", required=True)
+    p_cred = fl.add_parser("credentials", help="TLS certificates for a SuperLink and key pairs for SuperNode auth")
+    p_cred.add_argument("--out", required=True, help="folder for ca.crt, server.pem/.key, node-<i>.key/.pub")
+    p_cred.add_argument("--hosts", nargs="+", required=True, help="IP addresses / DNS names SuperNodes dial the SuperLink at")
+    p_cred.add_argument("--nodes", type=int, default=0, help="SuperNode key pairs to make")
+    p_cred.set_defaults(func=_cmd_flower_credentials)
+    p_work = fl.add_parser("worker", help="long-lived training worker beside a SuperNode (node-config worker-socket)")
+    p_work.add_argument("--socket", required=True, help="Unix socket path the ClientApp forwards tasks to")
+    p_work.set_defaults(func=_cmd_flower_worker)
+    p_loc = fl.add_parser("local", help="a whole TLS + node-auth federation on 127.0.0.1: SuperLink, N SuperNodes, one run")
+    p_loc.add_argument("--config", help="run options (TOML/YAML); default: built-in defaults")
+    p_loc.add_argument("--options", help="TOML lines overriding --config, e.g. 'rounds = 2'")
+    p_loc.add_argument("--nodes", type=int, default=3, help="SuperNodes (devices) to start")
+    p_loc.add_argument("--out", default="runs/flower-local", help="output folder (records, logs, certificates)")
+    p_loc.add_argument("--workers", action="store_true", help="give every SuperNode a long-lived worker")
+    p_loc.add_argument("--emulate", type=float, default=None, metavar="SCALE",
+                       help="node i emulates fleet entry i, its virtual seconds times SCALE")
+    p_loc.set_defaults(func=_cmd_flower_local)
     p_eval = sub.add_parser("eval-adapter", help="evaluate an exported adapter with plain transformers + peft")
     p_eval.add_argument("adapter", help="adapter folder written by a run")
     p_eval.add_argument("--task", default="sst2")

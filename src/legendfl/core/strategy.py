@@ -16,13 +16,14 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .lora_layout import LoraLayout
 
-Tensors = dict[str, torch.Tensor]
+if TYPE_CHECKING:  # torch is imported where tensors are made, so a forwarding ClientApp never loads it
+    import torch
+
+Tensors = dict[str, "torch.Tensor"]
 
 
 def lora_key(layer: int, module: str, part: str) -> str:
@@ -67,6 +68,8 @@ class ModelSpec:
 
     def init_lora(self, layout: LoraLayout, seed: int) -> Tensors:
         """Fresh LoRA tensors as peft initialises them: A ~ Kaiming-uniform(a=sqrt(5)), B = 0."""
+        import torch
+
         gen = torch.Generator().manual_seed(seed)
         out: Tensors = {}
         for key, shape in self.lora_shapes(layout).items():

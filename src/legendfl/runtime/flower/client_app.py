@@ -14,11 +14,12 @@ Keys (all optional except ``partition-id``):
 * ``emulate-device``: train for real, then sleep so that the round takes as long as this entry of the run's
   fleet would take for the same work (virtual seconds times ``emulate-time-scale``), and report that
   device's timings: heterogeneity on a loopback or lab cluster;
-* ``emulate-time-scale`` (default 1.0) and ``threads`` (torch CPU threads of this node).
+* ``emulate-time-scale`` (default 1.0) and ``threads`` (torch CPU threads of this node);
+* ``worker-socket``: hand training to a long-lived ``legendfl flower worker --socket PATH`` on this machine.
 
-Flower 1.41 starts a fresh ClientApp process for every message, so each message pays for importing torch and
-loading the model and data (reported as ``setup_s`` in every result; see docs/flower.md). Within one process
-the loaded model and data are cached.
+Flower 1.41 starts a fresh ClientApp process for every message, so without a worker each message pays for
+importing torch and loading the model and data (reported as ``setup_s`` in every result; measured in
+docs/flower.md). A worker pays that once; the ClientApp then only forwards plain arrays to it.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ from flwr.clientapp import ClientApp
 
 from ...config import RunConfig
 from ...core.strategy import CapacityReport
-from .messages import decode_task, encode_identity, encode_result
+from .messages import decode_query, encode_identity, result_content, result_payload, task_from_payload, task_payload
 
 _IMPORTED = time.perf_counter()
 app = ClientApp()
@@ -63,8 +64,10 @@ class NodeSettings:
     emulate_device: int | None = None
     emulate_time_scale: float = 1.0
     threads: int | None = None
+    worker_socket: str | None = None
 
-    KEYS = ("partition-id", "num-partitions", "data-file", "emulate-device", "emulate-time-scale", "threads")
+    KEYS = ("partition-id", "num-partitions", "data-file", "emulate-device", "emulate-time-scale", "threads",
+            "worker-socket")
 
     @classmethod
     def from_node_config(cls, node_config: dict[str, Any]) -> "NodeSettings":
@@ -85,11 +88,14 @@ class NodeSettings:
         scale = node_config.get("emulate-time-scale", 1.0)
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale < 0:
             raise ValueError(f"node-config emulate-time-scale must be a number >= 0, got {scale!r}")
-        data_file = node_config.get("data-file")
-        if data_file is not None and (not isinstance(data_file, str) or not data_file):
-            raise ValueError(f"node-config data-file must be a path, got {data_file!r}")
-        return cls(integer("partition-id", 0), integer("num-partitions", 1), data_file,
-                   integer("emulate-device", 0), float(scale), integer("threads", 1))
+        paths = {}
+        for key in ("data-file", "worker-socket"):
+            value = node_config.get(key)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ValueError(f"node-config {key} must be a path, got {value!r}")
+            paths[key] = value
+        return cls(integer("partition-id", 0), integer("num-partitions", 1), paths["data-file"],
+                   integer("emulate-device", 0), float(scale), integer("threads", 1), paths["worker-socket"])
 
     def check(self, cfg: RunConfig) -> None:
         if self.num_partitions is not None and self.num_partitions != cfg.num_devices:
@@ -148,9 +154,7 @@ def _host() -> dict[str, Any]:
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     """Who this node is: its device id, how much data it holds, its machine."""
-    import json
-
-    cfg = RunConfig(**json.loads(str(msg.content.config_records["query"]["run-config-json"])))
+    cfg = RunConfig(**decode_query(msg.content))
     settings = NodeSettings.from_node_config(dict(context.node_config))
     settings.check(cfg)
     examples = local_examples(cfg, settings)
@@ -159,16 +163,19 @@ def query(msg: Message, context: Context) -> Message:
     return Message(encode_identity(identity), reply_to=msg)
 
 
-@app.train()
-def train(msg: Message, context: Context) -> Message:
-    """Train the task on local data; return the uploaded tensors, the work done and measured timings."""
+def train_payload(payload: dict[str, Any], node_config: dict[str, Any], age_s: float) -> dict[str, Any]:
+    """Train one task given as plain data; the ClientApp and the long-lived worker both call this.
+
+    ``age_s``: seconds since the ClientApp process that received the message started (its start-up counts
+    as the device's busy time, so the server does not mistake it for transfer time).
+    """
     received = time.perf_counter()
-    started = received - _process_age_s()
+    started = received - age_s
     from ..executors import train as run_task, work_of
 
-    task, cfg_json, num_labels = decode_task(msg.content)
+    task, cfg_json, num_labels = task_from_payload(payload)
     cfg = RunConfig(**cfg_json)
-    settings = NodeSettings.from_node_config(dict(context.node_config))
+    settings = NodeSettings.from_node_config(node_config)
     settings.check(cfg)
     if task.device_id != settings.partition_id:
         raise ValueError(f"task for device {task.device_id} sent to the node with partition-id {settings.partition_id}")
@@ -194,4 +201,26 @@ def train(msg: Message, context: Context) -> Message:
         # upload time per unit rank is measured by the server (it sees when the reply arrives)
         result.report = CapacityReport(result.measured_backward_s / depth, 0.0, result.measured_forward_s)
     node["busy_s"] = time.perf_counter() - started
-    return Message(encode_result(result, node), reply_to=msg)
+    return result_payload(result, node)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Train the task on local data; return the uploaded tensors, the work done and measured timings.
+
+    With ``worker-socket`` in the node config the task is handed to a long-lived worker process (which keeps
+    torch, the model and the data loaded) and this process never imports torch.
+    """
+    age_at_start = _process_age_s()
+    t0 = time.perf_counter()
+    node_config = dict(context.node_config)
+    settings = NodeSettings.from_node_config(node_config)
+    payload = task_payload(msg.content)
+    age = age_at_start + time.perf_counter() - t0
+    if settings.worker_socket is not None:
+        from .worker import forward
+
+        reply = forward(settings.worker_socket, payload, node_config, age)
+    else:
+        reply = train_payload(payload, node_config, age)
+    return Message(result_content(reply), reply_to=msg)

@@ -169,6 +169,17 @@ class LocalFederation:
             cmd += ["--auth-supernode-private-key", str(private)]
         return self._spawn(name, cmd)
 
+    def start_worker(self, name: str) -> str:
+        """A long-lived ``legendfl flower worker`` for one SuperNode; returns its socket path (wait for it)."""
+        socket_path = str(self.workdir / f"{name}.sock")
+        self._spawn(name, [sys.executable, "-m", "legendfl", "flower", "worker", "--socket", socket_path])
+        deadline = time.monotonic() + 60
+        while not Path(socket_path).exists() and time.monotonic() < deadline:
+            if self.processes[name].poll() is not None:
+                raise RuntimeError(f"worker {name} exited:\n{self.log(name)[-2000:]}")
+            time.sleep(0.2)
+        return socket_path
+
     def run(self, app_dir: Path, run_config: dict[str, Any], timeout: float) -> tuple[str, str]:
         """``flwr run`` the app with these run-config values and wait for it to end.
 
@@ -189,3 +200,35 @@ class LocalFederation:
             return str(runs[0]["status"]), output
         except (ValueError, KeyError, IndexError):
             return f"unknown ({listed.stdout.strip()}{listed.stderr.strip()})", output
+
+
+def run_local(config: Path | None, nodes: int, out: Path, *, options: str = "", workers: bool = False,
+              emulate_time_scale: float | None = None, timeout_s: float = 3600.0,
+              progress=print) -> str:
+    """``legendfl flower local``: start a TLS + node-auth federation of ``nodes`` SuperNodes on 127.0.0.1,
+    run the app once, stop everything by PID; returns the run's final status."""
+    from .server_app import FederationSettings
+
+    if nodes < 1:
+        raise ValueError(f"nodes must be >= 1, got {nodes}")
+    out = out.resolve()
+    settings = FederationSettings(config_file=str(config.resolve()) if config else "",
+                                  options=f"num_devices = {nodes}\n{options}", out_dir=str(out / "run"))
+    cfg = settings.run_config()  # validate before starting anything
+    app_dir = Path(__file__).resolve().parents[4] / "deploy" / "flower"
+    if not (app_dir / "pyproject.toml").exists():
+        raise ValueError(f"the Flower app folder {app_dir} is missing (run from a clone of the repository)")
+    with LocalFederation(out / "federation") as fed:
+        for i in range(nodes):
+            node_config: dict[str, Any] = {"partition-id": i, "num-partitions": nodes}
+            if workers:
+                node_config["worker-socket"] = fed.start_worker(f"worker-{i}")
+            if emulate_time_scale is not None:
+                node_config.update({"emulate-device": i, "emulate-time-scale": emulate_time_scale})
+            fed.start_supernode(f"node-{i}", node_config)
+        progress(f"SuperLink {fed.address} (TLS, node auth) with {nodes} SuperNodes; logs in {fed.workdir}")
+        run_config = {"config-file": settings.config_file, "options": settings.options, "out-dir": settings.out_dir}
+        status, log = fed.run(app_dir, run_config, timeout=timeout_s)
+        progress(log)
+        progress(f"run {status}; {cfg.strategy} records in {settings.out_dir}")
+        return status

@@ -155,7 +155,7 @@ def _device_log(dev: int, node: int, result, info: dict, rtt: float, round_time:
               {"download_s": comm * (1 - up_share), "forward_s": result.measured_forward_s,
                "backward_s": result.measured_backward_s, "upload_s": comm * up_share, "total_s": rtt})
     timing["other_s"] = max(0.0, timing["total_s"] - sum(timing[k] for k in ("download_s", "forward_s", "backward_s", "upload_s")))
-    return {"node_id": str(node), "hostname": info["hostname"], **{k: round(v, 4) for k, v in timing.items()},
+    return {"node_id": str(node), "hostname": info["hostname"], "pid": info["pid"], **{k: round(v, 4) for k, v in timing.items()},
             "kind": emulated["kind"] if emulated else info["hostname"], "mode": emulated["mode"] if emulated else "-",
             "round_trip_s": round(rtt, 4), "setup_s": round(info["setup_s"], 4), "train_s": round(info["train_s"], 4),
             "waiting_s": round(round_time - rtt, 4), "emulated": emulated, "examples": result.num_examples,
