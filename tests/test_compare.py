@@ -1,6 +1,5 @@
 """The comparison command on a tiny configuration: table arithmetic from the records, no re-training on re-run."""
 import csv
-import json
 
 import pytest
 

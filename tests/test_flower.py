@@ -151,3 +151,19 @@ def test_settings_name_the_bad_field():
         NodeSettings.from_node_config({"partition-id": 0, "num-partitions": 4}).check(RunConfig(num_devices=3))
     with pytest.raises(ValueError, match="fixed_depths"):
         RunConfig(num_devices=3, fixed_depths=[6, 4])
+
+
+def test_a_device_file_is_labelled_by_the_servers_label_names(tmp_path):
+    from legendfl.runtime.flower.client_app import local_examples
+
+    rows = ["text\tlabel"] + [f"review number {i} was {'fine' if i % 2 else 'bad'}\t{'pos' if i % 2 else 'neu'}"
+                              for i in range(40)]
+    path = tmp_path / "device.tsv"
+    path.write_text("\n".join(rows) + "\n")
+    cfg = RunConfig(num_devices=3)
+    settings = NodeSettings.from_node_config({"partition-id": 2, "data-file": str(path)})
+    examples = local_examples(cfg, settings, ["neg", "neu", "pos"])
+    assert examples and {y for _, _, y in examples} == {1, 2}  # 'neu' -> 1 and 'pos' -> 2 on the server's scale
+    assert all((y == 2) == text.endswith("fine") for text, _, y in examples)
+    with pytest.raises(ValueError, match="data-file"):
+        local_examples(cfg, settings, ["negative", "positive"])

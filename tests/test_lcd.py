@@ -1,5 +1,4 @@
 """Property tests of LEGEND's configuration algorithm (Algorithm 1) over random fleets."""
-import math
 
 import pytest
 from hypothesis import given, settings

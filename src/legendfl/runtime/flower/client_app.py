@@ -105,14 +105,21 @@ class NodeSettings:
             raise ValueError(f"node-config partition-id must be in [0, {cfg.num_devices - 1}], got {self.partition_id}")
 
 
-def local_examples(cfg: RunConfig, settings: NodeSettings) -> list:
-    """This device's training examples, in the order the in-process runtime gives them."""
+def local_examples(cfg: RunConfig, settings: NodeSettings, label_names: list[str]) -> list:
+    """This device's training examples, in the order the in-process runtime gives them, labelled by the
+    server's ``label_names`` (a device's own file may hold only some of the labels)."""
     from ...data.partition import partition
     from ...data.tasks import load_task
 
     if settings.data_file is not None:
-        return list(load_task("file", data_file=settings.data_file, text_columns=cfg.text_columns,
-                              label_column=cfg.label_column, seed=cfg.seed).train)
+        own = load_task("file", data_file=settings.data_file, text_columns=cfg.text_columns,
+                        label_column=cfg.label_column, seed=cfg.seed)
+        unknown = sorted(set(own.label_names) - set(label_names))
+        if unknown:
+            raise ValueError(f"node-config data-file {settings.data_file!r} has labels {unknown}; the run's labels "
+                             f"are {label_names}")
+        index = [label_names.index(name) for name in own.label_names]
+        return [(a, b, index[y]) for a, b, y in own.train]
     task = load_task(cfg.task, data_file=cfg.data_file, dev_file=cfg.dev_file, text_columns=cfg.text_columns,
                      label_column=cfg.label_column, seed=cfg.seed)
     parts = partition([ex[2] for ex in task.train], cfg.num_devices, scheme=cfg.partition, alpha=cfg.dirichlet_alpha,
@@ -123,7 +130,7 @@ def local_examples(cfg: RunConfig, settings: NodeSettings) -> list:
 _CACHE: dict[str, Any] = {}
 
 
-def _node_state(cfg: RunConfig, settings: NodeSettings, num_labels: int):
+def _node_state(cfg: RunConfig, settings: NodeSettings, label_names: list[str]):
     """Model, tokenised local data and training settings of this node (cached within the process)."""
     import torch
 
@@ -131,13 +138,13 @@ def _node_state(cfg: RunConfig, settings: NodeSettings, num_labels: int):
     from ...models.trainer import TokenizedData, TrainConfig
     from ..executors import DeviceData
 
-    key = repr((cfg.to_json(), settings, num_labels))
+    key = repr((cfg.to_json(), settings, label_names))
     if key not in _CACHE:
         threads = settings.threads or cfg.threads
         if threads:
             torch.set_num_threads(threads)
-        backbone = load_backbone(cfg.model, num_labels, cfg.seed, cfg.device)
-        examples = local_examples(cfg, settings)
+        backbone = load_backbone(cfg.model, len(label_names), cfg.seed, cfg.device)
+        examples = local_examples(cfg, settings, label_names)
         tcfg = TrainConfig(batch_size=cfg.batch_size, local_epochs=cfg.local_epochs, max_local_steps=cfg.max_local_steps,
                            weight_decay=cfg.weight_decay, lora_scaling=cfg.lora_scaling, seed=cfg.seed)
         _CACHE.clear()
@@ -154,10 +161,11 @@ def _host() -> dict[str, Any]:
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     """Who this node is: its device id, how much data it holds, its machine."""
-    cfg = RunConfig(**decode_query(msg.content))
+    cfg_json, label_names = decode_query(msg.content)
+    cfg = RunConfig(**cfg_json)
     settings = NodeSettings.from_node_config(dict(context.node_config))
     settings.check(cfg)
-    examples = local_examples(cfg, settings)
+    examples = local_examples(cfg, settings, label_names)
     identity = {"device_id": settings.partition_id, "num_examples": len(examples),
                 "data_file": settings.data_file, "emulate_device": settings.emulate_device, **_host()}
     return Message(encode_identity(identity), reply_to=msg)
@@ -173,13 +181,13 @@ def train_payload(payload: dict[str, Any], node_config: dict[str, Any], age_s: f
     started = received - age_s
     from ..executors import train as run_task, work_of
 
-    task, cfg_json, num_labels = task_from_payload(payload)
+    task, cfg_json, label_names = task_from_payload(payload)
     cfg = RunConfig(**cfg_json)
     settings = NodeSettings.from_node_config(node_config)
     settings.check(cfg)
     if task.device_id != settings.partition_id:
         raise ValueError(f"task for device {task.device_id} sent to the node with partition-id {settings.partition_id}")
-    data, indices = _node_state(cfg, settings, num_labels)
+    data, indices = _node_state(cfg, settings, label_names)
     start = time.perf_counter()
     result = run_task(task, data, indices)
     work = work_of(task, result)

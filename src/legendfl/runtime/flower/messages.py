@@ -46,31 +46,31 @@ def _to_torch(arrays: Arrays) -> Tensors:
 
 
 # -- train messages ----------------------------------------------------------------------------------------------
-def encode_task(task: DeviceTask, run_config: dict[str, Any], num_labels: int) -> RecordDict:
+def encode_task(task: DeviceTask, run_config: dict[str, Any], label_names: list[str]) -> RecordDict:
     fields = {"device_id": task.device_id, "round": task.round, "kind": task.kind, "lr": task.lr,
               "settings": task.settings, "layout": task.layout.to_json() if task.layout is not None else None}
     return RecordDict({"params": _record(_to_numpy(task.params)),
                        "task": ConfigRecord({"task-json": json.dumps(fields), "run-config-json": json.dumps(run_config),
-                                             "num-labels": num_labels})})
+                                             "label-names-json": json.dumps(label_names)})})
 
 
 def task_payload(content: RecordDict) -> dict[str, Any]:
     """A train message as plain data (JSON text and NumPy arrays)."""
     meta = content.config_records["task"]
     return {"task-json": str(meta["task-json"]), "run-config-json": str(meta["run-config-json"]),
-            "num-labels": int(meta["num-labels"]), "arrays": _numpy(content.array_records["params"])}
+            "label-names-json": str(meta["label-names-json"]), "arrays": _numpy(content.array_records["params"])}
 
 
-def task_from_payload(payload: dict[str, Any]) -> tuple[DeviceTask, dict[str, Any], int]:
-    """The task, the run configuration (a ``RunConfig`` as a dict) and the task's number of labels."""
+def task_from_payload(payload: dict[str, Any]) -> tuple[DeviceTask, dict[str, Any], list[str]]:
+    """The task, the run configuration (a ``RunConfig`` as a dict) and the task's label names (the server's)."""
     fields = json.loads(payload["task-json"])
     layout = LoraLayout.from_json(fields["layout"]) if fields["layout"] is not None else None
     task = DeviceTask(device_id=int(fields["device_id"]), round=int(fields["round"]), params=_to_torch(payload["arrays"]),
                       layout=layout, kind=fields["kind"], lr=float(fields["lr"]), settings=fields["settings"])
-    return task, json.loads(payload["run-config-json"]), payload["num-labels"]
+    return task, json.loads(payload["run-config-json"]), json.loads(payload["label-names-json"])
 
 
-def decode_task(content: RecordDict) -> tuple[DeviceTask, dict[str, Any], int]:
+def decode_task(content: RecordDict) -> tuple[DeviceTask, dict[str, Any], list[str]]:
     return task_from_payload(task_payload(content))
 
 
@@ -100,12 +100,14 @@ def decode_result(content: RecordDict) -> tuple[DeviceResult, dict[str, Any]]:
 
 
 # -- identity query ----------------------------------------------------------------------------------------------
-def encode_query(run_config: dict[str, Any]) -> RecordDict:
-    return RecordDict({"query": ConfigRecord({"run-config-json": json.dumps(run_config)})})
+def encode_query(run_config: dict[str, Any], label_names: list[str]) -> RecordDict:
+    return RecordDict({"query": ConfigRecord({"run-config-json": json.dumps(run_config),
+                                              "label-names-json": json.dumps(label_names)})})
 
 
-def decode_query(content: RecordDict) -> dict[str, Any]:
-    return json.loads(str(content.config_records["query"]["run-config-json"]))
+def decode_query(content: RecordDict) -> tuple[dict[str, Any], list[str]]:
+    meta = content.config_records["query"]
+    return json.loads(str(meta["run-config-json"])), json.loads(str(meta["label-names-json"]))
 
 
 def encode_identity(identity: dict[str, Any]) -> RecordDict:

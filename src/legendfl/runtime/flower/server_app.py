@@ -81,8 +81,8 @@ class FederationSettings:
 class Federation:
     """The SuperNodes of this run: which node is which device, and message exchange with timeouts."""
 
-    def __init__(self, grid: Grid, cfg: RunConfig, progress: Callable[[str], None]) -> None:
-        self.grid, self.cfg, self.progress = grid, cfg, progress
+    def __init__(self, grid: Grid, cfg: RunConfig, label_names: list[str], progress: Callable[[str], None]) -> None:
+        self.grid, self.cfg, self.label_names, self.progress = grid, cfg, label_names, progress
         self.node_of: dict[int, int] = {}  # device id -> node id
         self.identity: dict[int, dict[str, Any]] = {}
         self.refused: set[int] = set()  # nodes whose query failed or clashed
@@ -101,7 +101,7 @@ class Federation:
         new = sorted(set(self.grid.get_node_ids()) - known)
         if not new:
             return
-        msgs = {n: Message(encode_query(self.cfg.to_json()), dst_node_id=n, message_type=QUERY) for n in new}
+        msgs = {n: Message(encode_query(self.cfg.to_json(), self.label_names), dst_node_id=n, message_type=QUERY) for n in new}
         replies, missing = self.exchange(msgs, timeout_s)
         for node, (reply, _) in sorted(replies.items()):
             ident = decode_identity(reply.content)
@@ -191,7 +191,7 @@ def run_federation(grid: Grid, cfg: RunConfig, settings: FederationSettings,
     strategy.initialize(backbone.spec, list(range(cfg.num_devices)))
     (out / "config.json").write_text(json.dumps({**cfg.to_json(), "runtime": "flower",
                                                  "federation": settings.__dict__}, indent=2))
-    fed = Federation(grid, cfg, progress)
+    fed = Federation(grid, cfg, task_data.label_names, progress)
     fed.wait_for(settings.min_nodes or cfg.num_devices, settings.node_wait_s)
     records: list[dict] = []
     (out / "rounds.jsonl").write_text("")
@@ -202,7 +202,7 @@ def run_federation(grid: Grid, cfg: RunConfig, settings: FederationSettings,
         if not present:
             raise RuntimeError(f"round {rnd}: no SuperNode is connected; nothing to train")
         tasks = strategy.configure_round(rnd, present)
-        msgs = {d: Message(encode_task(t, cfg.to_json(), task_data.num_labels), dst_node_id=fed.node_of[d],
+        msgs = {d: Message(encode_task(t, cfg.to_json(), task_data.label_names), dst_node_id=fed.node_of[d],
                            message_type=TRAIN, group_id=str(rnd)) for d, t in tasks.items()}
         round_start = time.perf_counter()
         replies, missing = fed.exchange(msgs, settings.round_timeout_s)
