@@ -167,3 +167,70 @@ def test_a_device_file_is_labelled_by_the_servers_label_names(tmp_path):
     assert all((y == 2) == text.endswith("fine") for text, _, y in examples)
     with pytest.raises(ValueError, match="data-file"):
         local_examples(cfg, settings, ["negative", "positive"])
+
+
+def test_an_emulated_fleet_over_flower_makes_the_simulators_legend_decisions(tmp_path):
+    """`legendfl flower local --workers --emulate 1`: node i emulates fleet entry i; LEGEND's depths (from the
+    nodes' reports) and the global adapter equal the in-process simulation's."""
+    from legendfl.runtime.flower.local import run_local
+
+    options = RUN_OPTIONS.replace("rounds = 2", "rounds = 3").replace(f"fixed_depths = {DEPTHS}\n", "")
+    config = tmp_path / "emulated.toml"
+    config.write_text(options.replace("num_devices = 3\n", ""))
+    status = run_local(config, 3, tmp_path / "flower", workers=True, emulate_time_scale=1.0, timeout_s=480,
+                       progress=lambda line: None)
+    assert status == "finished:completed"
+    records = _records(tmp_path / "flower" / "run" / "rounds.jsonl")
+    reference = tmp_path / "inprocess"
+    run(RunConfig(**tomllib.loads(options), out_dir=str(reference)), progress=lambda line: None)
+    local_records = _records(reference / "rounds.jsonl")
+
+    def depths(recs):
+        return [{d: v["depth"] for d, v in r["devices"].items()} for r in recs]
+
+    assert depths(records) == depths(local_records)
+    assert len(set(depths(records)[1].values())) > 1  # heterogeneous: LCD gave the devices different depths
+    for rec, local in zip(records, local_records):
+        for d, entry in rec["devices"].items():
+            emulated = entry["emulated"]
+            assert emulated["device"] == int(d) and emulated["kind"] == local["devices"][d]["kind"]
+            assert emulated["total_s"] == pytest.approx(local["devices"][d]["total_s"], rel=1e-3)
+            assert entry["round_trip_s"] >= emulated["total_s"]  # the node really took at least that long
+    flower_adapter = load_file(tmp_path / "flower" / "run" / "adapter" / "adapter_model.safetensors")
+    local_adapter = load_file(reference / "adapter" / "adapter_model.safetensors")
+    for key, value in local_adapter.items():
+        torch.testing.assert_close(flower_adapter[key], value, rtol=1e-5, atol=1e-6)
+
+
+class _SilentGrid:
+    """Stands in for Flower's grid: only nodes in ``answering`` reply (another one is dead)."""
+
+    def __init__(self, answering):
+        self.answering, self.sent = set(answering), {}
+
+    def push_messages(self, messages):
+        for i, msg in enumerate(messages):
+            self.sent[f"m{i}"] = msg
+        return list(self.sent)
+
+    def pull_messages(self, ids):
+        from types import SimpleNamespace
+
+        return [SimpleNamespace(metadata=SimpleNamespace(reply_to_message_id=mid), has_error=lambda: False)
+                for mid in ids if self.sent[mid].dst_node_id in self.answering]
+
+
+def test_exchange_gives_up_on_a_silent_node_after_the_timeout():
+    from types import SimpleNamespace
+
+    from legendfl.runtime.flower.server_app import Federation
+
+    grid = _SilentGrid(answering={11})
+    fed = Federation(grid, RunConfig(num_devices=2), ["negative", "positive"], progress=lambda line: None)
+    msgs = {0: SimpleNamespace(dst_node_id=11), 1: SimpleNamespace(dst_node_id=12)}
+    t0 = time.monotonic()
+    replies, missing = fed.exchange(msgs, timeout_s=1.5)
+    elapsed = time.monotonic() - t0
+    assert sorted(replies) == [0] and sorted(missing) == [1]
+    assert "no reply within" in missing[1]
+    assert 1.5 <= elapsed < 10.0  # gave up at the timeout, not at some later point

@@ -11,7 +11,7 @@ Keys (all optional except ``partition-id``):
   that partition of the run's task, cut exactly as the in-process runtime cuts it (same seed, same scheme);
 * ``num-partitions``: checked against the run's ``num_devices`` when given;
 * ``data-file``: the device's own local data (CSV/TSV/JSON/JSONL, the run's columns); no partitioning;
-* ``emulate-device``: train for real, then sleep so that the round takes as long as this entry of the run's
+* ``emulate-device``: train for real, then sleep so that training takes as long as this entry of the run's
   fleet would take for the same work (virtual seconds times ``emulate-time-scale``), and report that
   device's timings: heterogeneity on a loopback or lab cluster;
 * ``emulate-time-scale`` (default 1.0) and ``threads`` (torch CPU threads of this node);
@@ -177,8 +177,7 @@ def train_payload(payload: dict[str, Any], node_config: dict[str, Any], age_s: f
     ``age_s``: seconds since the ClientApp process that received the message started (its start-up counts
     as the device's busy time, so the server does not mistake it for transfer time).
     """
-    received = time.perf_counter()
-    started = received - age_s
+    started = time.perf_counter() - age_s
     from ..executors import train as run_task, work_of
 
     task, cfg_json, label_names = task_from_payload(payload)
@@ -199,7 +198,8 @@ def train_payload(payload: dict[str, Any], node_config: dict[str, Any], age_s: f
         fleet = load_fleet(cfg.fleet, max(cfg.num_devices, settings.emulate_device + 1), cfg.seed)
         state = fleet.state(settings.emulate_device, task.round)
         timing = device_timing(state, work)
-        pause = max(0.0, timing.total_s * settings.emulate_time_scale - (time.perf_counter() - received))
+        # the emulated device's download, compute and upload replace this machine's training time
+        pause = max(0.0, timing.total_s * settings.emulate_time_scale - (time.perf_counter() - start))
         time.sleep(pause)
         result.report = capacity_report(state, work, timing)
         node["emulated"] = {"device": settings.emulate_device, "kind": fleet.devices[settings.emulate_device].kind,
