@@ -198,7 +198,10 @@ def run_federation(grid: Grid, cfg: RunConfig, settings: FederationSettings,
     clock = traffic_down = traffic_up = 0
     for rnd in range(1, cfg.rounds + 1):
         fed.discover(settings.query_timeout_s)
-        present = sorted(d for d in fed.node_of if d < cfg.num_devices)
+        online = set(grid.get_node_ids())
+        present = sorted(d for d, n in fed.node_of.items() if n in online and d < cfg.num_devices)
+        offline = {d: "offline: the SuperLink lost its heartbeat before the round" for d, n in fed.node_of.items()
+                   if n not in online}
         if not present:
             raise RuntimeError(f"round {rnd}: no SuperNode is connected; nothing to train")
         tasks = strategy.configure_round(rnd, present)
@@ -206,7 +209,8 @@ def run_federation(grid: Grid, cfg: RunConfig, settings: FederationSettings,
                            message_type=TRAIN, group_id=str(rnd)) for d, t in tasks.items()}
         round_start = time.perf_counter()
         replies, missing = fed.exchange(msgs, settings.round_timeout_s)
-        round_time = max((rtt for _, rtt in replies.values()), default=time.perf_counter() - round_start)
+        missing.update(offline)
+        round_time = time.perf_counter() - round_start  # the server waited this long, silent nodes included
         results, infos = [], {}
         for d in sorted(replies):
             result, info = decode_result(replies[d][0].content)
