@@ -12,9 +12,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .credentials import Credentials, make_credentials
 
@@ -180,24 +181,43 @@ class LocalFederation:
             time.sleep(0.2)
         return socket_path
 
-    def run(self, app_dir: Path, run_config: dict[str, Any], timeout: float) -> tuple[str, str]:
-        """``flwr run`` the app with these run-config values and wait for it to end.
+    def run(self, app_dir: Path, run_config: dict[str, Any], timeout: float,
+            on_line: Callable[[str], None] | None = None) -> tuple[str, str]:
+        """``flwr run`` the app with these run-config values and wait for it to end (at most ``timeout`` s).
 
-        Returns the run's final status as the SuperLink reports it (e.g. ``finished:completed``) and the
-        streamed log. ``flwr run --stream`` exits 0 even when the ServerApp failed, so the status is read back.
+        The run's log is streamed to ``on_line`` as it comes. Returns the run's final status as the SuperLink
+        reports it (e.g. ``finished:completed``) and the log. ``flwr run --stream`` exits 0 even when the
+        ServerApp failed, so the status is read back from the SuperLink.
         """
         path = self.workdir / "run-config.toml"
         path.write_text("".join(f"{k} = {_toml_value(v)}\n" for k, v in run_config.items()))
-        res = self.flwr("run", str(app_dir), CONNECTION, "--run-config", str(path), "--stream", "--format", "default",
-                        timeout=timeout)
-        output = res.stdout + res.stderr
+        cmd = ["flwr", "run", str(app_dir), CONNECTION, "--run-config", str(path), "--stream"]
+        lines: list[str] = []
+        proc = subprocess.Popen(cmd, env=self.env, cwd=self.workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True)
+
+        def pump() -> None:
+            for line in proc.stdout:
+                lines.append(line)
+                if on_line is not None:
+                    on_line(line.rstrip("\n"))
+
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            lines.append(f"flwr run did not end within {timeout:.0f}s; stopped\n")
+        reader.join(5)
+        output = "".join(lines)
         run_id = next((line.split()[-1] for line in output.splitlines() if "Successfully started run" in line), None)
         if run_id is None:
             return "not started", output
         listed = self.flwr("ls", CONNECTION, "--run-id", run_id, "--format", "json")
         try:
-            runs = json.loads(listed.stdout)["runs"]
-            return str(runs[0]["status"]), output
+            return str(json.loads(listed.stdout)["runs"][0]["status"]), output
         except (ValueError, KeyError, IndexError):
             return f"unknown ({listed.stdout.strip()}{listed.stderr.strip()})", output
 
@@ -212,9 +232,13 @@ def run_local(config: Path | None, nodes: int, out: Path, *, options: str = "", 
     if nodes < 1:
         raise ValueError(f"nodes must be >= 1, got {nodes}")
     out = out.resolve()
-    settings = FederationSettings(config_file=str(config.resolve()) if config else "",
-                                  options=f"num_devices = {nodes}\n{options}", out_dir=str(out / "run"))
-    cfg = settings.run_config()  # validate before starting anything
+    settings = FederationSettings(config_file=str(config.resolve()) if config else "", options=options)
+    given = settings.run_config()  # validates the options before anything starts
+    if "num_devices" in options and given.num_devices != nodes:
+        raise ValueError(f"num_devices in options ({given.num_devices}) must equal nodes ({nodes})")
+    settings = FederationSettings(config_file=settings.config_file, out_dir=str(out / "run"),
+                                  options=options if "num_devices" in options else f"{options}\nnum_devices = {nodes}")
+    cfg = settings.run_config()
     app_dir = Path(__file__).resolve().parents[4] / "deploy" / "flower"
     if not (app_dir / "pyproject.toml").exists():
         raise ValueError(f"the Flower app folder {app_dir} is missing (run from a clone of the repository)")
@@ -228,7 +252,6 @@ def run_local(config: Path | None, nodes: int, out: Path, *, options: str = "", 
             fed.start_supernode(f"node-{i}", node_config)
         progress(f"SuperLink {fed.address} (TLS, node auth) with {nodes} SuperNodes; logs in {fed.workdir}")
         run_config = {"config-file": settings.config_file, "options": settings.options, "out-dir": settings.out_dir}
-        status, log = fed.run(app_dir, run_config, timeout=timeout_s)
-        progress(log)
+        status, _ = fed.run(app_dir, run_config, timeout=timeout_s, on_line=progress)
         progress(f"run {status}; {cfg.strategy} records in {settings.out_dir}")
         return status
