@@ -106,6 +106,31 @@ def test_two_legend_rounds_over_tls_match_the_inprocess_runtime(federation):
     assert [r["accuracy"] for r in records] == pytest.approx([r["accuracy"] for r in local_records])
 
 
+# HetLoRA sets ranks from device speed: from round 2 on, Flower's are measured here, the simulator's are the
+# fleet's, so only round 1 (before any report) is comparable; FedAdapter does not depend on device speed.
+@pytest.mark.parametrize("strategy,comparable_rounds", [("hetlora", 1), ("fedadapter", 2)])
+def test_baselines_run_unchanged_over_flower(federation, strategy, comparable_rounds):
+    """Every strategy plugs into both runtimes the same way: same per-device losses, same global model."""
+    work, fed = federation
+    options = RUN_OPTIONS.replace('strategy = "legend"', f'strategy = "{strategy}"').replace(f"fixed_depths = {DEPTHS}\n", "")
+    (work / f"{strategy}.toml").write_text(options)
+    out = work / f"flower-{strategy}"
+    status, log = fed.run(APP, {"config-file": str(work / f"{strategy}.toml"), "out-dir": str(out),
+                                "round-timeout-s": 240.0}, timeout=480)
+    assert status == "finished:completed", log[-4000:]
+    reference = work / f"inprocess-{strategy}"
+    run(RunConfig(**tomllib.loads(options), out_dir=str(reference)), progress=lambda line: None)
+    records, local_records = _records(out / "rounds.jsonl"), _records(reference / "rounds.jsonl")
+    assert len(records) == len(local_records) == 2 and all(r["missing"] == [] for r in records)
+    for rec, local in list(zip(records, local_records))[:comparable_rounds]:
+        assert rec["missing"] == [] and sorted(rec["devices"]) == sorted(local["devices"])
+        for d, entry in rec["devices"].items():
+            assert entry["train_loss"] == pytest.approx(local["devices"][d]["train_loss"], rel=1e-6)
+            assert entry["upload_bytes"] == local["devices"][d]["upload_bytes"]
+        assert rec["eval_loss"] == pytest.approx(local["eval_loss"], rel=1e-6)
+        assert rec["accuracy"] == local["accuracy"]
+
+
 def test_a_node_killed_after_round_one_is_recorded_missing(federation):
     work, fed = federation
     out = work / "flower-run-killed"
