@@ -134,7 +134,8 @@ def test_baselines_run_unchanged_over_flower(federation, strategy, comparable_ro
 def test_a_node_killed_after_round_one_is_recorded_missing(federation):
     work, fed = federation
     out = work / "flower-run-killed"
-    (work / "legend-killed.toml").write_text(RUN_OPTIONS)
+    # no fixed depths: round 2's depths come from LCD over the nodes' real measured timings
+    (work / "legend-killed.toml").write_text(RUN_OPTIONS.replace(f"fixed_depths = {DEPTHS}\n", ""))
     import threading
 
     def kill_after_round_one():
@@ -159,6 +160,9 @@ def test_a_node_killed_after_round_one_is_recorded_missing(federation):
     assert any(word in records[1]["missing"][0]["reason"] for word in ("no reply", "error", "offline"))
     assert sorted(records[1]["devices"]) == ["0", "1"]
     assert records[1]["accuracy"] is not None  # the round aggregated who answered and the run went on
+    assert {v["depth"] for v in records[0]["devices"].values()} == {3}  # ceil(L/2) before any report
+    for entry in records[1]["devices"].values():  # LCD predicted each device's time from measured reports
+        assert entry["predicted_time_s"] > 0 and 1 <= entry["depth"] <= 6
 
 
 def test_settings_name_the_bad_field():
