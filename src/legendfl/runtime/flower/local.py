@@ -63,7 +63,11 @@ class LocalFederation:
         self.logs: dict[str, Path] = {}
 
     def __enter__(self) -> "LocalFederation":
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:  # __exit__ is not called when __enter__ fails: stop what was started
+            self.close()
+            raise
 
     def __exit__(self, *exc) -> None:
         self.close()
