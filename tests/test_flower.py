@@ -6,6 +6,7 @@ tests end; Flower's simulation engine (Ray) is never used. Bounded: each run has
 from __future__ import annotations
 
 import json
+import threading
 import time
 import tomllib
 from pathlib import Path
@@ -136,7 +137,6 @@ def test_a_node_killed_after_round_one_is_recorded_missing(federation):
     out = work / "flower-run-killed"
     # no fixed depths: round 2's depths come from LCD over the nodes' real measured timings
     (work / "legend-killed.toml").write_text(RUN_OPTIONS.replace(f"fixed_depths = {DEPTHS}\n", ""))
-    import threading
 
     def kill_after_round_one():
         deadline = time.monotonic() + 300

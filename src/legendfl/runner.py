@@ -9,8 +9,8 @@ from typing import Callable
 import torch
 
 from .config import RunConfig
-from .data.partition import partition, partition_stats
-from .data.tasks import load_task
+from .data.partition import partition_stats
+from .data.run_data import load_run_task, run_partitions
 from .fleet.devices import load_fleet
 from .metrics.summary import summarize
 from .models.backbone import load_backbone
@@ -23,11 +23,8 @@ def prepare(cfg: RunConfig, progress: Callable[[str], None] = print) -> Simulati
     """Everything a runtime needs, built from the configuration (validating inputs before any training)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    task = load_task(cfg.task, data_file=cfg.data_file, dev_file=cfg.dev_file, text_columns=cfg.text_columns,
-                     label_column=cfg.label_column, seed=cfg.seed)
-    labels = [ex[2] for ex in task.train]
-    parts = partition(labels, cfg.num_devices, scheme=cfg.partition, alpha=cfg.dirichlet_alpha, seed=cfg.seed,
-                      max_examples_per_device=cfg.max_examples_per_device)
+    task = load_run_task(cfg)
+    parts = run_partitions(cfg, task)
     fleet = load_fleet(cfg.fleet, cfg.num_devices, cfg.seed)
     backbone = load_backbone(cfg.model, task.num_labels, cfg.seed, cfg.device)
     if cfg.initial_depth is not None and cfg.initial_depth > backbone.num_layers:
@@ -46,9 +43,7 @@ def prepare(cfg: RunConfig, progress: Callable[[str], None] = print) -> Simulati
              f"tokenised in {time.perf_counter() - t0:.1f}s")
     progress(f"model {cfg.model}: {backbone.num_layers} layers, LoRA targets {sorted(backbone.linear_modules)}, "
              f"head {backbone.head_names}")
-    tcfg = TrainConfig(batch_size=cfg.batch_size, local_epochs=cfg.local_epochs, max_local_steps=cfg.max_local_steps,
-                       weight_decay=cfg.weight_decay, lora_scaling=cfg.lora_scaling, seed=cfg.seed)
-    return SimulationSetup(backbone, train, dev, parts, fleet, tcfg, cfg.rounds, cfg.eval_every, cfg.report_noise, cfg.seed,
+    return SimulationSetup(backbone, train, dev, parts, fleet, TrainConfig.from_run(cfg), cfg.rounds, cfg.eval_every, cfg.report_noise, cfg.seed,
                            label_names=task.label_names,
                            partition_stats=partition_stats(parts, [ex[2] for ex in train_examples], task.num_labels))
 

@@ -37,6 +37,12 @@ class TrainConfig:
     group_by_length: bool = field(default=True, metadata={"help": "batch examples of similar length together"})
     seed: int = 0
 
+    @classmethod
+    def from_run(cls, cfg) -> "TrainConfig":
+        """The local training settings of a :class:`~legendfl.config.RunConfig` (every runtime uses these)."""
+        return cls(batch_size=cfg.batch_size, local_epochs=cfg.local_epochs, max_local_steps=cfg.max_local_steps,
+                   weight_decay=cfg.weight_decay, lora_scaling=cfg.lora_scaling, seed=cfg.seed)
+
     def __post_init__(self) -> None:
         if self.batch_size <= 0:
             raise ValueError(f"batch_size must be a positive integer, got {self.batch_size}")

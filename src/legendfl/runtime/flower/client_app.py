@@ -108,7 +108,7 @@ class NodeSettings:
 def local_examples(cfg: RunConfig, settings: NodeSettings, label_names: list[str]) -> list:
     """This device's training examples, in the order the in-process runtime gives them, labelled by the
     server's ``label_names`` (a device's own file may hold only some of the labels)."""
-    from ...data.partition import partition
+    from ...data.run_data import load_run_task, run_partitions
     from ...data.tasks import load_task
 
     if settings.data_file is not None:
@@ -120,11 +120,8 @@ def local_examples(cfg: RunConfig, settings: NodeSettings, label_names: list[str
                              f"are {label_names}")
         index = [label_names.index(name) for name in own.label_names]
         return [(a, b, index[y]) for a, b, y in own.train]
-    task = load_task(cfg.task, data_file=cfg.data_file, dev_file=cfg.dev_file, text_columns=cfg.text_columns,
-                     label_column=cfg.label_column, seed=cfg.seed)
-    parts = partition([ex[2] for ex in task.train], cfg.num_devices, scheme=cfg.partition, alpha=cfg.dirichlet_alpha,
-                      seed=cfg.seed, max_examples_per_device=cfg.max_examples_per_device)
-    return [task.train[i] for i in parts[settings.partition_id]]
+    task = load_run_task(cfg)
+    return [task.train[i] for i in run_partitions(cfg, task)[settings.partition_id]]
 
 
 _CACHE: dict[str, Any] = {}
@@ -145,10 +142,9 @@ def _node_state(cfg: RunConfig, settings: NodeSettings, label_names: list[str]):
             torch.set_num_threads(threads)
         backbone = load_backbone(cfg.model, len(label_names), cfg.seed, cfg.device)
         examples = local_examples(cfg, settings, label_names)
-        tcfg = TrainConfig(batch_size=cfg.batch_size, local_epochs=cfg.local_epochs, max_local_steps=cfg.max_local_steps,
-                           weight_decay=cfg.weight_decay, lora_scaling=cfg.lora_scaling, seed=cfg.seed)
         _CACHE.clear()
-        _CACHE[key] = (DeviceData(backbone, TokenizedData(backbone.tokenizer, examples, cfg.max_length), tcfg),
+        _CACHE[key] = (DeviceData(backbone, TokenizedData(backbone.tokenizer, examples, cfg.max_length),
+                                  TrainConfig.from_run(cfg)),
                        list(range(len(examples))))
     return _CACHE[key]
 

@@ -6,6 +6,7 @@ SuperExec and ClientApp children go with it), never by name. Addresses are 127.0
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from pathlib import Path
 from typing import Any, Callable
 
@@ -236,13 +238,14 @@ def run_local(config: Path | None, nodes: int, out: Path, *, options: str = "", 
     if nodes < 1:
         raise ValueError(f"nodes must be >= 1, got {nodes}")
     out = out.resolve()
-    settings = FederationSettings(config_file=str(config.resolve()) if config else "", options=options)
-    given = settings.run_config()  # validates the options before anything starts
-    if "num_devices" in options and given.num_devices != nodes:
-        raise ValueError(f"num_devices in options ({given.num_devices}) must equal nodes ({nodes})")
-    settings = FederationSettings(config_file=settings.config_file, out_dir=str(out / "run"),
-                                  options=options if "num_devices" in options else f"{options}\nnum_devices = {nodes}")
-    cfg = settings.run_config()
+    settings = FederationSettings(config_file=str(config.resolve()) if config else "", options=options,
+                                  out_dir=str(out / "run"))
+    cfg = settings.run_config()  # validates the options before anything starts
+    if "num_devices" in tomllib.loads(options):
+        if cfg.num_devices != nodes:
+            raise ValueError(f"num_devices in options ({cfg.num_devices}) must equal nodes ({nodes})")
+    else:  # one device per SuperNode, whatever the config file says
+        settings = dataclasses.replace(settings, options=f"{options}\nnum_devices = {nodes}")
     app_dir = Path(__file__).resolve().parents[4] / "deploy" / "flower"
     if not (app_dir / "pyproject.toml").exists():
         raise ValueError(f"the Flower app folder {app_dir} is missing (run from a clone of the repository)")

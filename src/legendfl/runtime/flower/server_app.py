@@ -145,15 +145,21 @@ class Federation:
         return replies, missing
 
 
-def _device_log(dev: int, node: int, result, info: dict, rtt: float, round_time: float, task, config_log: dict) -> dict:
+def _transfer_split(rtt: float, busy_s: float, download_bytes: int, upload_bytes: int) -> tuple[float, float]:
+    """Download and upload seconds of one reply: its round trip minus the node's busy time, split by bytes."""
+    comm = max(0.0, rtt - busy_s)
+    total = download_bytes + upload_bytes
+    upload_s = comm * upload_bytes / total if total else 0.0
+    return comm - upload_s, upload_s
+
+
+def _device_log(dev: int, node: int, result, info: dict, rtt: float, transfer: tuple[float, float], round_time: float,
+                task, config_log: dict) -> dict:
     """One device's line of the round record; times split as the in-process records split them."""
-    comm = max(0.0, rtt - info["busy_s"])
-    total_bytes = task.download_bytes + result.upload_bytes
-    up_share = result.upload_bytes / total_bytes if total_bytes else 0.0
     emulated = info.get("emulated")
     timing = ({k: emulated[k] for k in ("download_s", "forward_s", "backward_s", "upload_s", "total_s")} if emulated else
-              {"download_s": comm * (1 - up_share), "forward_s": result.measured_forward_s,
-               "backward_s": result.measured_backward_s, "upload_s": comm * up_share, "total_s": rtt})
+              {"download_s": transfer[0], "forward_s": result.measured_forward_s,
+               "backward_s": result.measured_backward_s, "upload_s": transfer[1], "total_s": rtt})
     timing["other_s"] = max(0.0, timing["total_s"] - sum(timing[k] for k in ("download_s", "forward_s", "backward_s", "upload_s")))
     return {"node_id": str(node), "hostname": info["hostname"], "pid": info["pid"], **{k: round(v, 4) for k, v in timing.items()},
             "kind": emulated["kind"] if emulated else info["hostname"], "mode": emulated["mode"] if emulated else "-",
@@ -170,7 +176,7 @@ def run_federation(grid: Grid, cfg: RunConfig, settings: FederationSettings,
     """Run ``cfg.rounds`` rounds of ``cfg.strategy`` over the SuperNodes behind ``grid``."""
     import torch
 
-    from ...data.tasks import load_task
+    from ...data.run_data import load_run_task
     from ...models.backbone import load_backbone
     from ...models.trainer import TokenizedData, TrainConfig
     from ...runner import write_outputs
@@ -182,11 +188,10 @@ def run_federation(grid: Grid, cfg: RunConfig, settings: FederationSettings,
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    task_data = load_task(cfg.task, data_file=cfg.data_file, dev_file=cfg.dev_file, text_columns=cfg.text_columns,
-                          label_column=cfg.label_column, seed=cfg.seed)
+    task_data = load_run_task(cfg)
     backbone = load_backbone(cfg.model, task_data.num_labels, cfg.seed, cfg.device)
     dev = TokenizedData(backbone.tokenizer, task_data.dev[: cfg.max_dev_examples], cfg.max_length)
-    tcfg = TrainConfig(batch_size=cfg.batch_size, lora_scaling=cfg.lora_scaling, seed=cfg.seed)
+    tcfg = TrainConfig.from_run(cfg)
     strategy = build_strategy(cfg)
     strategy.initialize(backbone.spec, list(range(cfg.num_devices)))
     (out / "config.json").write_text(json.dumps({**cfg.to_json(), "runtime": "flower",
@@ -211,16 +216,15 @@ def run_federation(grid: Grid, cfg: RunConfig, settings: FederationSettings,
         replies, missing = fed.exchange(msgs, settings.round_timeout_s)
         missing.update(offline)
         round_time = time.perf_counter() - round_start  # the server waited this long, silent nodes included
-        results, infos = [], {}
+        results, infos, transfers = [], {}, {}
         for d in sorted(replies):
             result, info = decode_result(replies[d][0].content)
-            rtt = replies[d][1]
+            transfers[d] = _transfer_split(replies[d][1], info["busy_s"], tasks[d].download_bytes, result.upload_bytes)
             if info.get("emulated") is None and result.report is not None:
                 work = executors.work_of(tasks[d], result)
-                comm = max(0.0, rtt - info["busy_s"])
-                total = tasks[d].download_bytes + result.upload_bytes
-                lora_up = comm * work.lora_upload_bytes / total if total else 0.0
-                result.report.upload_time_per_rank = lora_up / work.rank_sum if work.rank_sum else 0.0
+                upload_s = transfers[d][1]
+                lora_upload_s = upload_s * work.lora_upload_bytes / result.upload_bytes if result.upload_bytes else 0.0
+                result.report.upload_time_per_rank = lora_upload_s / work.rank_sum if work.rank_sum else 0.0
             results.append(result)
             infos[d] = info
         agg = strategy.aggregate_round(rnd, results) if results else {"skipped": "no device answered"}
@@ -230,7 +234,8 @@ def run_federation(grid: Grid, cfg: RunConfig, settings: FederationSettings,
             agg.update(strategy.receive_evaluations(rnd, scores))
         config_log = strategy.round_log(tasks)
         devices_log = {str(r.device_id): _device_log(r.device_id, fed.node_of[r.device_id], r, infos[r.device_id],
-                                                     replies[r.device_id][1], round_time, tasks[r.device_id], config_log)
+                                                     replies[r.device_id][1], transfers[r.device_id], round_time,
+                                                     tasks[r.device_id], config_log)
                        for r in results}
         down = sum(tasks[d].download_bytes for d in tasks)
         up = sum(r.upload_bytes for r in results)

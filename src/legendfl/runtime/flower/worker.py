@@ -55,7 +55,7 @@ def serve(socket_path: str, *, max_tasks: int | None = None, progress: Callable[
                     if kind != "train":
                         raise ValueError(f"request kind must be 'train', got {kind!r}")
                     t0 = time.perf_counter()
-                    reply = train_payload(payload, node_config, age_s + 0.0)
+                    reply = train_payload(payload, node_config, age_s)
                     conn.send(("ok", reply))
                     progress(f"task for device {node_config.get('partition-id')} done in {time.perf_counter() - t0:.1f}s")
                 except Exception as err:  # answer with the error; the worker stays up
