@@ -15,12 +15,87 @@ def test_depth_k_computes_faster_than_depth_L_by_the_flop_ratio(backbone):
 
     def timing(depth):
         f, b = batch_flops(spec, LoraLayout.top(depth, [8] * 6), 16, 30)
-        return device_timing(state, DeviceWork(f * 25, b * 25, 0, 0, depth)), (f + b) * 25
+        return device_timing(state, DeviceWork(f * 25, b * 25, 0, 0, depth), "flops"), (f + b) * 25
 
     t2, flops2 = timing(2)
     t6, flops6 = timing(6)
     assert t6.compute_s / t2.compute_s == pytest.approx(flops6 / flops2, rel=1e-9)
     assert t2.compute_s < t6.compute_s
+
+
+def _roberta_base_spec():
+    from legendfl.core.strategy import ModelSpec
+
+    h, i = 768, 3072
+    linear = {"attention.self.query": (h, h), "attention.self.key": (h, h), "attention.self.value": (h, h),
+              "attention.output.dense": (h, h), "intermediate.dense": (h, i), "output.dense": (i, h)}
+    return ModelSpec(12, linear, {}, h, 0)
+
+
+def _batch_work(spec, layout, batches, seqs, width, **kw):
+    from legendfl.models.flops import batch_work
+
+    w = batch_work(spec, layout, seqs, width, **kw)
+    depth = layout.depth if layout is not None else 0
+    return DeviceWork(w.forward * batches, w.backward * batches, 0, 0, depth, 0, 0, batches, w.layer_forward * batches,
+                      w.trainable_forward * batches, len(layout.ranks) if layout is not None else 0, spec.num_layers,
+                      kw.get("full", False))
+
+
+def test_profile_model_reproduces_the_papers_fig4a_line():
+    """The jetson profile's reference device, RoBERTa-base, batch 4 x 64, rank 8: t(k) = 16.8 + 5k ms (Fig. 4a)."""
+    from legendfl.fleet.devices import DeviceRoundState
+
+    fleet = load_fleet("jetson", 80, seed=0)
+    agx = next(d for d in fleet.devices if d.kind == "agx-xavier")
+    assert agx.modes_gflops[0] == agx.profile.reference_gflops == 2000.0
+    state = DeviceRoundState(agx.device_id, 1, 0, agx.modes_gflops[0], 10.0, 10.0, agx.profile)
+    spec = _roberta_base_spec()
+    ms = {k: 1000 * device_timing(state, _batch_work(spec, LoraLayout.top(k, [8] * 12), 1, 4, 64)).compute_s for k in range(1, 13)}
+    assert ms[1] == pytest.approx(21.8, rel=0.05) and ms[12] == pytest.approx(76.8, rel=0.05)
+    assert (ms[12] - ms[1]) / 11 == pytest.approx(5.0, rel=0.05)
+    assert ms[12] / ms[1] == pytest.approx(3.52, rel=0.05)  # "+252%"
+    # the FLOP model on the same work: backward priced like forward, depth 12 costs under 2x depth 1
+    flops = {k: device_timing(state, _batch_work(spec, LoraLayout.top(k, [8] * 12), 1, 4, 64), "flops").compute_s for k in (1, 12)}
+    assert flops[12] / flops[1] < 2.0
+    # a mode 100x slower takes 100x longer; a frozen layer traversed by backward costs a trained layer's time
+    slow = DeviceRoundState(agx.device_id, 1, 0, 20.0, 10.0, 10.0, agx.profile)
+    assert device_timing(slow, _batch_work(spec, LoraLayout.top(1, [8] * 12), 1, 4, 64)).compute_s == pytest.approx(ms[1] / 10)
+    shallow = LoraLayout.uniform([0], 8, 12)  # LoRA at layer 0 only: backward traverses all 12 layers
+    # (less the 11 other layers' LoRA pairs, 1.4% of the work)
+    assert 1000 * device_timing(state, _batch_work(spec, shallow, 1, 4, 64)).compute_s == pytest.approx(ms[12], rel=0.02)
+    # full fine-tuning: the trained-layer backward plus the weight gradients (one more forward) on every layer
+    full = 1000 * device_timing(state, _batch_work(spec, None, 1, 4, 64, full=True)).compute_s
+    assert full == pytest.approx(12 * 1.4 + 12 * (5.0 + 1.4), rel=0.01)
+
+
+def test_profile_scales_by_layer_flops_and_falls_back_to_flops_without_one(backbone):
+    from legendfl.fleet.cost_model import timed_by
+
+    fleet = load_fleet("jetson", 10, seed=0)
+    state = fleet.state(0, 1)
+    work = lambda seqs: _batch_work(backbone.spec, LoraLayout.top(3, [8] * 6), 25, seqs, 32)
+    assert device_timing(state, work(32)).compute_s == pytest.approx(2 * device_timing(state, work(16)).compute_s, rel=1e-9)
+    phones = load_fleet("phones", 4, seed=0)
+    assert timed_by(phones.state(0, 1), "profile") == "flops" and timed_by(state, "profile") == "profile"
+    assert timed_by(state, "flops") == "flops"
+    with pytest.raises(ValueError, match="cost_model must be one of"):
+        timed_by(state, "wallclock")
+
+
+def test_bad_profile_tables_name_the_field(tmp_path):
+    base = (tmp_path / "f.toml")
+    text = ('name = "x"\ndescription = "x"\n[profile]\nreference_hidden = 8\nreference_intermediate = 8\n'
+            'reference_batch = 1\nreference_seq_len = 4\nforward_ms_per_layer = {fwd}\nbackward_ms_per_trained_layer = 2\n'
+            'reference_gflops = 10\n{extra}\n[[device_types]]\nname = "a"\ncount = 1\nmodes = [10.0]\n'
+            '[network]\ngroups = [{{ distance_m = 2, uplink_mbps = 5.0, downlink_mbps = 5.0 }}]\n')
+    base.write_text(text.format(fwd=1, extra=""))
+    assert load_fleet(str(base), 2).devices[0].profile.forward_ms_per_layer == 1.0
+    for fwd, extra, message in ((-1, "", "profile.forward_ms_per_layer must be"), (0, "", "profile.forward_ms_per_layer must be > 0"),
+                                (1, "speed = 3", "profile: unknown keys ['speed']"), ('"fast"', "", "forward_ms_per_layer must be a finite number")):
+        base.write_text(text.format(fwd=fwd, extra=extra))
+        with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+            load_fleet(str(base), 2)
 
 
 def test_upload_time_is_proportional_to_rank_sum(backbone):

@@ -34,7 +34,7 @@ def test_rank_distribution_paper_example_and_errors():
 @given(fleet=fleets, L=st.integers(1, 24))
 def test_depths_in_range_monotone_fastest_gets_L(fleet, L):
     ranks = rank_distribution(L, 8 * L, 0 if L > 12 else 1)
-    d = configure_depths(fleet, ranks)
+    d = configure_depths(fleet, ranks, variant="literal")
     assert all(1 <= k <= L for k in d.depths.values())
     speed = d.full_depth_times
     fastest = min(speed, key=speed.get)
@@ -53,7 +53,7 @@ def test_depths_in_range_monotone_fastest_gets_L(fleet, L):
 def test_budgets_never_violated(fleet, L, comp, comm, eps):
     ranks = rank_distribution(L, 8 * L, 1)
     budgets = Budgets(compute=comp, comm=comm, waiting=eps, bytes_per_rank=3072.0)
-    d = configure_depths(fleet, ranks, budgets)
+    d = configure_depths(fleet, ranks, budgets, variant="literal")
     for dev, k in d.depths.items():
         rank_sum = sum(ranks[L - k:])
         within = rank_sum <= comp and 3072.0 * rank_sum <= comm
@@ -71,9 +71,46 @@ def test_depth_gap_follows_the_spread_by_hand():
     # t_i at full depth (L = 4, ranks [1,2,3,4], sum 10): fwd + 4 mu + 10 beta
     est = {0: DeviceEstimate(1.0, 0.0, 6.0), 1: DeviceEstimate(1.0, 0.0, 1.0), 2: DeviceEstimate(0.5, 0.0, 3.0)}
     # full times: 10, 5, 5 -> gap = ceil(4 * 5/10) = 2; depths: 4 - ceil(2*(t-5)/5)
-    d = configure_depths(est, [1, 2, 3, 4])
+    d = configure_depths(est, [1, 2, 3, 4], variant="literal")
     assert d.depth_gap == 2 and d.depths == {0: 2, 1: 4, 2: 4}
     assert d.predicted_times[0] == pytest.approx(6 + 2 * 1.0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(fleet=fleets, L=st.integers(1, 24), comp=st.one_of(st.none(), st.integers(1, 200)),
+       comm=st.one_of(st.none(), st.floats(100, 2e6)), eps=st.one_of(st.none(), st.floats(0.0, 50.0)))
+def test_fill_stays_within_the_round_and_never_lowers_line3(fleet, L, comp, comm, eps):
+    ranks = rank_distribution(L, 8 * L, 0 if L > 12 else 1)
+    budgets = Budgets(compute=comp, comm=comm, waiting=eps, bytes_per_rank=3072.0)
+    literal = configure_depths(fleet, ranks, Budgets(compute=comp, comm=comm, bytes_per_rank=3072.0), variant="literal")
+    d = configure_depths(fleet, ranks, budgets)
+    assert d.variant == "fill" and d.line3_depths == literal.depths  # line 3 (and 5) as printed, before the fill
+    t_h = max(fleet[dev].completion_time(k, sum(ranks[L - k:])) for dev, k in literal.depths.items())
+    assert d.round_time == pytest.approx(t_h)
+    for dev, k in d.depths.items():
+        assert literal.depths[dev] <= k <= L  # never below line 3's depth
+        assert d.predicted_times[dev] <= t_h * (1 + 1e-9)  # never past the round's predicted time
+        rank_sum = sum(ranks[L - k:])
+        if k > literal.depths[dev]:
+            assert (comp is None or rank_sum <= comp) and (comm is None or 3072.0 * rank_sum <= comm)
+        if k < L:  # filled as far as the round and the budgets allow
+            nxt = sum(ranks[L - k - 1:])
+            assert (fleet[dev].completion_time(k + 1, nxt) > t_h * (1 + 1e-12)
+                    or (comp is not None and nxt > comp) or (comm is not None and 3072.0 * nxt > comm))
+    assert d.mean_waiting <= literal.mean_waiting + 1e-9
+
+
+def test_fill_by_hand_gives_idle_devices_more_layers():
+    # L = 4, ranks [1,2,3,4]; device 0 slow (forward 6, mu 1), devices 1, 2 fast
+    est = {0: DeviceEstimate(1.0, 0.0, 6.0), 1: DeviceEstimate(1.0, 0.0, 1.0), 2: DeviceEstimate(3.0, 0.0, 1.0)}
+    # full times 10, 5, 13 -> gap ceil(4 * 8/13) = 3; line 3: 4 - ceil(3 (t - 5) / 8) -> 0: 2, 1: 4, 2: 1
+    lit = configure_depths(est, [1, 2, 3, 4], variant="literal")
+    assert lit.depths == {0: 2, 1: 4, 2: 1}
+    # predicted at line 3: 0: 6 + 2 = 8, 1: 5, 2: 1 + 3 = 4 -> t^h = 8; device 2 fills to depth 2 (7 <= 8), not 3 (10)
+    fill = configure_depths(est, [1, 2, 3, 4])
+    assert fill.round_time == 8 and fill.depths == {0: 2, 1: 4, 2: 2}
+    with pytest.raises(ValueError, match="lcd must be one of"):
+        configure_depths(est, [1, 2, 3, 4], variant="greedy")
 
 
 def test_capacity_moving_average():

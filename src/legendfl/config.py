@@ -31,6 +31,8 @@ class RunConfig:
     text_columns: list[str] = _f(["text"], "one or two text columns of --data-file")
     label_column: str = _f("label", "label column of --data-file (string or integer labels, any number of classes)")
     max_dev_examples: int | None = _f(None, "evaluate on the first N dev examples only (None: the whole dev split)")
+    validation_examples: int = _f(500, "training examples the server holds out (no device trains on them) to choose "
+                                  "between candidate models, e.g. FedAdapter's trial groups; never the reported dev split")
     max_length: int = _f(128, "maximum tokens per example (the paper: 512)")
     # --- model
     model: str = _f("minilm", "packaged alias (minilm), a local Hugging Face directory, or a hub id (roberta-base)")
@@ -60,7 +62,10 @@ class RunConfig:
     compute_budget: float | None = _f(None, "C_i: per-device computing budget in units of c (None: unbounded)")
     comm_budget: float | None = _f(None, "B_i: per-device upload budget in bytes per round (None: unbounded)")
     legend_weighting: str = _f("uniform", "LEGEND's layer-wise average: plain mean over the devices that trained a layer (eq. 17) or weighted by their examples", ("uniform", "examples"))
-    waiting_budget: float | None = _f(None, "epsilon: bound on the predicted mean waiting time in seconds (None: off)")
+    waiting_budget: float | None = _f(None, "epsilon: bound on the predicted mean waiting time in seconds (None: off; "
+                                      "lcd 'literal' widens the depth gap to meet it, 'fill' only reports it)")
+    lcd: str = _f("fill", "LEGEND's Algorithm 1: 'fill' raises depths into idle time up to the round's predicted time, "
+                  "'literal' = lines 2-5 as printed (see core/lcd.py)", ("fill", "literal"))
     # --- baselines
     pretest: str | None = _f(None, "FedLoRA with a pre-test layout of the paper's section 2: layers-a/s/m/d, depth-<k>, rank-inc/dec/avg/rand")
     hetlora_r_min: int = _f(4, "HetLoRA: smallest device rank")
@@ -72,6 +77,9 @@ class RunConfig:
     fedadapter_window: int = _f(3, "FedAdapter: rounds per configuration-search window")
     # --- fleet and clock
     fleet: str = _f("jetson", "device fleet: jetson, phones, or a TOML file")
+    cost_model: str = _f("profile", "how compute time is priced: 'profile' = the fleet's measured per-batch latency profiles "
+                         "(devices without one fall back to FLOPs), 'flops' = FLOPs / mode throughput (see fleet/cost_model.py)",
+                         ("profile", "flops"))
     report_noise: float = _f(0.0, "relative noise on devices' reported timings")
     target_accuracy: float | None = _f(None, "target accuracy for time/traffic-to-target (default: final accuracy)")
     # --- run
@@ -94,6 +102,8 @@ class RunConfig:
         for name in ["lr", "local_epochs", "dirichlet_alpha", "lora_scaling"]:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if isinstance(self.validation_examples, bool) or not isinstance(self.validation_examples, int) or self.validation_examples < 0:
+            raise ValueError(f"validation_examples must be an integer >= 0, got {self.validation_examples!r}")
         for name in ["max_local_steps", "max_examples_per_device", "max_dev_examples", "rank_budget", "initial_depth", "threads"]:
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v <= 0):

@@ -10,7 +10,7 @@ import torch
 
 from .config import RunConfig
 from .data.partition import partition_stats
-from .data.run_data import load_run_task, run_partitions
+from .data.run_data import load_run_task, run_partitions, server_validation
 from .fleet.devices import load_fleet
 from .metrics.summary import summarize
 from .models.backbone import load_backbone
@@ -39,12 +39,14 @@ def prepare(cfg: RunConfig, progress: Callable[[str], None] = print) -> Simulati
         train_examples = task.train
     train = TokenizedData(backbone.tokenizer, train_examples, cfg.max_length)
     dev = TokenizedData(backbone.tokenizer, task.dev[: cfg.max_dev_examples], cfg.max_length)
+    held = server_validation(cfg, task)
+    validation = TokenizedData(backbone.tokenizer, [task.train[i] for i in held], cfg.max_length) if held else None
     progress(f"task {task.name}: {len(task.train)} train / {len(task.dev)} dev examples, labels {task.label_names}; "
              f"tokenised in {time.perf_counter() - t0:.1f}s")
     progress(f"model {cfg.model}: {backbone.num_layers} layers, LoRA targets {sorted(backbone.linear_modules)}, "
              f"head {backbone.head_names}")
-    return SimulationSetup(backbone, train, dev, parts, fleet, TrainConfig.from_run(cfg), cfg.rounds, cfg.eval_every, cfg.report_noise, cfg.seed,
-                           label_names=task.label_names,
+    return SimulationSetup(backbone, train, dev, parts, fleet, TrainConfig.from_run(cfg), cfg.rounds, cfg.eval_every, cfg.report_noise, cfg.seed, cfg.cost_model,
+                           label_names=task.label_names, validation=validation,
                            partition_stats=partition_stats(parts, [ex[2] for ex in train_examples], task.num_labels))
 
 
@@ -69,7 +71,7 @@ def run(cfg: RunConfig, progress: Callable[[str], None] = print) -> dict:
 def write_outputs(cfg: RunConfig, strategy, backbone, records: list[dict], out: Path, label_names: list[str],
                   wall_time_s: float, **extra) -> dict:
     """What every runtime leaves after a run: ``summary.json``, the exported adapter, the figures."""
-    summary = {**summarize(records, cfg.target_accuracy), **strategy.summary(), "task": cfg.task, "model": cfg.model,
+    summary = {**summarize(records, cfg.target_accuracy), **strategy.summary(), "task": cfg.task, "model": cfg.model, "cost_model": cfg.cost_model,
                "fleet": cfg.fleet, "num_devices": cfg.num_devices, "wall_time_s": wall_time_s, **extra}
     task = strategy.evaluation_task()
     if task.kind == "lora":

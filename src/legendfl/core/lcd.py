@@ -18,8 +18,22 @@ budget whole.
 
 Line 5, budgets: each device's depth is lowered greedily until eq. 14 (``hat_c + c * sum of its ranks <=
 C_i``) and eq. 15 (``b * sum of its ranks <= B_i``) hold; a device that violates them even at depth 1 keeps
-depth 1 and is flagged. The waiting-time bound of eq. 16 (mean predicted waiting <= epsilon) is met by
-widening the depth gap k^h step by step (up to L - 1), which keeps depths monotone in speed.
+depth 1 and is flagged.
+
+Two variants (``LCD_VARIANTS``), differing in what follows line 5:
+
+- ``fill`` (the default): the round lasts as long as its slowest device, t^h = the largest predicted
+  completion at the line-3/5 depths. Each other device's depth is then raised, one layer at a time, while
+  its predicted completion (eq. 12) stays <= t^h and its budgets hold. This is the paper's waiting-time
+  objective (eq. 13, 16: "the average waiting time ... cannot exceed epsilon", and section 6.2: LEGEND
+  "achieves the least waiting time ... by assigning appropriate depth to devices"): line 3 alone, with its
+  ceil, takes at least one layer from every device but the fastest, and with t_min / t_max of 0.05-0.1 the
+  gap is always L - 1, so devices that would finish early idle. Filling never lowers a depth below line
+  3's and never lengthens the predicted round. The rank of a layer is the global distribution's (ranks are
+  not raised per device: eq. 17 averages each layer over devices, which needs one rank per layer).
+  epsilon is not used to lower depths; the decision reports the predicted mean waiting against it.
+- ``literal``: Algorithm 1 as printed, lines 2-5 only; epsilon (when set) is met by widening the depth gap
+  k^h step by step (up to L - 1), which lowers depths and keeps them monotone in speed.
 """
 from __future__ import annotations
 
@@ -27,6 +41,8 @@ import math
 from dataclasses import dataclass, field
 
 from .capacity import DeviceEstimate
+
+LCD_VARIANTS = ("fill", "literal")
 
 
 def rank_distribution(num_layers: int, rank_budget: int, rank_step: int = 1) -> list[int]:
@@ -84,6 +100,9 @@ class LcdDecision:
     predicted_times: dict[int, float]  # eq. 12 at the chosen depths
     full_depth_times: dict[int, float]  # eq. 12 at depth L (the speeds that order devices)
     over_budget: list[int] = field(default_factory=list)
+    line3_depths: dict[int, int] = field(default_factory=dict)  # after lines 3 and 5, before any fill
+    round_time: float = 0.0  # t^h: the predicted round time the fill stays within
+    variant: str = "fill"
 
     @property
     def mean_waiting(self) -> float:
@@ -106,10 +125,27 @@ def depths_for_gap(full_times: dict[int, float], num_layers: int, gap: int) -> d
     return {d: num_layers - math.ceil(gap * (t - t_min) / spread - 1e-12) for d, t in full_times.items()}
 
 
-def configure_depths(estimates: dict[int, DeviceEstimate], ranks: list[int], budgets: Budgets | None = None) -> LcdDecision:
+def fill_idle_time(depths: dict[int, int], estimates: dict[int, DeviceEstimate], ranks: list[int], budgets: Budgets,
+                   ceiling: float) -> dict[int, int]:
+    """Raise each device's depth while its predicted completion stays <= ``ceiling`` and its budgets hold."""
+    L = len(ranks)
+    out = dict(depths)
+    for d, k in depths.items():
+        est = estimates[d]
+        while (k < L and est.completion_time(k + 1, _top_rank_sum(ranks, k + 1)) <= ceiling * (1 + 1e-12)
+               and budgets.allows(d, _top_rank_sum(ranks, k + 1))):
+            k += 1
+        out[d] = k
+    return out
+
+
+def configure_depths(estimates: dict[int, DeviceEstimate], ranks: list[int], budgets: Budgets | None = None,
+                     variant: str = "fill") -> LcdDecision:
     """Algorithm 1: each device's LoRA depth given capacity estimates and the global rank distribution."""
     if not estimates:
         raise ValueError("estimates must not be empty")
+    if variant not in LCD_VARIANTS:
+        raise ValueError(f"lcd must be one of {list(LCD_VARIANTS)}, got {variant!r}")
     budgets = budgets or Budgets()
     L = len(ranks)
     full = {d: e.completion_time(L, sum(ranks)) for d, e in estimates.items()}
@@ -125,11 +161,19 @@ def configure_depths(estimates: dict[int, DeviceEstimate], ranks: list[int], bud
                 depths[d] -= 1
             if not budgets.allows(d, _top_rank_sum(ranks, depths[d])):
                 over.append(d)
-        times = {d: estimates[d].completion_time(depths[d], _top_rank_sum(ranks, depths[d])) for d in depths}
-        return LcdDecision(depths, g, times, full, over)
+        return LcdDecision(depths, g, times_at(depths), full, over, dict(depths), variant=variant)
+
+    def times_at(depths: dict[int, int]) -> dict[int, float]:
+        return {d: estimates[d].completion_time(k, _top_rank_sum(ranks, k)) for d, k in depths.items()}
 
     decision = decide(gap)
-    if budgets.waiting is not None:
-        while decision.mean_waiting > budgets.waiting and decision.depth_gap < L - 1:
-            decision = decide(decision.depth_gap + 1)
+    if variant == "literal":
+        if budgets.waiting is not None:
+            while decision.mean_waiting > budgets.waiting and decision.depth_gap < L - 1:
+                decision = decide(decision.depth_gap + 1)
+        decision.round_time = max(decision.predicted_times.values())
+        return decision
+    decision.round_time = max(decision.predicted_times.values())
+    decision.depths = fill_idle_time(decision.depths, estimates, ranks, budgets, decision.round_time)
+    decision.predicted_times = times_at(decision.depths)
     return decision

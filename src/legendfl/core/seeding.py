@@ -8,7 +8,7 @@ import hashlib
 
 import numpy as np
 
-_PURPOSES = ("partition", "fleet", "batches", "dropout", "noise", "init", "probe", "fedadapter", "hetlora")
+_PURPOSES = ("partition", "fleet", "batches", "dropout", "noise", "init", "probe", "fedadapter", "hetlora", "validation")
 
 
 def derive_seed(seed: int, purpose: str, *keys: int) -> int:

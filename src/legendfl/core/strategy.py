@@ -119,6 +119,8 @@ class DeviceResult:
     num_steps: int = 0
     forward_flops: float = 0.0
     backward_flops: float = 0.0
+    layer_forward_flops: float = 0.0  # one frozen layer's forward FLOPs summed over the round's batches
+    trainable_forward_flops: float = 0.0  # forward FLOPs of the trained modules (LoRA, adapters) over the round
     train_loss: float = float("nan")
     wall_time_s: float = 0.0  # measured on the machine that ran the training
     measured_forward_s: float = 0.0

@@ -5,6 +5,7 @@ their order) are the same whichever runtime trains it.
 """
 from __future__ import annotations
 
+from ..core.seeding import rng
 from .partition import partition
 from .tasks import TaskData, load_task
 
@@ -15,7 +16,22 @@ def load_run_task(cfg) -> TaskData:
                      label_column=cfg.label_column, seed=cfg.seed)
 
 
+def server_validation(cfg, task: TaskData) -> list[int]:
+    """Indices of ``task.train`` the server holds out as its validation split (no device trains on them).
+
+    Strategies that choose between candidate models (FedAdapter's trial groups) compare them on this split,
+    never on the dev split whose accuracy is reported. At most a tenth of the training set.
+    """
+    n = min(cfg.validation_examples, len(task.train) // 10)
+    if n <= 0:
+        return []
+    return sorted(int(i) for i in rng(cfg.seed, "validation").choice(len(task.train), n, replace=False))
+
+
 def run_partitions(cfg, task: TaskData) -> list[list[int]]:
-    """Indices of ``task.train`` held by each of the run's devices."""
-    return partition([ex[2] for ex in task.train], cfg.num_devices, scheme=cfg.partition, alpha=cfg.dirichlet_alpha,
-                     seed=cfg.seed, max_examples_per_device=cfg.max_examples_per_device)
+    """Indices of ``task.train`` held by each of the run's devices (the server's validation split excluded)."""
+    held = set(server_validation(cfg, task))
+    keep = [i for i in range(len(task.train)) if i not in held]
+    parts = partition([task.train[i][2] for i in keep], cfg.num_devices, scheme=cfg.partition, alpha=cfg.dirichlet_alpha,
+                      seed=cfg.seed, max_examples_per_device=cfg.max_examples_per_device)
+    return [[keep[j] for j in p] for p in parts]

@@ -2,10 +2,29 @@
 
     round time of device i = download + forward + backward + upload
 
-- download = bytes it receives / its downlink bandwidth of that round;
-- forward  = forward FLOPs it really did (all layers, all its local batches) / its mode's throughput;
-- backward = backward FLOPs it really did (only the layers it trains; see ``models.flops``) / throughput;
-- upload   = bytes it sends / its uplink bandwidth of that round.
+Download and upload are the bytes really exchanged over the device's bandwidth of that round. Compute is
+priced by one of two models (``COST_MODELS``); every record says which one timed it:
+
+``profile`` (the default wherever the fleet has a profile): a **measured per-batch latency profile** of a
+reference device, for a reference model and batch: forward time of one layer, backward time of one
+trained layer (its frozen weights' input gradients plus its trainable modules), backward time of a frozen
+layer that the backward pass still traverses (above the shallowest trained layer), and a fixed per-step
+cost (optimizer step, head, launches). It is scaled by two rules:
+
+- to another model or batch by FLOPs: every per-layer time is multiplied by (one layer's forward FLOPs on
+  this batch) / (one layer's forward FLOPs on the reference batch); the trainable modules' own forward
+  (LoRA pairs, adapters) is priced at the forward rate and their backward at the trained-layer ratio;
+  the per-step cost does not scale;
+- to another power mode by throughput: times are multiplied by ``reference_gflops / gflops of the mode``,
+  so the fleet's mode ladders (and the paper's 100x spread) carry over unchanged.
+
+Full fine-tuning's backward also computes every weight gradient: one more layer forward per layer.
+Why a profile: on GPU-class devices the backward of a trained layer costs several times its forward
+(LEGEND Fig. 4a: +5 ms per LoRA layer against ~1.4 ms forward per layer; an H100: depth 12 / depth 1 =
+3.9x), which a FLOP count does not show.
+
+``flops``: FLOPs the device really did (``models.flops``) over its mode's throughput. On this project's
+2-core CPU that ratio matches (depth 6 / depth 1 = 1.71x measured), so it describes a CPU, not a Jetson.
 
 From the same numbers a device reports what the paper's devices report (section 4.3): the backward time of
 one trained layer (mu-hat = backward / depth), the upload time of one layer's LoRA at unit rank (beta-hat =
@@ -18,21 +37,36 @@ from dataclasses import asdict, dataclass
 from ..core.seeding import rng
 from ..core.strategy import CapacityReport
 from .devices import DeviceRoundState
+from .profiles import LatencyProfile
 
 MEGABIT = 1e6 / 8  # bytes per megabit
+COST_MODELS = ("profile", "flops")
 
 
 @dataclass(frozen=True)
 class DeviceWork:
-    """The work one device did in one round, as counted by the trainer and the bytes exchanged."""
+    """The work one device did in one round, as counted by the trainer and the bytes exchanged.
+
+    Recorded per device and round, so a finished run can be re-timed under another cost model or fleet
+    (``fleet.retime``) without training again.
+    """
 
     forward_flops: float
     backward_flops: float
     download_bytes: int
     upload_bytes: int
-    trained_depth: int = 0  # layers from the shallowest trained one up to the output
+    trained_depth: int = 0  # layers from the shallowest trained one up to the output (the backward's length)
     rank_sum: int = 0  # sum of LoRA ranks over the layers it uploads
     lora_upload_bytes: int = 0  # the LoRA part of upload_bytes
+    steps: int = 0  # local optimizer steps
+    layer_forward_flops: float = 0.0  # one frozen layer's forward FLOPs, summed over the round's batches
+    trainable_forward_flops: float = 0.0  # forward FLOPs of the trained modules (LoRA pairs, adapters)
+    trained_layers: int = 0  # layers holding trained modules (<= trained_depth)
+    num_layers: int = 0
+    full: bool = False  # every weight trained (full fine-tuning)
+
+    def to_json(self) -> dict:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -54,12 +88,41 @@ class DeviceTiming:
         return {**asdict(self), "total_s": self.total_s}
 
 
-def device_timing(state: DeviceRoundState, work: DeviceWork) -> DeviceTiming:
-    flops_per_s = state.gflops * 1e9
+def profile_compute(profile: LatencyProfile, gflops: float, work: DeviceWork) -> tuple[float, float]:
+    """(forward, backward) seconds of ``work`` under a measured latency profile, at a mode of ``gflops``."""
+    slow = profile.reference_gflops / gflops  # this mode against the one the profile was measured in
+    unit = profile.forward_ms_per_layer / 1000.0 / profile.reference_layer_flops  # s per FLOP of layer forward
+    trained = profile.backward_ms_per_trained_layer / profile.forward_ms_per_layer
+    frozen = profile.backward_ms_per_frozen_layer / profile.forward_ms_per_layer
+    lf, tf = work.layer_forward_flops, work.trainable_forward_flops
+    forward = unit * (work.num_layers * lf + tf)
+    if work.full:
+        backward = unit * (trained + 1.0) * work.num_layers * lf
+    else:
+        traversed_frozen = max(0, work.trained_depth - work.trained_layers)
+        backward = unit * (trained * (work.trained_layers * lf + tf) + frozen * traversed_frozen * lf)
+    if work.trained_depth or work.full:
+        backward += profile.step_ms / 1000.0 * work.steps
+    return slow * forward, slow * backward
+
+
+def timed_by(state: DeviceRoundState, cost_model: str) -> str:
+    """Which model times this device: ``profile`` needs a profile in the fleet, else FLOPs are used."""
+    if cost_model not in COST_MODELS:
+        raise ValueError(f"cost_model must be one of {list(COST_MODELS)}, got {cost_model!r}")
+    return "profile" if cost_model == "profile" and state.profile is not None else "flops"
+
+
+def device_timing(state: DeviceRoundState, work: DeviceWork, cost_model: str = "profile") -> DeviceTiming:
+    if timed_by(state, cost_model) == "profile":
+        forward_s, backward_s = profile_compute(state.profile, state.gflops, work)
+    else:
+        flops_per_s = state.gflops * 1e9
+        forward_s, backward_s = work.forward_flops / flops_per_s, work.backward_flops / flops_per_s
     return DeviceTiming(
         download_s=work.download_bytes / (state.downlink_mbps * MEGABIT),
-        forward_s=work.forward_flops / flops_per_s,
-        backward_s=work.backward_flops / flops_per_s,
+        forward_s=forward_s,
+        backward_s=backward_s,
         upload_s=work.upload_bytes / (state.uplink_mbps * MEGABIT),
     )
 

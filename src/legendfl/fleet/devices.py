@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.seeding import rng
+from .profiles import LatencyProfile
 
 FLEETS = Path(__file__).parent / "fleets"
 TRACES = Path(__file__).parent / "traces"
@@ -32,6 +33,7 @@ class Device:
     uplink_std_mbps: float
     downlink_std_mbps: float
     group: str = ""
+    profile: LatencyProfile | None = None  # measured latency profile (the ``profile`` cost model)
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class DeviceRoundState:
     gflops: float
     uplink_mbps: float
     downlink_mbps: float
+    profile: LatencyProfile | None = None
 
 
 @dataclass
@@ -70,7 +73,7 @@ class Fleet:
         gen = rng(self.seed, "fleet", 2, rnd, device_id)
         up = float(np.clip(gen.normal(dev.uplink_mbps, dev.uplink_std_mbps), self.min_mbps, self.max_mbps))
         down = float(np.clip(gen.normal(dev.downlink_mbps, dev.downlink_std_mbps), self.min_mbps, self.max_mbps))
-        return DeviceRoundState(device_id, rnd, mode, dev.modes_gflops[mode], up, down)
+        return DeviceRoundState(device_id, rnd, mode, dev.modes_gflops[mode], up, down, dev.profile)
 
 
 def _scaled_counts(counts: list[int], size: int) -> list[int]:
@@ -89,20 +92,30 @@ def _scaled_counts(counts: list[int], size: int) -> list[int]:
     return out
 
 
+def _profile_of(cfg: dict, t: dict, index: int) -> LatencyProfile | None:
+    """A device type's own ``profile`` table, else the fleet's ``[profile]``, else none."""
+    if "profile" in t:
+        return LatencyProfile.from_table(t["profile"], f"device_types[{index}].profile")
+    if "profile" in cfg:
+        return LatencyProfile.from_table(cfg["profile"], "profile")
+    return None
+
+
 def _load_jetson_like(cfg: dict, size: int, seed: int) -> list[Device]:
     types = cfg["device_types"]
+    profiles = [_profile_of(cfg, t, i) for i, t in enumerate(types)]
     counts = _scaled_counts([t["count"] for t in types], size)
-    kinds: list[dict] = [t for t, c in zip(types, counts) for _ in range(c)]
+    kinds: list[int] = [i for i, c in enumerate(counts) for _ in range(c)]
     net = cfg["network"]
     groups = net["groups"]
     order = rng(seed, "fleet", 0).permutation(size)  # shuffle devices into equal distance groups
     group_of = {int(dev): g for g, chunk in enumerate(np.array_split(order, len(groups))) for dev in chunk}
     rel = float(net.get("relative_std", 0.3))
     devices = []
-    for i, t in enumerate(kinds):
-        g = groups[group_of[i]]
+    for i, k in enumerate(kinds):
+        t, g = types[k], groups[group_of[i]]
         devices.append(Device(i, t["name"], tuple(float(m) for m in t["modes"]), g["uplink_mbps"], g["downlink_mbps"],
-                              rel * g["uplink_mbps"], rel * g["downlink_mbps"], f"{g['distance_m']}m"))
+                              rel * g["uplink_mbps"], rel * g["downlink_mbps"], f"{g['distance_m']}m", profiles[k]))
     return devices
 
 
@@ -113,13 +126,14 @@ def _load_traces(cfg: dict, size: int, seed: int) -> list[Device]:
     best = max(scores.values())
     gen = rng(seed, "fleet", 0)
     kbps_to_mbps = 8.0 / 1000.0
+    profile = LatencyProfile.from_table(cfg["profile"], "profile") if "profile" in cfg else None
     devices = []
     for i in range(size):
         phone = names[int(gen.integers(len(names)))]
         user = users[int(gen.integers(len(users)))]
         devices.append(Device(i, phone, (scores[phone] / best * float(cfg["best_phone_gflops"]),),
                               user["up_u"] * kbps_to_mbps, user["down_u"] * kbps_to_mbps,
-                              user["up_sigma"] * kbps_to_mbps, user["down_sigma"] * kbps_to_mbps, "trace"))
+                              user["up_sigma"] * kbps_to_mbps, user["down_sigma"] * kbps_to_mbps, "trace", profile))
     return devices
 
 

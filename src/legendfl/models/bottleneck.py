@@ -17,7 +17,7 @@ import torch
 
 from ..core.strategy import DeviceResult, DeviceTask, Tensors
 from .backbone import Backbone
-from .flops import batch_flops
+from .flops import BatchFlops, batch_work
 from .lora import head_parameters
 from .trainer import TokenizedData, TrainConfig, evaluate_model, local_training
 
@@ -78,9 +78,9 @@ def _adapter_flops(backbone: Backbone, depth: int, width: int):
     spec = backbone.spec
     L = spec.num_layers
 
-    def flops(seqs: int, seq_len: int) -> tuple[float, float]:
+    def flops(seqs: int, seq_len: int) -> BatchFlops:
         per_layer = 2.0 * seqs * seq_len * 2 * spec.hidden_size * width
-        return batch_flops(spec, None, seqs, seq_len, extra_forward_per_layer={l: per_layer for l in range(L - depth, L)})
+        return batch_work(spec, None, seqs, seq_len, extra_forward_per_layer={l: per_layer for l in range(L - depth, L)})
 
     return flops
 

@@ -13,6 +13,8 @@ Per token (one multiply-add = 2 FLOPs), for a batch padded to ``seq_len``:
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from ..core.lora_layout import LoraLayout
 from ..core.strategy import ModelSpec
 
@@ -30,9 +32,18 @@ def head_forward_flops(spec: ModelSpec, sequences: int) -> float:
     return 2.0 * sequences * sum(t.numel() for k, t in spec.head.items() if k.endswith("weight"))
 
 
-def batch_flops(spec: ModelSpec, layout: LoraLayout | None, sequences: int, seq_len: int,
-                *, full: bool = False, extra_forward_per_layer: dict[int, float] | None = None) -> tuple[float, float]:
-    """(forward, backward) FLOPs of one training batch of ``sequences`` x ``seq_len`` padded tokens.
+class BatchFlops(NamedTuple):
+    """FLOPs of one training batch, and the parts a measured latency profile prices separately."""
+
+    forward: float
+    backward: float
+    layer_forward: float  # one frozen transformer layer's forward over this batch
+    trainable_forward: float  # forward of the trainable modules (LoRA pairs, adapters) over all layers
+
+
+def batch_work(spec: ModelSpec, layout: LoraLayout | None, sequences: int, seq_len: int,
+               *, full: bool = False, extra_forward_per_layer: dict[int, float] | None = None) -> BatchFlops:
+    """FLOPs of one training batch of ``sequences`` x ``seq_len`` padded tokens (see the module doc).
 
     ``layout`` None with ``full=False`` means inference only (no backward). ``extra_forward_per_layer``
     adds per-layer forward FLOPs of other trainable modules (e.g. adapters), counted like LoRA.
@@ -40,10 +51,10 @@ def batch_flops(spec: ModelSpec, layout: LoraLayout | None, sequences: int, seq_
     tokens = sequences * seq_len
     per_layer = layer_forward_flops(spec, tokens, seq_len)
     forward = spec.num_layers * per_layer + head_forward_flops(spec, sequences)
-    backward = 0.0
     if full:
         backward = 2.0 * spec.num_layers * per_layer + 2.0 * head_forward_flops(spec, sequences)
-        return forward, backward
+        return BatchFlops(forward, backward, per_layer, 0.0)
+    backward = 0.0
     trained: dict[int, float] = {}
     if layout is not None:
         for layer, rank in layout.ranks.items():
@@ -54,4 +65,11 @@ def batch_flops(spec: ModelSpec, layout: LoraLayout | None, sequences: int, seq_
     if trained:
         depth = spec.num_layers - min(trained)
         backward = depth * per_layer + 2.0 * sum(trained.values()) + 2.0 * head_forward_flops(spec, sequences)
-    return forward, backward
+    return BatchFlops(forward, backward, per_layer, sum(trained.values()))
+
+
+def batch_flops(spec: ModelSpec, layout: LoraLayout | None, sequences: int, seq_len: int,
+                *, full: bool = False, extra_forward_per_layer: dict[int, float] | None = None) -> tuple[float, float]:
+    """(forward, backward) FLOPs of one training batch (:func:`batch_work` without the parts)."""
+    work = batch_work(spec, layout, sequences, seq_len, full=full, extra_forward_per_layer=extra_forward_per_layer)
+    return work.forward, work.backward

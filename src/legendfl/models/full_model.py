@@ -12,7 +12,7 @@ import torch
 
 from ..core.strategy import DeviceResult, DeviceTask, Tensors
 from .backbone import Backbone
-from .flops import batch_flops
+from .flops import batch_work
 from .trainer import TokenizedData, TrainConfig, evaluate_model, local_training
 
 
@@ -44,7 +44,7 @@ def full_weights(backbone: Backbone, params: Tensors, trainable: bool) -> Iterat
 def train_full(backbone: Backbone, task: DeviceTask, data: TokenizedData, indices: list[int], cfg: TrainConfig) -> DeviceResult:
     with full_weights(backbone, task.params, trainable=True) as model:
         result = local_training(model, task, data, indices, cfg,
-                                lambda seqs, width: batch_flops(backbone.spec, None, seqs, width, full=True))
+                                lambda seqs, width: batch_work(backbone.spec, None, seqs, width, full=True))
         result.params = {k: p.detach().to("cpu", copy=True) for k, p in _live(backbone).items()}
         result.metrics["trained_depth"] = backbone.num_layers
     return result

@@ -18,7 +18,7 @@ import torch
 from ..core.seeding import derive_seed, rng
 from ..core.strategy import DeviceResult, DeviceTask
 from .backbone import Backbone
-from .flops import batch_flops
+from .flops import BatchFlops, batch_work
 from .lora import get_lora_tensors, head_parameters, lora_adapter
 
 
@@ -116,7 +116,7 @@ def local_batches(indices: list[int], cfg: TrainConfig, seed: int, rnd: int, dev
 
 
 Regularizer = Callable[[torch.nn.Module, DeviceTask], torch.Tensor]
-FlopsFn = Callable[[int, int], tuple[float, float]]  # (sequences, padded width) -> (forward, backward)
+FlopsFn = Callable[[int, int], BatchFlops]  # (sequences, padded width) -> FLOPs of that batch
 
 
 def local_training(model: torch.nn.Module, task: DeviceTask, data: TokenizedData, indices: list[int], cfg: TrainConfig,
@@ -128,7 +128,7 @@ def local_training(model: torch.nn.Module, task: DeviceTask, data: TokenizedData
     batches = local_batches(indices, cfg, cfg.seed, task.round, task.device_id, data.lengths)
     torch.manual_seed(derive_seed(cfg.seed, "dropout", task.round, task.device_id))
     start = time.perf_counter()
-    fwd_s = bwd_s = fwd_flops = bwd_flops = 0.0
+    fwd_s = bwd_s = fwd_flops = bwd_flops = layer_flops = trainable_flops = 0.0
     tokens = examples = 0
     losses = []
     model.train()
@@ -153,9 +153,11 @@ def local_training(model: torch.nn.Module, task: DeviceTask, data: TokenizedData
         fwd_s += t1 - t0
         bwd_s += t2 - t1
         seqs, width = batch["input_ids"].shape
-        f, b = flops(seqs, width)
-        fwd_flops += f
-        bwd_flops += b
+        counted = flops(seqs, width)
+        fwd_flops += counted.forward
+        bwd_flops += counted.backward
+        layer_flops += counted.layer_forward
+        trainable_flops += counted.trainable_forward
         tokens += int(batch["attention_mask"].sum())
         examples += seqs
         losses.append(float(out.loss.detach()))
@@ -163,6 +165,7 @@ def local_training(model: torch.nn.Module, task: DeviceTask, data: TokenizedData
     return DeviceResult(
         device_id=task.device_id, round=task.round, params={}, num_examples=examples, num_tokens=tokens,
         num_steps=len(batches), forward_flops=fwd_flops, backward_flops=bwd_flops,
+        layer_forward_flops=layer_flops, trainable_forward_flops=trainable_flops,
         train_loss=float(np.mean(losses)) if losses else float("nan"),
         wall_time_s=time.perf_counter() - start, measured_forward_s=fwd_s, measured_backward_s=bwd_s,
     )
@@ -174,13 +177,17 @@ def train_lora(backbone: Backbone, task: DeviceTask, data: TokenizedData, indice
     if task.layout is None:
         raise ValueError("train_lora needs a task with a LoRA layout")
     with lora_adapter(backbone, task.layout, task.params, scaling=cfg.lora_scaling, dropout=cfg.lora_dropout) as model:
-        result = local_training(model, task, data, indices, cfg,
-                                lambda seqs, width: batch_flops(backbone.spec, task.layout, seqs, width), regularizer)
-        if tail_gamma is not None:  # HetLoRA's rank self-pruning reads the tail norm the device ends with
+        if tail_gamma is not None:  # HetLoRA's self-pruning compares the tail norm before and after local training
             from .regularizers import lora_pairs, rank_tail_norm
 
             with torch.no_grad():
+                tail_start = float(rank_tail_norm(lora_pairs(model), tail_gamma))
+        result = local_training(model, task, data, indices, cfg,
+                                lambda seqs, width: batch_work(backbone.spec, task.layout, seqs, width), regularizer)
+        if tail_gamma is not None:
+            with torch.no_grad():
                 result.metrics["tail_norm"] = float(rank_tail_norm(lora_pairs(model), tail_gamma))
+            result.metrics["tail_norm_start"] = tail_start
         result.params = get_lora_tensors(backbone, model)
         result.params.update({k: p.detach().to("cpu", copy=True) for k, p in head_parameters(backbone, model).items()})
     return result

@@ -91,10 +91,16 @@ def evaluate(task: DeviceTask, backbone: Backbone, dev: TokenizedData, cfg: Trai
     return _EVALUATORS[task.kind](task, backbone, dev, cfg)
 
 
-def work_of(task: DeviceTask, result: DeviceResult) -> DeviceWork:
-    """The work the cost model prices: FLOPs done and bytes really exchanged."""
+def work_of(task: DeviceTask, result: DeviceResult, num_layers: int) -> DeviceWork:
+    """The work the cost model prices: FLOPs done, the parts a latency profile prices, bytes really exchanged."""
     lora_up = {k: v for k, v in result.params.items() if key_layer(k) is not None}
-    depth = task.layout.depth if task.layout is not None else int(result.metrics.get("trained_depth", 0))
+    full = task.kind == "full"
+    if task.layout is not None:
+        depth, layers = task.layout.depth, len(task.layout.ranks)
+    else:
+        depth = int(result.metrics.get("trained_depth", 0))
+        layers = depth
     rank_sum = int(result.metrics.get("uploaded_rank_sum", task.layout.rank_sum if task.layout else 0))
     return DeviceWork(result.forward_flops, result.backward_flops, task.download_bytes, result.upload_bytes,
-                      depth, rank_sum, tensors_bytes(lora_up))
+                      depth, rank_sum, tensors_bytes(lora_up), result.num_steps, result.layer_forward_flops,
+                      result.trainable_forward_flops, layers, num_layers, full)

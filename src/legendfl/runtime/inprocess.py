@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..core.strategy import Strategy
-from ..fleet.cost_model import capacity_report, device_timing
+from ..fleet.cost_model import capacity_report, device_timing, timed_by
 from ..fleet.devices import Fleet
 from ..fleet.virtual_clock import VirtualClock
 from ..models.backbone import Backbone
@@ -34,8 +34,10 @@ class SimulationSetup:
     eval_every: int = 1
     report_noise: float = 0.0
     seed: int = 0
+    cost_model: str = "profile"
     label_names: list[str] = field(default_factory=list)
     partition_stats: list[dict] = field(default_factory=list)
+    validation: TokenizedData | None = None  # the server's held-out split for choosing between candidates
 
 
 def run_simulation(strategy: Strategy, setup: SimulationSetup, out_dir: Path,
@@ -53,36 +55,41 @@ def run_simulation(strategy: Strategy, setup: SimulationSetup, out_dir: Path,
     for rnd in range(1, setup.rounds + 1):
         wall0 = time.perf_counter()
         tasks = strategy.configure_round(rnd, device_ids)
-        results, timings, states, down, up, devices_log = [], {}, {}, {}, {}, {}
+        results, timings, states, works, devices_log = [], {}, {}, {}, {}
         for dev in sorted(tasks):
             task = tasks[dev]
             result = executors.train(task, data, setup.partitions[dev])
             state = setup.fleet.state(dev, rnd)
-            work = executors.work_of(task, result)
-            timing = device_timing(state, work)
+            work = executors.work_of(task, result, setup.backbone.num_layers)
+            timing = device_timing(state, work, setup.cost_model)
             result.report = capacity_report(state, work, timing, noise=setup.report_noise, seed=setup.seed)
             results.append(result)
-            timings[dev], states[dev], down[dev], up[dev] = timing, state, work.download_bytes, work.upload_bytes
+            timings[dev], states[dev], works[dev] = timing, state, work
+        down = {d: w.download_bytes for d, w in works.items()}
+        up = {d: w.upload_bytes for d, w in works.items()}
         entry = clock.advance(rnd, timings, down, up)
         agg = strategy.aggregate_round(rnd, results)
         candidates = strategy.candidate_evaluations(rnd)
         if candidates:
-            scores = {name: executors.evaluate(t, setup.backbone, setup.dev, setup.train_cfg) for name, t in candidates.items()}
+            if setup.validation is None:
+                raise ValueError(f"validation_examples must be > 0 for strategy {strategy.name!r} (it compares candidate models)")
+            scores = {name: executors.evaluate(t, setup.backbone, setup.validation, setup.train_cfg) for name, t in candidates.items()}
             agg.update(strategy.receive_evaluations(rnd, scores))
         config_log = strategy.round_log(tasks)
         for r in results:
             d = r.device_id
             devices_log[str(d)] = {
                 "kind": setup.fleet.devices[d].kind, "mode": states[d].mode, "gflops": states[d].gflops,
+                "timed_by": timed_by(states[d], setup.cost_model),
                 "uplink_mbps": round(states[d].uplink_mbps, 3), "downlink_mbps": round(states[d].downlink_mbps, 3),
                 **{k: round(v, 4) for k, v in timings[d].to_json().items()}, "waiting_s": round(entry.waiting_s[d], 4),
                 "examples": r.num_examples, "tokens": r.num_tokens, "forward_flops": r.forward_flops,
                 "backward_flops": r.backward_flops, "download_bytes": down[d], "upload_bytes": up[d],
                 "train_loss": round(r.train_loss, 5), "wall_s": round(r.wall_time_s, 3),
                 "trainable_params": int(sum(v.numel() for v in tasks[d].params.values())),
-                **config_log.get(str(d), {}),
+                **config_log.get(str(d), {}), "work": works[d].to_json(),
             }
-        rec = {"round": rnd, "strategy": strategy.name, "lr": strategy.round_lr(rnd),
+        rec = {"round": rnd, "strategy": strategy.name, "lr": strategy.round_lr(rnd), "cost_model": setup.cost_model,
                "virtual_time_s": clock.now_s, "round_time_s": entry.round_time_s,
                "mean_waiting_s": entry.mean_waiting_s, "round_downlink_bytes": entry.downlink_bytes,
                "round_uplink_bytes": entry.uplink_bytes, "traffic_bytes": clock.traffic_bytes,

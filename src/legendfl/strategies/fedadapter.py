@@ -10,8 +10,10 @@ online by trial groups, as in its public code (``trial_error.py``):
 - each group runs its own FedAvg for the window's rounds, starting from the last winner's weights (a deeper
   trial adds freshly initialised adapters below; a wider trial pads the winner's adapters with new units
   whose up-projection is zero, so its function starts unchanged);
-- at the end of the window the server evaluates every group's model; the highest accuracy (compared as
-  numbers; the public code compares strings, a bug) wins, and every group continues from its weights.
+- at the end of the window the server evaluates every group's model on its validation split, carved from
+  the training data (``validation_examples``; no device trains on it, and it is never the dev split whose
+  accuracy is reported); the highest accuracy (compared as numbers; the public code compares strings, a
+  bug) wins, and every group continues from its weights.
 
 Deviation, stated: the public code sizes a window by time, T = threshold * (expand * d + 1) over a per-layer
 latency table of a Jetson TX2; rounds of our simulated fleet are far shorter than its TX2 rounds, so the

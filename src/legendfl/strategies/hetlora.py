@@ -6,9 +6,14 @@
    from r_max (fastest predicted full-model completion time) to r_min (slowest), from the same reported
    speeds LEGEND uses.
 2. Local rank self-pruning: the local loss adds lambda * ||A[gamma r_k:]|| * ||B[:, gamma r_k:]|| per pair;
-   when a device's tail norm at the end of a round is smaller than at the end of its previous round, its
-   rank drops to floor(gamma r_k) (not below r_min) for later rounds. (The exact test is not public; this is
-   the reading of one re-implementation.)
+   when local training shrank the device's tail norm (the norm at the end of its local training is smaller
+   than the norm of the tail it received that round), its rank drops to floor(gamma r_k) (not below r_min)
+   for later rounds. The exact test is not public. Choice, and why: an earlier reading compared the tail
+   with the device's own tail of its previous round; but zero-padded aggregation averages every tail with
+   the zeros of lower-rank devices, so the tail a device receives (and ends with) shrinks round after round
+   whatever the device does, and that rule pruned most devices to r_min within ~10 rounds. The paper calls
+   the pruning a device's own ("self-pruning", driven by its local regulariser), so the test here looks only
+   at what the device's local training did to the tail it was given.
 3. Aggregation: zero-pad each device's A and B to r_max and weight device k, per LoRA pair, by
    p_k = ||B_k A_k||_F / sum_j ||B_j A_j||_F (sparsity-weighted aggregation). The head is averaged by examples.
 4. LoRA on all layers.
@@ -77,7 +82,6 @@ class HetLoRA(LoraStrategy):
         self.r_min, self.r_max, self.gamma, self.reg_strength = r_min, r_max, gamma, reg_strength
         self.estimator = CapacityEstimator(ema)
         self.pruned_rank: dict[int, int] = {}
-        self.last_tail: dict[int, float] = {}
 
     def make_global_layout(self, spec: ModelSpec) -> LoraLayout:
         return LoraLayout.all_layers(self.r_max, spec.num_layers)
@@ -110,14 +114,12 @@ class HetLoRA(LoraStrategy):
         for r in results:
             if r.report is not None:
                 self.estimator.update(r.device_id, r.report)
-            tail = r.metrics.get("tail_norm")
-            if tail is not None:
-                prev = self.last_tail.get(r.device_id)
+            tail, start = r.metrics.get("tail_norm"), r.metrics.get("tail_norm_start")
+            if tail is not None and start is not None:
                 rank = r.params[next(k for k in r.params if k.endswith("lora_A"))].shape[0]
-                if prev is not None and tail < prev and rank > self.r_min:
+                if tail < start and rank > self.r_min:
                     self.pruned_rank[r.device_id] = max(self.r_min, math.floor(self.gamma * rank))
                     pruned.append(r.device_id)
-                self.last_tail[r.device_id] = tail
         lora = sparsity_weighted_aggregate([r.params for r in results], self.r_max)
         head = weighted_average([(self.weight(r), {k: v for k, v in r.params.items() if key_layer(k) is None}) for r in results])
         self.global_params = {**self.global_params, **lora, **head}

@@ -20,7 +20,7 @@ import math
 from typing import Any
 
 from ..core.capacity import CapacityEstimator
-from ..core.lcd import Budgets, LcdDecision, configure_depths, rank_distribution, uniform_distribution
+from ..core.lcd import LCD_VARIANTS, Budgets, LcdDecision, configure_depths, rank_distribution, uniform_distribution
 from ..core.lora_layout import LoraLayout
 from ..core.strategy import DeviceResult, DeviceTask, ModelSpec
 from .lora_base import LoraStrategy
@@ -32,7 +32,7 @@ class Legend(LoraStrategy):
     def __init__(self, *, rank_budget: int | None = None, rank_step: int = 1, ema: float = 0.8,
                  initial_depth: int | None = None, budgets: Budgets | None = None, adaptive_depth: bool = True,
                  rank_shape: str = "increasing", default_rank: int = 8, weighting: str = "uniform",
-                 fixed_depths: list[int] | None = None, **kwargs: Any) -> None:
+                 fixed_depths: list[int] | None = None, lcd: str = "fill", **kwargs: Any) -> None:
         super().__init__(weighting=weighting, **kwargs)
         if rank_shape not in ("increasing", "uniform"):
             raise ValueError(f"rank_shape must be one of ('increasing', 'uniform'), got {rank_shape!r}")
@@ -44,6 +44,9 @@ class Legend(LoraStrategy):
         self.rank_shape = rank_shape
         self.default_rank = default_rank
         self.fixed_depths = fixed_depths
+        if lcd not in LCD_VARIANTS:
+            raise ValueError(f"lcd must be one of {list(LCD_VARIANTS)}, got {lcd!r}")
+        self.lcd = lcd
         self.estimator = CapacityEstimator(ema)
         self.ranks: list[int] = []
         self.last_decision: LcdDecision | None = None
@@ -71,7 +74,7 @@ class Legend(LoraStrategy):
         known = {d: self.estimator.estimates[d] for d in device_ids if self.estimator.known(d)}
         depths = {d: first for d in device_ids if d not in known}
         if known:
-            self.last_decision = configure_depths(known, self.ranks, self.budgets)
+            self.last_decision = configure_depths(known, self.ranks, self.budgets, self.lcd)
             depths.update(self.last_decision.depths)
         return depths
 
@@ -87,6 +90,9 @@ class Legend(LoraStrategy):
             out["depth_gap"] = self.last_decision.depth_gap
             out["predicted_mean_waiting_s"] = self.last_decision.mean_waiting
             out["over_budget"] = self.last_decision.over_budget
+            out["predicted_round_time_s"] = self.last_decision.round_time
+            out["lcd"] = self.lcd
+            out["line3_depths"] = {str(d): k for d, k in sorted(self.last_decision.line3_depths.items())}
         return out
 
     def round_log(self, tasks: dict[int, DeviceTask]) -> dict[str, Any]:
@@ -99,7 +105,7 @@ class Legend(LoraStrategy):
         return log
 
     def summary(self) -> dict[str, Any]:
-        return {**super().summary(), "rank_distribution": self.ranks, "adaptive_depth": self.adaptive_depth}
+        return {**super().summary(), "rank_distribution": self.ranks, "adaptive_depth": self.adaptive_depth, "lcd": self.lcd}
 
 
 def build_legend(cfg, **common: Any) -> Legend:
@@ -107,7 +113,7 @@ def build_legend(cfg, **common: Any) -> Legend:
     budgets = Budgets(compute=cfg.compute_budget, comm=cfg.comm_budget, waiting=cfg.waiting_budget)
     kwargs = dict(rank_budget=cfg.rank_budget, rank_step=cfg.rank_step, ema=cfg.ema, initial_depth=cfg.initial_depth,
                   budgets=budgets, default_rank=cfg.lora_rank, weighting=cfg.legend_weighting,
-                  fixed_depths=cfg.fixed_depths, **common)
+                  fixed_depths=cfg.fixed_depths, lcd=cfg.lcd, **common)
     if cfg.strategy == "legend":
         return Legend(**kwargs)
     if cfg.strategy == "legend-no-depth":

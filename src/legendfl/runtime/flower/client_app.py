@@ -185,21 +185,22 @@ def train_payload(payload: dict[str, Any], node_config: dict[str, Any], age_s: f
     data, indices = _node_state(cfg, settings, label_names)
     start = time.perf_counter()
     result = run_task(task, data, indices)
-    work = work_of(task, result)
+    work = work_of(task, result, data.backbone.num_layers)
     node: dict[str, Any] = {"setup_s": start - started, "train_s": time.perf_counter() - start, **_host()}
     if settings.emulate_device is not None:
-        from ...fleet.cost_model import capacity_report, device_timing
+        from ...fleet.cost_model import capacity_report, device_timing, timed_by
         from ...fleet.devices import load_fleet
 
         fleet = load_fleet(cfg.fleet, max(cfg.num_devices, settings.emulate_device + 1), cfg.seed)
         state = fleet.state(settings.emulate_device, task.round)
-        timing = device_timing(state, work)
+        timing = device_timing(state, work, cfg.cost_model)
         # the emulated device's download, compute and upload replace this machine's training time
         pause = max(0.0, timing.total_s * settings.emulate_time_scale - (time.perf_counter() - start))
         time.sleep(pause)
         result.report = capacity_report(state, work, timing)
         node["emulated"] = {"device": settings.emulate_device, "kind": fleet.devices[settings.emulate_device].kind,
-                            "mode": state.mode, **timing.to_json(), "sleep_s": pause}
+                            "mode": state.mode, "timed_by": timed_by(state, cfg.cost_model),
+                            **timing.to_json(), "sleep_s": pause}
     else:
         depth = max(1, work.trained_depth)
         # upload time per unit rank is measured by the server (it sees when the reply arrives)

@@ -176,7 +176,7 @@ def run_federation(grid: Grid, cfg: RunConfig, settings: FederationSettings,
     """Run ``cfg.rounds`` rounds of ``cfg.strategy`` over the SuperNodes behind ``grid``."""
     import torch
 
-    from ...data.run_data import load_run_task
+    from ...data.run_data import load_run_task, server_validation
     from ...models.backbone import load_backbone
     from ...models.trainer import TokenizedData, TrainConfig
     from ...runner import write_outputs
@@ -191,6 +191,8 @@ def run_federation(grid: Grid, cfg: RunConfig, settings: FederationSettings,
     task_data = load_run_task(cfg)
     backbone = load_backbone(cfg.model, task_data.num_labels, cfg.seed, cfg.device)
     dev = TokenizedData(backbone.tokenizer, task_data.dev[: cfg.max_dev_examples], cfg.max_length)
+    held = server_validation(cfg, task_data)
+    validation = TokenizedData(backbone.tokenizer, [task_data.train[i] for i in held], cfg.max_length) if held else None
     tcfg = TrainConfig.from_run(cfg)
     strategy = build_strategy(cfg)
     strategy.initialize(backbone.spec, list(range(cfg.num_devices)))
@@ -221,7 +223,7 @@ def run_federation(grid: Grid, cfg: RunConfig, settings: FederationSettings,
             result, info = decode_result(replies[d][0].content)
             transfers[d] = _transfer_split(replies[d][1], info["busy_s"], tasks[d].download_bytes, result.upload_bytes)
             if info.get("emulated") is None and result.report is not None:
-                work = executors.work_of(tasks[d], result)
+                work = executors.work_of(tasks[d], result, backbone.num_layers)
                 upload_s = transfers[d][1]
                 lora_upload_s = upload_s * work.lora_upload_bytes / result.upload_bytes if result.upload_bytes else 0.0
                 result.report.upload_time_per_rank = lora_upload_s / work.rank_sum if work.rank_sum else 0.0
@@ -230,7 +232,9 @@ def run_federation(grid: Grid, cfg: RunConfig, settings: FederationSettings,
         agg = strategy.aggregate_round(rnd, results) if results else {"skipped": "no device answered"}
         candidates = strategy.candidate_evaluations(rnd)
         if candidates:
-            scores = {name: executors.evaluate(t, backbone, dev, tcfg) for name, t in candidates.items()}
+            if validation is None:
+                raise ValueError(f"validation_examples must be > 0 for strategy {strategy.name!r} (it compares candidate models)")
+            scores = {name: executors.evaluate(t, backbone, validation, tcfg) for name, t in candidates.items()}
             agg.update(strategy.receive_evaluations(rnd, scores))
         config_log = strategy.round_log(tasks)
         devices_log = {str(r.device_id): _device_log(r.device_id, fed.node_of[r.device_id], r, infos[r.device_id],
