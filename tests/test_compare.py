@@ -1,5 +1,6 @@
 """The comparison command on a tiny configuration: table arithmetic from the records, no re-training on re-run."""
 import csv
+import json
 
 import pytest
 
@@ -64,3 +65,50 @@ def test_compare_records_arithmetic_by_hand():
 def test_unknown_profile_is_a_one_line_error(tmp_path):
     r = cli("compare", "--profile", "nope", "--out", str(tmp_path), timeout=60)
     assert r.returncode == 2 and "profile must be one of" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_compare_over_seeds_and_cost_models_retimes_what_ignores_time(tmp_path):
+    out = tmp_path / "seeds"
+    r = cli("compare", "--strategies", "legend", "fedlora", "--tasks", "sst2", "--seeds", "0", "1",
+            "--cost-models", "profile", "flops", "--out", str(out), "--set", *TINY)
+    assert r.returncode == 0, r.stderr[-2000:]
+    task = out / "sst2"
+    for seed in (0, 1):
+        for cost in ("profile", "flops"):
+            rec = read_records(task / cost / f"seed-{seed}" / "legend" / "rounds.jsonl")
+            assert {x["cost_model"] for x in rec} == {cost} and not any(x.get("retimed") for x in rec)
+        retimed = read_records(task / "flops" / f"seed-{seed}" / "fedlora" / "rounds.jsonl")
+        assert all(x["retimed"] and x["cost_model"] == "flops" for x in retimed)
+    assert r.stdout.count("re-timed under the flops cost model") == 2  # fedlora only; LEGEND's depths read time
+    # seeds differ (partition, fleet, init); a seed's strategies share one fleet trace
+    p0 = read_records(task / "profile" / "seed-0" / "fedlora" / "rounds.jsonl")
+    p1 = read_records(task / "profile" / "seed-1" / "fedlora" / "rounds.jsonl")
+    assert [x["virtual_time_s"] for x in p0] != [x["virtual_time_s"] for x in p1]
+    # the re-timed FedLoRA equals a FedLoRA really run under the flops model: same clock to the float
+    real = tmp_path / "real-flops"
+    same = tmp_path / "same.yaml"  # the compared run's own settings (JSON is YAML)
+    same.write_text((task / "profile" / "seed-1" / "fedlora" / "config.json").read_text())
+    r2 = cli("run", "--config", str(same), "--cost-model", "flops", "--out-dir", str(real))
+    assert r2.returncode == 0, r2.stderr[-2000:]
+    ran, re = read_records(real / "rounds.jsonl"), read_records(task / "flops" / "seed-1" / "fedlora" / "rounds.jsonl")
+    for a, b in zip(ran, re):
+        assert a["accuracy"] == b["accuracy"]
+        for key in ("virtual_time_s", "round_time_s", "mean_waiting_s", "traffic_bytes"):
+            assert a[key] == pytest.approx(b[key], rel=1e-9, abs=1e-9)
+    # tables: means with CIs for each cost model, ratios against LEGEND, and the speed-up-vs-target figure
+    for cost in ("profile", "flops"):
+        table = json.loads((task / cost / "table.json").read_text())
+        assert table["seeds"] == [0, 1] and set(table["intervals"]) == {"legend", "fedlora"}
+        ref = table["intervals"]["legend"]["speedup_sustained"]
+        assert ref["mean"] == ref["ci_low"] == ref["ci_high"] == 1.0
+        finals = [table["per_seed"][str(s)]["fedlora"]["final_accuracy"] for s in (0, 1)]
+        assert table["intervals"]["fedlora"]["final_accuracy"]["mean"] == pytest.approx(sum(finals) / 2)
+        assert "[" in (task / cost / "table.md").read_text()
+        assert (task / cost / "speedup_vs_target_table.png").stat().st_size > 5000
+
+
+def test_compare_refuses_unknown_strategy_before_training(tmp_path):
+    r = cli("compare", "--strategies", "legend", "nope", "--tasks", "sst2", "--out", str(tmp_path / "x"), "--set", *TINY,
+            timeout=120)
+    assert r.returncode == 2 and "strategy must be one of" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "x" / "sst2" / "legend").exists()

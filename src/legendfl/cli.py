@@ -1,4 +1,5 @@
-"""Command line: ``legendfl run``, ``fleet``, ``compare``, ``flower {credentials,worker,local}``, ``eval-adapter``.
+"""Command line: ``legendfl run``, ``fleet``, ``compare``, ``retime``, ``profile``, ``flower {credentials,worker,local}``,
+``eval-adapter``.
 
 Every option of ``run`` is a field of :class:`~legendfl.config.RunConfig`; ``--config FILE`` (TOML or YAML)
 sets them first and flags override. Bad input exits with one line naming the field, never a traceback.
@@ -82,8 +83,57 @@ def _cmd_compare(ns: argparse.Namespace) -> int:
             raise ValueError(f"--set takes key=value with a run option as key, got {item!r}")
         overrides[key] = None if value.lower() == "none" else json.loads(value) if value[:1] in "0123456789-[{" or value in ("true", "false") else value
     run_profile(ns.profile, Path(ns.out), tasks=ns.tasks, strategies=ns.strategies, target=ns.target, hub=ns.hub,
-                overrides=overrides, progress=lambda line: print(line, flush=True))
+                overrides=overrides, seeds=ns.seeds, cost_models=ns.cost_models, progress=lambda line: print(line, flush=True))
     print(f"tables and figures in {ns.out}/<task>/")
+    return 0
+
+
+def _cmd_retime(ns: argparse.Namespace) -> int:
+    from .retiming import retime_run
+
+    summary = retime_run(Path(ns.run), Path(ns.out), ns.cost_model, ns.fleet)
+    keys = ["final_accuracy", "virtual_time_s", "time_to_target_s", "time_to_target_sustained_s", "mean_waiting_s",
+            "cost_model", "note"]
+    print("summary: " + json.dumps({k: summary.get(k) for k in keys}))
+    print(f"re-timed records in {ns.out}")
+    return 0
+
+
+def _cmd_profile(ns: argparse.Namespace) -> int:
+    import datetime
+    import platform
+
+    import torch
+
+    from .data.tasks import load_task
+    from .fleet.profiles import device_type_entry
+    from .models.backbone import load_backbone
+    from .models.profiling import measure_profile
+    from .models.trainer import TokenizedData
+
+    for name in ("batch_size", "seq_len", "rank", "batches"):
+        if getattr(ns, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(ns, name)}")
+    if ns.threads:
+        torch.set_num_threads(ns.threads)
+    task = load_task(ns.task)
+    backbone = load_backbone(ns.model, task.num_labels, 0, ns.device)
+    data = TokenizedData(backbone.tokenizer, task.train[:2000], ns.seq_len)
+    m = measure_profile(backbone, data, ns.batch_size, ns.seq_len, ns.rank, ns.batches, bf16=not ns.no_bf16)
+    device = next(backbone.model.parameters()).device
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    L = backbone.num_layers
+    depths = ", ".join(f"{k}: {v:.1f}" for k, v in m["by_depth_ms"].items())
+    m["source"] = (f"legendfl profile on {platform.node()} ({where}), torch {torch.__version__}, {datetime.date.today()}: "
+                   f"{ns.model}, batch {ns.batch_size} x {ns.seq_len}, LoRA rank {ns.rank}, bf16 {not ns.no_bf16}")
+    comment = (f"{m['source']}\nper-batch training latency (ms) by LoRA depth: {depths}; LoRA on layer 0 only: "
+               f"{m['layer0_only_ms']:.1f}; forward {m['forward_ms']:.1f}\ndepth {L} / depth 1 = "
+               f"{m['by_depth_ms'][L] / m['by_depth_ms'][1]:.2f}x")
+    text = device_type_entry(ns.name, m, comment)
+    if ns.out:
+        Path(ns.out).write_text(text)
+        print(f"fleet entry written to {ns.out}")
+    print(text)
     return 0
 
 
@@ -149,7 +199,30 @@ def make_parser() -> argparse.ArgumentParser:
     p_cmp.add_argument("--target", type=float, help="target accuracy (default: the lowest final accuracy of the compared strategies)")
     p_cmp.add_argument("--hub", action="store_true", help="use the profile's hub models (needs a reachable hub)")
     p_cmp.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override run options of the profile")
+    p_cmp.add_argument("--seeds", nargs="+", type=int, help="run every strategy once per seed; tables give means with 95%% "
+                       "bootstrap CIs (results in <out>/<task>/<cost model>/seed-<s>/)")
+    p_cmp.add_argument("--cost-models", nargs="+", choices=("profile", "flops"),
+                       help="time every run under each cost model (strategies whose decisions ignore timings are re-timed, not re-run)")
     p_cmp.set_defaults(func=_cmd_compare)
+    p_rt = sub.add_parser("retime", help="re-time a finished run under another cost model or fleet from its records (no training)")
+    p_rt.add_argument("run", help="a run's output folder (config.json, rounds.jsonl)")
+    p_rt.add_argument("--cost-model", required=True, choices=("profile", "flops"), help="how compute time is priced")
+    p_rt.add_argument("--fleet", help="another fleet (jetson, phones or a TOML file); default: the run's")
+    p_rt.add_argument("--out", required=True, help="folder for the re-timed rounds.jsonl, config.json and summary.json")
+    p_rt.set_defaults(func=_cmd_retime)
+    p_prof = sub.add_parser("profile", help="measure this machine's per-batch training latency by LoRA depth; print a fleet entry")
+    p_prof.add_argument("--model", default="minilm", help="packaged alias, local directory or hub id")
+    p_prof.add_argument("--task", default="sst2", help="task whose real examples make the batches")
+    p_prof.add_argument("--batch-size", type=int, default=16, help="sequences per batch")
+    p_prof.add_argument("--seq-len", type=int, default=64, help="padded tokens per sequence")
+    p_prof.add_argument("--rank", type=int, default=8, help="LoRA rank on every trained layer")
+    p_prof.add_argument("--batches", type=int, default=10, help="timed batches per configuration (after 2 warm-up batches)")
+    p_prof.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to measure")
+    p_prof.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
+    p_prof.add_argument("--no-bf16", action="store_true", help="measure without bf16 autocast (the trainer uses it)")
+    p_prof.add_argument("--name", default="this-machine", help="device type name in the entry")
+    p_prof.add_argument("--out", help="also write the entry to this file")
+    p_prof.set_defaults(func=_cmd_profile)
     p_fl = sub.add_parser("flower", help="deploy on Flower SuperLink/SuperNodes (see docs/flower.md)")
     fl = p_fl.add_subparsers(dest="flower_command", required=True)
     p_cred = fl.add_parser("credentials", help="TLS certificates for a SuperLink and key pairs for SuperNode auth")

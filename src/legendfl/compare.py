@@ -8,6 +8,16 @@ The table follows the paper's rule for the common target: the lowest final accur
 strategies, unless a target is given. For the first strategy S and each other strategy X:
 speed-up = time_X / time_S to target; traffic reduction = 1 - traffic_S / traffic_X; waiting reduction =
 1 - waiting_S / waiting_X (mean waiting time over all rounds).
+
+With ``seeds`` and/or ``cost_models`` (``compare_seeds``) every strategy runs once per seed (each seed
+re-draws partition, fleet assignment and trace, initialisation) into ``<out>/<cost model>/seed-<s>/``;
+the tables give means with 95% bootstrap intervals over seeds (``metrics.comparison``), with time to target
+by the sustained, interpolated rule next to the paper's first-touch rule, and a figure of the first
+strategy's speed-up against the target accuracy. Under every cost model after the first, a strategy whose
+decisions do not read device timings is re-timed from the first model's run (``retiming``), not re-trained.
+
+Names beyond the registered strategies: ``fedlora-<pretest>`` (a pre-test layout, e.g. fedlora-layers-d)
+and ``legend-literal`` (LEGEND with Algorithm 1 as printed, the LCD ablation).
 """
 from __future__ import annotations
 
@@ -16,6 +26,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+import numpy as np
 
 from .config import RunConfig
 from .metrics.summary import read_records, summarize
@@ -85,20 +97,40 @@ def write_csv(target: float, rows: list[ComparisonRow], path: Path) -> None:
                         r.traffic_to_target_bytes, r.traffic_reduction, r.mean_waiting_s, r.waiting_reduction])
 
 
-def run_strategies(base: dict, strategies: list[str], out: Path, progress: Callable[[str], None] = print) -> dict[str, list[dict]]:
-    """Run each strategy once into ``out/<strategy>`` (skipping finished ones); return their records."""
+PRESETS = {"legend-literal": {"strategy": "legend", "lcd": "literal"}}
+
+
+def run_config(base: dict, name: str, folder: Path) -> RunConfig:
+    """The run configuration of a compared name (a strategy, a preset or a pre-test layout)."""
+    values = {**base, "strategy": name, "out_dir": str(folder)}
+    if name.startswith("fedlora-"):  # a pre-test layout, e.g. fedlora-layers-d
+        values.update(strategy="fedlora", pretest=name[len("fedlora-"):])
+    values.update(PRESETS.get(name, {}))
+    return RunConfig(**values)
+
+
+def run_strategies(base: dict, strategies: list[str], out: Path, progress: Callable[[str], None] = print,
+                   retime_from: Path | None = None) -> dict[str, list[dict]]:
+    """Run each strategy once into ``out/<strategy>`` (skipping finished ones); return their records.
+
+    With ``retime_from``, a strategy whose decisions do not read device timings is re-timed from its run
+    there (same seed, another cost model) instead of trained again.
+    """
+    from .retiming import decisions_use_time, retime_run
+
     runs = {}
     for name in strategies:
         folder = out / name
+        cfg = run_config(base, name, folder)
         if (folder / "summary.json").exists():
             progress(f"{name}: results exist in {folder}, not re-run")
+        elif retime_from is not None and (retime_from / name / "summary.json").exists() and not decisions_use_time(cfg):
+            retime_run(retime_from / name, folder, cfg.cost_model, cfg.fleet)
+            progress(f"{name}: re-timed under the {cfg.cost_model} cost model from {retime_from / name} (its decisions do not read timings)")
         else:
             from .runner import run
 
-            values = {**base, "strategy": name, "out_dir": str(folder)}
-            if name.startswith("fedlora-"):  # a pre-test layout, e.g. fedlora-layers-d
-                values.update(strategy="fedlora", pretest=name[len("fedlora-"):])
-            run(RunConfig(**values), progress)
+            run(cfg, progress)
         runs[name] = read_records(folder / "rounds.jsonl")
     return runs
 
@@ -129,6 +161,40 @@ def compare(base: dict, strategies: list[str], out: Path, *, target: float | Non
     return result
 
 
+def compare_seeds(base: dict, strategies: list[str], out: Path, *, seeds: list[int], cost_models: list[str],
+                  target: float | None = None, ablation: list[str] | None = None,
+                  progress: Callable[[str], None] = print, title: str = "") -> dict:
+    """Every strategy per cost model and seed; tables with 95% CIs and the speed-up-vs-target figure."""
+    from .metrics import comparison, plots
+
+    order = list(dict.fromkeys([*strategies, *(ablation or [])]))
+    results = {}
+    for i, cost in enumerate(cost_models):
+        runs = {s: run_strategies({**base, "seed": s, "cost_model": cost}, order, out / cost / f"seed-{s}", progress,
+                                  retime_from=out / cost_models[0] / f"seed-{s}" if i else None) for s in seeds}
+        folder = out / cost
+        tables = {}
+        for label, names in (("table", strategies), ("ablation", ablation or [])):
+            if not names:
+                continue
+            chosen = {s: {n: runs[s][n] for n in names} for s in seeds}
+            result = comparison.over_seeds(chosen, target)
+            md = comparison.markdown(result, f"{title}{label}, cost model {cost}: ")
+            (folder / f"{label}.md").write_text(md)
+            (folder / f"{label}.json").write_text(json.dumps(comparison.to_json(result), indent=1))
+            finals = [v["final_accuracy"] for per in result["per_seed"].values() for v in per.values()]
+            targets = [round(x, 4) for x in np.arange(np.floor(200 * min(finals) - 12) / 200, max(finals) + 1e-9, 0.005)]
+            curves = comparison.speedup_curve(chosen, targets)
+            plots.plot_speedup_vs_target(curves, names[0], folder / f"speedup_vs_target_{label}.png")
+            (folder / f"speedup_vs_target_{label}.json").write_text(json.dumps(
+                {n: [{"target": t, **iv.to_json()} for t, iv in pts] for n, pts in curves.items()}, indent=1))
+            tables[label] = md
+            progress(md)
+        plots.plot_accuracy_vs_time({n: runs[seeds[0]][n] for n in strategies}, folder / f"fig7_accuracy_vs_time_seed{seeds[0]}.png")
+        results[cost] = tables
+    return results
+
+
 PROFILES = Path(__file__).parent / "profiles"
 
 
@@ -150,6 +216,7 @@ def load_profile(name_or_path: str) -> dict:
 
 def run_profile(profile: str, out: Path, *, tasks: list[str] | None = None, strategies: list[str] | None = None,
                 target: float | None = None, hub: bool = False, overrides: dict | None = None,
+                seeds: list[int] | None = None, cost_models: list[str] | None = None,
                 progress: Callable[[str], None] = print) -> dict:
     """Run a profile's comparison for each task into ``out/<task>``; pre-test profiles also write Figs. 3-5."""
     prof = load_profile(profile)
@@ -168,6 +235,14 @@ def run_profile(profile: str, out: Path, *, tasks: list[str] | None = None, stra
         names = strategies or spec.get("strategies", ["legend", "fedlora"])
         ablation = spec.get("ablation") if not strategies else None
         order = list(dict.fromkeys([*names, *(ablation or [])]))
+        for name in order:  # every name and option valid before anything trains
+            run_config(base, name, folder / name)
+        if seeds or cost_models:
+            results[task] = compare_seeds(base, names, folder, seeds=seeds or [base.get("seed", 0)],
+                                          cost_models=cost_models or [base.get("cost_model", "profile")], target=target,
+                                          ablation=ablation, progress=progress,
+                                          title=f"{task} ({base.get('model')}, {base.get('num_devices')} devices), ")
+            continue
         results[task] = compare(base, order, folder, target=target, ablation=ablation, progress=progress,
                                 title=f"{task} ({base.get('model')}, {base.get('num_devices')} devices): ")
         if ablation:  # the ablation table has LEGEND as its reference too

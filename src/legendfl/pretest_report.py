@@ -21,6 +21,7 @@ from .metrics.summary import summarize
 def measure_depth_costs(backbone, data, batch_size: int = 16, batches: int = 12, seed: int = 0) -> list[dict]:
     """Per-batch latency and step memory for every LoRA depth (rank 8), on real batches of ``data``."""
     from .models.lora import lora_adapter
+    from .models.profiling import synchronize
 
     L = backbone.num_layers
     gen = np.random.default_rng(seed)
@@ -43,12 +44,14 @@ def measure_depth_costs(backbone, data, batch_size: int = 16, batches: int = 12,
                     held[0] += t.numel() * t.element_size()
                     return t
 
+                synchronize(device)
                 t0 = time.perf_counter()
                 with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
                     loss = model(**batch).loss
                 loss.backward()
                 opt.step()
                 opt.zero_grad(set_to_none=True)
+                synchronize(device)
                 if i >= 2:  # two warm-up batches
                     times.append(time.perf_counter() - t0)
                     saved.append(held[0])

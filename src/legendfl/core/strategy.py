@@ -137,6 +137,9 @@ class Strategy(ABC):
     """Base class of all federated algorithms. Subclasses implement the three hooks."""
 
     name: str = "strategy"
+    # whether configure_round reads the devices' reported timings: a run of such a strategy must be re-run,
+    # not only re-timed, to see it under another cost model or fleet (``fleet.retime``)
+    decisions_use_time: bool = False
 
     def __init__(self, *, lr: float = 5e-4, rounds: int = 10, lr_schedule: str = "cosine", seed: int = 0) -> None:
         if lr <= 0:

@@ -83,3 +83,19 @@ class LatencyProfile:
         """
         scale = (layer_flops or self.reference_layer_flops) / self.reference_layer_flops
         return self.step_ms + scale * (num_layers * self.forward_ms_per_layer + depth * self.backward_ms_per_trained_layer)
+
+
+def device_type_entry(name: str, fitted: dict, comment: str = "", count: int = 1) -> str:
+    """A ``[[device_types]]`` entry with its own measured profile, to paste into a fleet file.
+
+    ``fitted`` holds the profile keys (``legendfl profile`` fits them); its ``reference_gflops`` is also the
+    entry's single mode for the ``flops`` cost model (the forward pass's FLOPs over its measured time).
+    """
+    keys = [k for k in REQUIRED + OPTIONAL if k in fitted and k != "source"]
+    values = ", ".join(f"{k} = {fitted[k]:.6g}" if isinstance(fitted[k], float) else f"{k} = {fitted[k]}" for k in keys)
+    source = str(fitted.get("source", "measured by legendfl profile")).replace('"', "'")
+    lines = [f"# {line}" for line in comment.splitlines()] + [
+        "[[device_types]]", f'name = "{name}"', f"count = {count}",
+        f"modes = [{fitted['reference_gflops']:.6g}]  # GFLOP/s for the flops cost model; other modes: scale this",
+        f'profile = {{ source = "{source}", {values} }}', ""]
+    return "\n".join(lines)

@@ -105,3 +105,26 @@ def plot_bars(values: dict[str, float | None], ylabel: str, path: Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_speedup_vs_target(curves: dict, reference: str, path: Path) -> Path:
+    """``reference``'s sustained speed-up over each other strategy against the target accuracy, mean and 95% CI
+    over seeds (``metrics.comparison.speedup_curve``); a target some seed never reached is drawn from the rest."""
+    fig, ax = plt.subplots(figsize=(6.8, 4.4))
+    for i, (name, points) in enumerate(curves.items()):
+        pts = [(100 * t, iv) for t, iv in points if iv.n > 0]
+        if not pts:
+            continue
+        xs = [x for x, _ in pts]
+        ax.plot(xs, [iv.mean for _, iv in pts], marker="o", ms=3, c=f"C{i}", label=f"over {name}")
+        ax.fill_between(xs, [iv.low for _, iv in pts], [iv.high for _, iv in pts], color=f"C{i}", alpha=0.18)
+    ax.axhline(1.0, ls="--", c="grey", lw=1)
+    ax.set_xlabel("target accuracy (%)")
+    ax.set_ylabel(f"speed-up of {reference} (time to target)")
+    ax.set_title(f"{reference}'s speed-up vs target (sustained crossing; mean, 95% CI over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -43,6 +43,7 @@ def adapter_shapes(hidden: int, width: int) -> dict[str, tuple[int, ...]]:
 
 class FedAdapter(Strategy):
     name = "fedadapter"
+    decisions_use_time = False  # windows are counted in rounds, winners chosen by validation accuracy
 
     def __init__(self, *, depth: int = 2, width: int = 8, depth_step: int = 2, window_rounds: int = 3, **kwargs: Any) -> None:
         super().__init__(**kwargs)

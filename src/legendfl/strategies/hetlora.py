@@ -71,6 +71,7 @@ def sparsity_weighted_aggregate(updates: list[Tensors], r_max: int) -> Tensors:
 
 class HetLoRA(LoraStrategy):
     name = "hetlora"
+    decisions_use_time = True  # ranks follow the devices' reported speeds
 
     def __init__(self, *, r_min: int = 4, r_max: int = 16, gamma: float = 0.9, reg_strength: float = 1e-3,
                  ema: float = 0.8, **kwargs: Any) -> None:

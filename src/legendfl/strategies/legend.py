@@ -51,6 +51,10 @@ class Legend(LoraStrategy):
         self.ranks: list[int] = []
         self.last_decision: LcdDecision | None = None
 
+    @property
+    def decisions_use_time(self) -> bool:  # LCD reads the capacity estimates unless depths are pinned
+        return self.adaptive_depth and self.fixed_depths is None
+
     def make_global_layout(self, spec: ModelSpec) -> LoraLayout:
         L = spec.num_layers
         budget = self.rank_budget if self.rank_budget is not None else self.default_rank * L
