@@ -244,7 +244,8 @@ def run_profile(profile: str, out: Path, *, tasks: list[str] | None = None, stra
                                           title=f"{task} ({base.get('model')}, {base.get('num_devices')} devices), ")
             continue
         results[task] = compare(base, order, folder, target=target, ablation=ablation, progress=progress,
-                                title=f"{task} ({base.get('model')}, {base.get('num_devices')} devices): ")
+                                title=f"{task} ({base.get('model')}, {base.get('num_devices')} devices, "
+                                      f"cost model {base.get('cost_model', 'profile')}): ")
         if ablation:  # the ablation table has LEGEND as its reference too
             t2, rows2 = compare_records({n: read_records(folder / n / "rounds.jsonl") for n in ablation}, target)
             (folder / "ablation.md").write_text(table_markdown(t2, rows2, f"{task} ablation: "))

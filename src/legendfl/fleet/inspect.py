@@ -21,6 +21,19 @@ def describe_fleet(name: str, size: int | None, seed: int, rounds: int = 100) ->
     all_modes = [m for d in fleet.devices for m in d.modes_gflops]
     lines.append(f"compute: fastest mode {max(all_modes):g} GFLOP/s, slowest {min(all_modes):g} GFLOP/s, "
                  f"ratio {max(all_modes) / min(all_modes):.1f}x")
+    profiles = {d.kind: d.profile for d in fleet.devices if d.profile is not None}
+    if profiles:
+        for p in dict.fromkeys(profiles.values()):
+            kinds = ", ".join(k for k, q in profiles.items() if q == p)
+            lines.append(f"latency profile ({kinds}; the default cost model): forward {p.forward_ms_per_layer:g} ms per layer, "
+                         f"backward {p.backward_ms_per_trained_layer:g} ms per trained layer, {p.backward_ms_per_frozen_layer:g} ms "
+                         f"per traversed frozen layer, {p.step_ms:g} ms per step, at {p.reference_gflops:g} GFLOP/s; "
+                         f"source: {p.source or 'not given'}")
+        missing = sorted({d.kind for d in fleet.devices if d.profile is None})
+        if missing:
+            lines.append(f"no latency profile (timed by FLOPs): {', '.join(missing[:6])}")
+    else:
+        lines.append("no latency profile: compute is timed by FLOPs / mode throughput (cost model 'flops')")
     if fleet.mode_switch_every:
         lines.append(f"modes: every device switches to a random mode every {fleet.mode_switch_every} rounds")
     groups = Counter(d.group for d in fleet.devices)
