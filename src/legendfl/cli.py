@@ -210,7 +210,7 @@ def make_parser() -> argparse.ArgumentParser:
     p_rt.add_argument("--fleet", help="another fleet (jetson, phones or a TOML file); default: the run's")
     p_rt.add_argument("--out", required=True, help="folder for the re-timed rounds.jsonl, config.json and summary.json")
     p_rt.set_defaults(func=_cmd_retime)
-    p_prof = sub.add_parser("profile", help="measure this machine's per-batch training latency by LoRA depth; print a fleet entry")
+    p_prof = sub.add_parser("profile", help="measure this machine's per-batch training latency by LoRA depth (run it on an otherwise idle machine); print a fleet entry")
     p_prof.add_argument("--model", default="minilm", help="packaged alias, local directory or hub id")
     p_prof.add_argument("--task", default="sst2", help="task whose real examples make the batches")
     p_prof.add_argument("--batch-size", type=int, default=16, help="sequences per batch")
