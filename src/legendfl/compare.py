@@ -30,6 +30,7 @@ from typing import Callable
 import numpy as np
 
 from .config import RunConfig
+from .metrics.comparison import final_accuracy
 from .metrics.summary import read_records, summarize
 
 
@@ -43,10 +44,6 @@ class ComparisonRow:
     speedup: float | None  # of the first strategy over this one
     traffic_reduction: float | None
     waiting_reduction: float | None
-
-
-def final_accuracy(records: list[dict]) -> float:
-    return [r for r in records if r["accuracy"] is not None][-1]["accuracy"]
 
 
 def compare_records(runs: dict[str, list[dict]], target: float | None = None) -> tuple[float, list[ComparisonRow]]:
