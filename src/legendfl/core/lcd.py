@@ -167,13 +167,11 @@ def configure_depths(estimates: dict[int, DeviceEstimate], ranks: list[int], bud
         return {d: estimates[d].completion_time(k, _top_rank_sum(ranks, k)) for d, k in depths.items()}
 
     decision = decide(gap)
-    if variant == "literal":
-        if budgets.waiting is not None:
-            while decision.mean_waiting > budgets.waiting and decision.depth_gap < L - 1:
-                decision = decide(decision.depth_gap + 1)
-        decision.round_time = max(decision.predicted_times.values())
-        return decision
+    if variant == "literal" and budgets.waiting is not None:
+        while decision.mean_waiting > budgets.waiting and decision.depth_gap < L - 1:
+            decision = decide(decision.depth_gap + 1)
     decision.round_time = max(decision.predicted_times.values())
-    decision.depths = fill_idle_time(decision.depths, estimates, ranks, budgets, decision.round_time)
-    decision.predicted_times = times_at(decision.depths)
+    if variant == "fill":
+        decision.depths = fill_idle_time(decision.depths, estimates, ranks, budgets, decision.round_time)
+        decision.predicted_times = times_at(decision.depths)
     return decision

@@ -92,18 +92,16 @@ def _scaled_counts(counts: list[int], size: int) -> list[int]:
     return out
 
 
-def _profile_of(cfg: dict, t: dict, index: int) -> LatencyProfile | None:
-    """A device type's own ``profile`` table, else the fleet's ``[profile]``, else none."""
-    if "profile" in t:
-        return LatencyProfile.from_table(t["profile"], f"device_types[{index}].profile")
-    if "profile" in cfg:
-        return LatencyProfile.from_table(cfg["profile"], "profile")
-    return None
+def _fleet_profile(cfg: dict) -> LatencyProfile | None:
+    """The fleet's ``[profile]`` (every device type without its own), else none."""
+    return LatencyProfile.from_table(cfg["profile"], "profile") if "profile" in cfg else None
 
 
 def _load_jetson_like(cfg: dict, size: int, seed: int) -> list[Device]:
     types = cfg["device_types"]
-    profiles = [_profile_of(cfg, t, i) for i, t in enumerate(types)]
+    shared = _fleet_profile(cfg)
+    profiles = [LatencyProfile.from_table(t["profile"], f"device_types[{i}].profile") if "profile" in t else shared
+                for i, t in enumerate(types)]
     counts = _scaled_counts([t["count"] for t in types], size)
     kinds: list[int] = [i for i, c in enumerate(counts) for _ in range(c)]
     net = cfg["network"]
@@ -126,7 +124,7 @@ def _load_traces(cfg: dict, size: int, seed: int) -> list[Device]:
     best = max(scores.values())
     gen = rng(seed, "fleet", 0)
     kbps_to_mbps = 8.0 / 1000.0
-    profile = LatencyProfile.from_table(cfg["profile"], "profile") if "profile" in cfg else None
+    profile = _fleet_profile(cfg)
     devices = []
     for i in range(size):
         phone = names[int(gen.integers(len(names)))]

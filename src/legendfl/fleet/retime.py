@@ -47,9 +47,5 @@ def retime_records(records: list[dict], fleet: Fleet, cost_model: str) -> list[d
                           "downlink_mbps": round(s.downlink_mbps, 3), "timed_by": timed_by(s, cost_model),
                           **{k: round(v, 4) for k, v in timings[dev].to_json().items()},
                           "waiting_s": round(entry.waiting_s[dev], 4)}
-        out.append({**rec, "cost_model": cost_model, "virtual_time_s": clock.now_s, "round_time_s": entry.round_time_s,
-                    "mean_waiting_s": entry.mean_waiting_s, "round_downlink_bytes": entry.downlink_bytes,
-                    "round_uplink_bytes": entry.uplink_bytes, "traffic_bytes": clock.traffic_bytes,
-                    "downlink_bytes": clock.downlink_bytes, "uplink_bytes": clock.uplink_bytes,
-                    "devices": devices, "retimed": True})
+        out.append({**rec, "cost_model": cost_model, **clock.record_fields(entry), "devices": devices, "retimed": True})
     return out

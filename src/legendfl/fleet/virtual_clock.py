@@ -42,3 +42,9 @@ class VirtualClock:
         self.uplink_bytes += entry.uplink_bytes
         self.history.append(entry)
         return entry
+
+    def record_fields(self, entry: RoundClock) -> dict:
+        """The time and traffic fields of a round record, after ``advance`` closed that round."""
+        return {"virtual_time_s": self.now_s, "round_time_s": entry.round_time_s, "mean_waiting_s": entry.mean_waiting_s,
+                "round_downlink_bytes": entry.downlink_bytes, "round_uplink_bytes": entry.uplink_bytes,
+                "traffic_bytes": self.traffic_bytes, "downlink_bytes": self.downlink_bytes, "uplink_bytes": self.uplink_bytes}

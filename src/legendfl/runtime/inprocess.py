@@ -90,11 +90,7 @@ def run_simulation(strategy: Strategy, setup: SimulationSetup, out_dir: Path,
                 **config_log.get(str(d), {}), "work": works[d].to_json(),
             }
         rec = {"round": rnd, "strategy": strategy.name, "lr": strategy.round_lr(rnd), "cost_model": setup.cost_model,
-               "virtual_time_s": clock.now_s, "round_time_s": entry.round_time_s,
-               "mean_waiting_s": entry.mean_waiting_s, "round_downlink_bytes": entry.downlink_bytes,
-               "round_uplink_bytes": entry.uplink_bytes, "traffic_bytes": clock.traffic_bytes,
-               "downlink_bytes": clock.downlink_bytes, "uplink_bytes": clock.uplink_bytes,
-               "accuracy": None, "eval_loss": None, "aggregation": agg, "devices": devices_log}
+               **clock.record_fields(entry), "accuracy": None, "eval_loss": None, "aggregation": agg, "devices": devices_log}
         if rnd % setup.eval_every == 0 or rnd == setup.rounds:
             ev = executors.evaluate(strategy.evaluation_task(), setup.backbone, setup.dev, setup.train_cfg)
             rec["accuracy"], rec["eval_loss"] = ev["accuracy"], ev["loss"]
