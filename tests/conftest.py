@@ -1,10 +1,55 @@
+"""Shared fixtures (the real model and data, loaded once) and helpers of the test suite."""
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(2)
+
+RECORD_KEYS = {"round", "strategy", "runtime", "clock", "lr", "virtual_time_s", "round_time_s", "mean_waiting_s", "traffic_bytes",
+               "downlink_bytes", "uplink_bytes", "round_downlink_bytes", "round_uplink_bytes", "accuracy",
+               "eval_loss", "aggregation", "devices", "wall_s"}
+DEVICE_KEYS = {"kind", "mode", "download_s", "forward_s", "backward_s", "upload_s", "total_s", "waiting_s",
+               "examples", "tokens", "forward_flops", "backward_flops", "download_bytes", "upload_bytes"}
+
+
+def cli(*args, timeout=600):
+    # CI=true makes transformers send its warnings to the root logger: commands must keep them off stdout
+    env = {**os.environ, "CI": "true"}
+    return subprocess.run([sys.executable, "-m", "legendfl", *args], capture_output=True, text=True, timeout=timeout,
+                          env=env)
+
+
+def check_records(records):
+    for rec in records:
+        assert RECORD_KEYS <= set(rec), RECORD_KEYS - set(rec)
+        for d in rec["devices"].values():
+            assert DEVICE_KEYS <= set(d)
+            assert d["total_s"] == pytest.approx(d["download_s"] + d["forward_s"] + d["backward_s"] + d["upload_s"], abs=1e-3)
+        assert rec["round_time_s"] == pytest.approx(max(d["total_s"] for d in rec["devices"].values()), abs=1e-3)
+        assert rec["round_uplink_bytes"] == sum(d["upload_bytes"] for d in rec["devices"].values())
+        assert rec["round_downlink_bytes"] == sum(d["download_bytes"] for d in rec["devices"].values())
+
+
+def tiny_decoder(kind, path, tokenizer):
+    """A tiny random Llama or GPT-2 (4 layers, 32 wide) saved to ``path`` and loaded as a causal-LM backbone."""
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    from legendfl.models.backbone import load_backbone
+
+    torch.manual_seed(0)
+    vocab = len(tokenizer)
+    if kind == "llama":
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128))
+    else:
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_embd=32, n_layer=4, n_head=4, n_positions=128))
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return load_backbone(str(path), task_type="causal_lm", seed=0)
 
 
 @pytest.fixture(scope="session")

@@ -32,12 +32,17 @@ def test_shape_mismatch_is_refused():
 def test_run_config_validates_and_names_fields():
     from legendfl.config import RunConfig
 
-    for kwargs, field in [({"strategy": "fedavg"}, "strategy must be one of"), ({"rounds": 0}, "rounds"),
-                          ({"lr": -1.0}, "lr must be > 0"), ({"ema": 2.0}, "ema must be in [0, 1]"),
-                          ({"max_local_steps": 0}, "max_local_steps"), ({"partition": "zipf"}, "partition must be one of"),
-                          ({"legend_weighting": "size"}, "legend_weighting must be one of"),
-                          ({"target_accuracy": 85.0}, "target_accuracy must be in (0, 1]")]:
+    for kwargs, field in [({"strategy": "fedavg"}, "strategy must be one of"), ({"rounds": 0}, "rounds must be >= 1"),
+                          ({"lr": -1.0}, "lr must be > 0"), ({"ema": 2.0}, "ema must be <= 1.0"),
+                          ({"max_local_steps": 0}, "max_local_steps must be >= 1"),
+                          ({"partition": "zipf"}, "partition must be one of"),
+                          ({"legend_weighting": "size"}, "legend.weighting must be one of"),
+                          ({"hetlora.gamma": 1.5}, "hetlora.gamma must be <= 1.0"),
+                          ({"strategy_options": {"nope": {}}}, "unknown strategy 'nope'"),
+                          ({"fedadapter.depth_steps": 2}, "unknown option(s) ['depth_steps'] of strategy 'fedadapter'"),
+                          ({"bf16": "yes"}, "bf16 must be one of"),
+                          ({"target_accuracy": 85.0}, "target_accuracy must be <= 1.0")]:
         with pytest.raises(ValueError) as err:
-            RunConfig(**kwargs)
+            RunConfig.from_sources(kwargs)
         assert field in str(err.value)
     assert RunConfig().strategy == "legend"

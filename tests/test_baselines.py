@@ -3,10 +3,10 @@ import pytest
 import torch
 
 from legendfl.core.strategy import DeviceResult
-from legendfl.strategies.fedadapter import FedAdapter
+from legendfl.strategies.fedadapter import FedAdapter, FedAdapterOptions
 from legendfl.strategies.fedlora import FedLoRA
 from legendfl.strategies.full_finetune import FullFineTuning
-from legendfl.strategies.hetlora import HetLoRA, pad, sparsity_weighted_aggregate, truncate
+from legendfl.strategies.hetlora import HetLoRA, HetLoRAOptions, pad, sparsity_weighted_aggregate, truncate
 from legendfl.strategies.pretests import pretest_layout
 
 
@@ -29,19 +29,19 @@ def test_hetlora_sparsity_weighted_aggregation_by_hand():
 
 
 def test_fedadapter_winner_is_chosen_by_number_not_string(backbone):
-    s = FedAdapter(depth=2, width=8, window_rounds=2, seed=0)
+    s = FedAdapter(FedAdapterOptions(depth=2, width=8, window=2), seed=0)
     s.initialize(backbone.spec, list(range(6)))
     tasks = s.configure_round(1, list(range(6)))
-    assert {t.settings["group"] for t in tasks.values()} == {"shallow", "deeper", "wider"}
-    assert {(t.settings["adapter_depth"], t.settings["adapter_width"]) for t in tasks.values()} == {(2, 8), (4, 8), (2, 16)}
+    assert {s.assignment[d] for d in tasks} == {"shallow", "deeper", "wider"}
+    assert {(t.adapter.depth, t.adapter.width) for t in tasks.values()} == {(2, 8), (4, 8), (2, 16)}
     assert s.candidate_evaluations(1) == {} and set(s.candidate_evaluations(2)) == {"shallow", "deeper", "wider"}
     # accuracies in percent: as strings "9.5" > "85.0" > "10.0"; as numbers deeper wins
     s.receive_evaluations(2, {"shallow": {"accuracy": 9.5}, "deeper": {"accuracy": 85.0}, "wider": {"accuracy": 10.0}})
     assert s.winner["config"] == (4, 8)
     nxt = s.configure_round(3, list(range(6)))
-    assert {(t.settings["adapter_depth"], t.settings["adapter_width"]) for t in nxt.values()} == {(4, 8), (6, 8), (4, 16)}
+    assert {(t.adapter.depth, t.adapter.width) for t in nxt.values()} == {(4, 8), (6, 8), (4, 16)}
     # the wider trial starts as the winner's function: its extra up-projection columns are zero
-    wide = next(t for t in nxt.values() if t.settings["adapter_width"] == 16)
+    wide = next(t for t in nxt.values() if t.adapter.width == 16)
     assert wide.params["5.output.adapter.adapter_up.weight"][:, 8:].abs().sum() == 0
 
 
@@ -60,7 +60,7 @@ def test_full_model_fedavg_by_hand(backbone):
 
 
 def test_fedlora_rank8_minilm_counts_match_hand_calculation(backbone):
-    s = FedLoRA(rank=8, seed=0)
+    s = FedLoRA(seed=0, lora_rank=8)
     s.initialize(backbone.spec, [0, 1])
     task = s.configure_round(1, [0, 1])[0]
     per_layer = 4 * 8 * (384 + 384) + 8 * (384 + 1536) + 8 * (1536 + 384)  # q, k, v, attn-out; intermediate; output
@@ -71,7 +71,7 @@ def test_fedlora_rank8_minilm_counts_match_hand_calculation(backbone):
 
 
 def test_hetlora_tasks_use_truncated_ranks(backbone):
-    s = HetLoRA(r_min=4, r_max=16, seed=0)
+    s = HetLoRA(HetLoRAOptions(r_min=4, r_max=16), seed=0)
     s.initialize(backbone.spec, [0, 1])
     task = s.configure_round(1, [0, 1])[0]
     assert task.layout.ranks == {l: 10 for l in range(6)}  # the middle rank before any report
@@ -90,16 +90,43 @@ def test_pretest_layouts():
         pretest_layout("layers-x", 6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["hetlora", "fedadapter", "full", "legend-no-depth", "legend-no-rank"])
 def test_baseline_runs_from_the_cli_with_the_common_schema(tmp_path, strategy):
-    from test_end_to_end import check_records, cli
+    from conftest import check_records, cli
 
     from legendfl.metrics.summary import read_records
 
     r = cli("run", "--strategy", strategy, "--num-devices", "3", "--rounds", "2", "--max-local-steps", "2",
-            "--max-examples-per-device", "60", "--max-dev-examples", "200", "--eval-every", "2", "--fedadapter-window", "1", "--out-dir", str(tmp_path))
+            "--max-examples-per-device", "60", "--max-dev-examples", "200", "--eval-every", "2", "--fedadapter.window", "1", "--out-dir", str(tmp_path))
     assert r.returncode == 0, r.stderr[-2000:]
     assert "trainable parameters per device" in r.stdout
     records = read_records(tmp_path / "rounds.jsonl")
     check_records(records)
     assert records[-1]["accuracy"] is not None and records[0]["strategy"] == strategy
+
+
+def test_bottleneck_adapters_leave_the_shared_model_unchanged_when_removed(sst2_small):
+    """models/bottleneck.py: adapters.init is applied once to the shared model; with no active adapter
+    (after a task's adapters are deleted) its outputs are the pretrained model's."""
+    from legendfl.core.lora_layout import AdapterLayout
+    from legendfl.core.strategy import DeviceTask
+    from legendfl.models.backbone import load_backbone
+    from legendfl.models.methods import get_method
+    from legendfl.models.trainer import TrainConfig
+
+    own = load_backbone("minilm", num_labels=2, seed=0)  # adapters.init changes the model's classes: not the shared fixture
+    train, _ = sst2_small
+    batch = train.batch(list(range(8)))
+    with torch.no_grad():
+        before = own.model(**batch).logits.clone()
+    s = FedAdapter(FedAdapterOptions(depth=2, width=8), seed=0)
+    s.initialize(own.spec, [0])
+    task = s.configure_round(1, [0])[0]
+    result = get_method("adapter").train(task, own, train, list(range(64)), TrainConfig(batch_size=8, max_local_steps=2))
+    assert set(k for k in result.params if not k.startswith("head.")) == set(k for k in task.params if not k.startswith("head."))
+    assert result.work.trained_depth == 2 and result.work.lora_upload_bytes > 0
+    with torch.no_grad():
+        after = own.model(**batch).logits
+    assert torch.equal(before, after)
+    assert not any("adapters" in n for n, _ in own.model.named_parameters())

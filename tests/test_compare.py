@@ -6,7 +6,7 @@ import pytest
 
 from legendfl.compare import compare_records
 from legendfl.metrics.summary import read_records
-from test_end_to_end import cli
+from conftest import cli
 
 TINY = ["num_devices=3", "rounds=2", "max_local_steps=2", "max_examples_per_device=60", "max_dev_examples=200"]
 
@@ -112,3 +112,40 @@ def test_compare_refuses_unknown_strategy_before_training(tmp_path):
             timeout=120)
     assert r.returncode == 2 and "strategy must be one of" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "x" / "sst2" / "legend").exists()
+
+
+def test_every_shipped_profile_validates_for_each_of_its_tasks_and_strategies(tmp_path):
+    from legendfl.compare import PROFILES, load_profile, run_config
+
+    for path in sorted(PROFILES.glob("*.toml")):
+        prof = load_profile(path.stem)
+        spec = prof.get("compare", {})
+        names = [*spec.get("strategies", []), *spec.get("ablation", [])]
+        names += [n for g in ("position", "depth", "rank") for n in spec.get(g, [])]
+        assert names, path.stem
+        for task in spec["tasks"]:
+            for name in names:
+                cfg = run_config({**prof["run"], "task": task}, name, tmp_path / name)
+                assert cfg.task == task and cfg.strategy
+
+
+@pytest.mark.slow
+def test_generative_profile_writes_the_papers_figures_9(tmp_path):
+    """`compare --profile generative` on MMLU with the offline default decoder, SmolLM2-135M-Instruct from its GGUF
+    package (dequantised Q4_1), shrunk to one short round per strategy."""
+    r = cli("compare", "--profile", "generative", "--tasks", "mmlu", "--strategies", "legend", "fedlora",
+            "--out", str(tmp_path), "--set", "num_devices=2", "rounds=1", "max_local_steps=1", "max_dev_examples=4",
+            "max_examples_per_device=8", "max_length=160")
+    assert r.returncode == 0, r.stderr[-2000:]
+    folder = tmp_path / "mmlu"
+    for png in ("fig9a_accuracy_vs_time.png", "fig9b_time_to_target.png"):
+        assert (folder / png).stat().st_size > 5000
+    rows = {row["strategy"] for row in csv.DictReader((folder / "table.csv").open())}
+    assert rows == {"legend", "fedlora"}
+    depths = {d["depth"] for d in read_records(folder / "fedlora" / "rounds.jsonl")[0]["devices"].values()}
+    assert depths == {30}
+    legend = read_records(folder / "legend" / "rounds.jsonl")[0]
+    assert legend["accuracy"] is not None and {d["depth"] for d in legend["devices"].values()} == {15}  # ceil(30 / 2)
+    ranks = legend["devices"]["0"]["ranks"]  # 30 layers at the default budget: ranks still rise towards the output
+    assert ranks == sorted(ranks) and ranks[0] < ranks[-1]
+    assert json.loads((folder / "legend" / "adapter" / "adapter_config.json").read_text())["task_type"] == "CAUSAL_LM"

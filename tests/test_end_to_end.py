@@ -1,33 +1,10 @@
 """End-to-end runs through the CLI on real data and the real model (tiny sizes)."""
 import json
-import subprocess
-import sys
 
 import pytest
+from conftest import check_records, cli
 
 from legendfl.metrics.summary import read_records
-
-RECORD_KEYS = {"round", "strategy", "lr", "virtual_time_s", "round_time_s", "mean_waiting_s", "traffic_bytes",
-               "downlink_bytes", "uplink_bytes", "round_downlink_bytes", "round_uplink_bytes", "accuracy",
-               "eval_loss", "aggregation", "devices", "wall_s"}
-DEVICE_KEYS = {"kind", "mode", "download_s", "forward_s", "backward_s", "upload_s", "total_s", "waiting_s",
-               "examples", "tokens", "forward_flops", "backward_flops", "download_bytes", "upload_bytes"}
-
-
-def cli(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "legendfl", *args], capture_output=True, text=True, timeout=timeout)
-
-
-def check_records(records):
-    for rec in records:
-        assert RECORD_KEYS <= set(rec), RECORD_KEYS - set(rec)
-        for d in rec["devices"].values():
-            assert DEVICE_KEYS <= set(d)
-            assert d["total_s"] == pytest.approx(d["download_s"] + d["forward_s"] + d["backward_s"] + d["upload_s"], abs=1e-3)
-        assert rec["round_time_s"] == pytest.approx(max(d["total_s"] for d in rec["devices"].values()), abs=1e-3)
-        assert rec["round_uplink_bytes"] == sum(d["upload_bytes"] for d in rec["devices"].values())
-        assert rec["round_downlink_bytes"] == sum(d["download_bytes"] for d in rec["devices"].values())
-
 
 @pytest.fixture(scope="module")
 def legend_run(tmp_path_factory):
@@ -38,6 +15,7 @@ def legend_run(tmp_path_factory):
     return out, r.stdout
 
 
+@pytest.mark.slow
 def test_legend_run_writes_records_summary_plots_and_adapter(legend_run):
     out, stdout = legend_run
     records = read_records(out / "rounds.jsonl")
@@ -63,6 +41,7 @@ def test_legend_run_writes_records_summary_plots_and_adapter(legend_run):
     assert "summary:" in stdout
 
 
+@pytest.mark.slow
 def test_exported_adapter_reproduces_accuracy_in_a_fresh_process(legend_run):
     out, _ = legend_run
     final = read_records(out / "rounds.jsonl")[-1]["accuracy"]
@@ -71,6 +50,7 @@ def test_exported_adapter_reproduces_accuracy_in_a_fresh_process(legend_run):
     assert abs(json.loads(r.stdout)["accuracy"] - final) <= 0.003
 
 
+@pytest.mark.slow
 def test_fedlora_run_same_schema(tmp_path):
     r = cli("run", "--strategy", "fedlora", "--num-devices", "3", "--rounds", "1", "--max-local-steps", "2",
             "--max-examples-per-device", "100", "--out-dir", str(tmp_path))
@@ -81,6 +61,7 @@ def test_fedlora_run_same_schema(tmp_path):
     assert {tuple(d["ranks"]) for d in records[0]["devices"].values()} == {(8,) * 6}
 
 
+@pytest.mark.slow
 def test_user_tsv_with_string_labels_and_four_classes(tmp_path):
     rows = ["text\tlabel"]
     words = {"sports": "the team won the match", "politics": "the senate passed the bill",
@@ -100,8 +81,11 @@ def test_user_tsv_with_string_labels_and_four_classes(tmp_path):
 
 @pytest.mark.parametrize("args, field", [
     (["--task", "imdb"], "task must be one of"),
-    (["--lora-rank", "0"], "lora_rank must be a positive integer"),
-    (["--initial-depth", "9"], "initial_depth must be in [1, 6]"),
+    (["--lora-rank", "0"], "lora_rank must be >= 1"),
+    (["--initial-depth", "9"], "legend.initial_depth must be in [1, 6]"),
+    (["--legend.initial-depth", "9"], "legend.initial_depth must be in [1, 6]"),
+    (["--hetlora.r-min", "0", "--strategy", "hetlora"], "hetlora.r_min must be >= 1"),
+    (["--strategy", "fedavg"], "strategy must be one of"),
     (["--num-devices", "100000"], "num_devices (100000) must not exceed"),
     (["--data-file", "MISSING"], "data file 'MISSING' does not exist"),
     (["--data-file", "COLS", "--text-columns", "sentence"], "column 'sentence'"),
@@ -123,5 +107,7 @@ def test_bad_input_exits_with_one_line_naming_the_field(tmp_path, args, field):
 def test_help_explains_every_option():
     r = cli("run", "--help", timeout=60)
     assert r.returncode == 0
-    for flag in ("--rank-budget", "--rank-step", "--ema", "--fleet", "--dirichlet-alpha", "--max-local-steps"):
+    for flag in ("--rank-budget", "--rank-step", "--ema", "--fleet", "--dirichlet-alpha", "--max-local-steps",
+                 "--legend.rank-step", "--hetlora.r-min", "--fedadapter.window", "--max-grad-norm", "--lora-dropout",
+                 "--bf16", "--group-by-length"):
         assert flag in r.stdout

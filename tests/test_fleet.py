@@ -1,11 +1,14 @@
 import pytest
 
 from legendfl.core.lora_layout import LoraLayout
-from legendfl.fleet.cost_model import DeviceWork, capacity_report, device_timing
+from legendfl.core.strategy import DeviceResult
+from legendfl.core.work import DeviceTiming, DeviceWork
+from legendfl.fleet.cost_model import device_timing, measured_timing
+from legendfl.strategies.capacity import capacity_report
 from legendfl.fleet.devices import load_fleet
 from legendfl.fleet.inspect import describe_fleet
 from legendfl.fleet.virtual_clock import VirtualClock
-from legendfl.models.flops import batch_flops
+from legendfl.core.flops import batch_flops
 
 
 def test_depth_k_computes_faster_than_depth_L_by_the_flop_ratio(backbone):
@@ -33,7 +36,7 @@ def _roberta_base_spec():
 
 
 def _batch_work(spec, layout, batches, seqs, width, **kw):
-    from legendfl.models.flops import batch_work
+    from legendfl.core.flops import batch_work
 
     w = batch_work(spec, layout, seqs, width, **kw)
     depth = layout.depth if layout is not None else 0
@@ -107,10 +110,14 @@ def test_upload_time_is_proportional_to_rank_sum(backbone):
         layout = LoraLayout.top(6, ranks)
         nbytes = per_rank * layout.rank_sum
         assert nbytes == 4 * backbone.spec.lora_param_count(layout)
-        t = device_timing(state, DeviceWork(0, 0, 0, nbytes, 6, layout.rank_sum, nbytes))
+        work = DeviceWork(0, 0, 0, nbytes, 6, layout.rank_sum, nbytes)
+        t = device_timing(state, work)
         times.append(t.upload_s / layout.rank_sum)
-        rep = capacity_report(state, DeviceWork(0, 0, 0, nbytes, 6, layout.rank_sum, nbytes), t)
+        # LEGEND's beta-hat, derived from the generic measurements a device reports
+        rep = capacity_report(DeviceResult(3, 5, {}, 1, work=work, timing=measured_timing(state, t)))
         assert rep.upload_time_per_rank == pytest.approx(times[0])
+        noisy = capacity_report(DeviceResult(3, 5, {}, 1, work=work, timing=measured_timing(state, t, noise=0.2, seed=1)))
+        assert noisy.upload_time_per_rank != pytest.approx(times[0]) and noisy.upload_time_per_rank > 0
     assert times[0] == pytest.approx(times[1]) == pytest.approx(times[2])
 
 
@@ -136,14 +143,20 @@ def test_same_seed_same_trace_and_mix_kept_when_scaled():
 
 
 def test_virtual_clock_counts_sent_bytes_and_waiting():
-    from legendfl.fleet.cost_model import DeviceTiming
-
     clock = VirtualClock()
-    e = clock.advance(1, {0: DeviceTiming(1, 2, 3, 4), 1: DeviceTiming(0.5, 1, 1, 0.5)}, {0: 100, 1: 40}, {0: 70, 1: 20})
+    e = clock.advance(1, {0: DeviceTiming(1, 2, 3, 4).total_s, 1: DeviceTiming(0.5, 1, 1, 0.5).total_s},
+                      {0: 100, 1: 40}, {0: 70, 1: 20})
     assert e.round_time_s == 10 and e.waiting_s == {0: 0, 1: 7} and e.mean_waiting_s == 3.5
     assert clock.downlink_bytes == 140 and clock.uplink_bytes == 90 and clock.now_s == 10
-    clock.advance(2, {0: DeviceTiming(0, 1, 0, 0)}, {0: 1}, {0: 2})
+    clock.advance(2, {0: 1.0}, {0: 1}, {0: 2})
     assert clock.now_s == 11 and clock.traffic_bytes == 233
+    assert clock.record_fields(e)["virtual_time_s"] == 11
+    # a real clock: the round lasts as long as the server waited; its time field says so
+    real = VirtualClock("real")
+    e = real.advance(1, {0: 2.0}, {0: 5, 1: 5}, {0: 3}, round_time_s=6.0)
+    assert e.waiting_s == {0: 4.0} and real.record_fields(e)["real_time_s"] == 6.0 and real.traffic_bytes == 13
+    with pytest.raises(ValueError, match="clock kind must be one of"):
+        VirtualClock("wall")
 
 
 def test_fleet_inspection_shows_the_paper_ratio():

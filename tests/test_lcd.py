@@ -4,9 +4,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from legendfl.core.capacity import CapacityEstimator, DeviceEstimate
-from legendfl.core.lcd import Budgets, configure_depths, rank_distribution
-from legendfl.core.strategy import CapacityReport
+from legendfl.strategies.capacity import CapacityEstimator, CapacityReport, DeviceEstimate
+from legendfl.strategies.lcd import Budgets, configure_depths, rank_distribution
 
 estimate = st.builds(DeviceEstimate, st.floats(0.001, 50.0), st.floats(0.0001, 5.0), st.floats(0.01, 100.0))
 fleets = st.dictionaries(st.integers(0, 200), estimate, min_size=1, max_size=40)
@@ -26,6 +25,10 @@ def test_rank_distribution_paper_example_and_errors():
     assert rank_distribution(6, 48, 1) == [5, 6, 7, 9, 10, 11]  # [5..10] = 45, remainder 3 to the top
     assert rank_distribution(12, 96, 0) == [8] * 12
     assert rank_distribution(6, 21, 1) == [1, 2, 3, 4, 5, 6]  # the smallest budget for lambda = 1
+    # unset step: 1 where it fits, else (30 layers at rank 8) an even rise from rank 1 that spends the budget
+    assert rank_distribution(6, 48, None) == rank_distribution(6, 48, 1)
+    deep = rank_distribution(30, 240, None)
+    assert sum(deep) == 240 and deep[0] == 1 and deep == sorted(deep) and deep[-1] > 8
     with pytest.raises(ValueError, match="rank_budget must be >= 21"):
         rank_distribution(6, 20, 1)
 

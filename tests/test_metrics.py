@@ -84,3 +84,19 @@ def test_tables_over_seeds_by_hand():
     curves = speedup_curve(seeds, [0.70, 0.80, 0.90])
     assert [iv.n for _, iv in curves["X"]] == [2, 2, 0]  # nobody sustains 0.90
     assert curves["X"][1][1].mean == pytest.approx((40 / 20 + 90 / 30) / 2)
+
+
+def test_round_progress_is_silent_unless_its_stream_is_a_terminal():
+    import io
+
+    from legendfl.runtime.progress import RoundProgress
+
+    quiet = io.StringIO()
+    bar = RoundProgress("round 1", 3, stream=quiet)
+    bar.advance(100)
+    bar.close()
+    assert quiet.getvalue() == ""  # StringIO is not a terminal
+    shown = io.StringIO()
+    bar = RoundProgress("round 1", 2, stream=shown, enabled=True)
+    bar.advance(100)
+    assert "1/2 devices" in shown.getvalue() and "tokens/s" in shown.getvalue()

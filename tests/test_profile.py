@@ -5,7 +5,7 @@ from legendfl.core.lora_layout import LoraLayout
 from legendfl.fleet.devices import load_fleet
 from legendfl.models.profiling import fixed_batches, time_layout
 from legendfl.models.trainer import TokenizedData
-from test_end_to_end import cli
+from conftest import cli
 
 NETWORK = '\n[network]\ngroups = [{ distance_m = 2, uplink_mbps = 10.0, downlink_mbps = 20.0 }]\n'
 

@@ -4,9 +4,10 @@ import torch
 
 from legendfl.core.lora_layout import LoraLayout
 from legendfl.core.strategy import DeviceTask
-from legendfl.models.flops import batch_flops
+from legendfl.core.flops import batch_flops
 from legendfl.models.lora import lora_adapter
-from legendfl.models.trainer import TrainConfig, local_batches, train_lora
+from legendfl.models.lora_method import train_lora
+from legendfl.models.trainer import TrainConfig, local_batches
 
 
 def _task(backbone, layout, rnd=1, dev=0, lr=1e-3):

@@ -1,15 +1,17 @@
 """legendfl: federated fine-tuning of language models on heterogeneous devices.
 
-Layout (the folders show the architecture):
+Layout (the folders show the architecture; docs/architecture.md has the picture):
 
-- ``core``       algorithm pieces with no runtime imports: LoRA layouts, the Strategy interface,
-                 aggregation rules, LEGEND's capacity estimation and configuration (LCD).
-- ``strategies`` one file per algorithm (FedLoRA, LEGEND and its ablations, baselines).
-- ``fleet``      the simulated heterogeneous fleet: device definitions, cost model, virtual clock.
+- ``core``       the protocol, no runtime imports: tasks, results, the Strategy interface, layouts, typed
+                 local terms, generic device measurements, training options, aggregation, FLOP counting.
+- ``strategies`` one file per algorithm, each with its own options, registered by name (FedLoRA, LEGEND
+                 with its LCD and capacity estimator, HetLoRA, FedAdapter, full fine-tuning; presets).
+- ``fleet``      the simulated heterogeneous fleet: device definitions, latency profiles, cost model, clock.
 - ``data``       tasks shipped with the project, user files, partitioning.
-- ``models``     backbone loading, per-layer LoRA through peft, FLOP counting, the local trainer.
-- ``runtime``    the in-process simulator (one shared frozen base model) and, later, Flower.
-- ``metrics``    per-round records, summaries and plots.
+- ``models``     backbone loading, canonical tensor keys, client methods as plugins (LoRA through peft,
+                 bottleneck adapters, full fine-tuning), the local training loop.
+- ``runtime``    one round loop for every runtime, one run context, the simulator's and Flower's transports.
+- ``metrics``    per-round records and their writer, summaries, confidence intervals, plots.
 """
 
 __version__ = "0.1.0"

@@ -1,25 +1,30 @@
 """Command line: ``legendfl run``, ``fleet``, ``compare``, ``retime``, ``profile``, ``flower {credentials,worker,local}``,
 ``eval-adapter``.
 
-Every option of ``run`` is a field of :class:`~legendfl.config.RunConfig`; ``--config FILE`` (TOML or YAML)
-sets them first and flags override. Bad input exits with one line naming the field, never a traceback.
+Every option of ``run`` is a field of :class:`~legendfl.config.RunConfig` or an option of a strategy
+(``--hetlora.r-min``); ``--config FILE`` (TOML or YAML) sets them first and flags override. Bad input exits
+with one line naming the field, never a traceback. Progress goes through ``logging`` (``--quiet`` for
+warnings only); a progress bar within rounds shows only on a terminal.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import logging
 import sys
 import types
 import typing
 from pathlib import Path
 
-from .config import RunConfig, load_config_file
+from . import logs
+from .config import RunConfig, legacy_keys, load_config_file
+from .strategies import get_entry, registered_bases, strategy_names
 
 
 def _parse_optional(kind):
     def parse(text: str):
-        if text.lower() in ("none", "null", ""):
+        if text.lower() in ("none", "null"):
             return None
         return kind(text)
 
@@ -27,48 +32,102 @@ def _parse_optional(kind):
     return parse
 
 
+def _parse_bool(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"must be true or false, got {text!r}")
+
+
+def _add_field_flag(parser: argparse.ArgumentParser, flag: str, dest: str, f: dataclasses.Field, hint, help_prefix: str = "") -> None:
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else ()
+    optional = type(None) in args
+    base = next((a for a in args if a is not type(None)), hint)
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    help_text = f"{help_prefix}{f.metadata.get('help', '')} (default: {default})".replace("%", "%%")
+    if typing.get_origin(base) is list:
+        item = (typing.get_args(base) or (str,))[0]
+        parser.add_argument(flag, nargs="+", type=item, dest=dest, default=argparse.SUPPRESS, help=help_text)
+    elif base is bool:
+        parser.add_argument(flag, type=_parse_bool, dest=dest, default=argparse.SUPPRESS, metavar="{true,false}", help=help_text)
+    else:
+        kind = base if base in (int, float, str) else str
+        parser.add_argument(flag, type=_parse_optional(kind) if optional else kind, dest=dest, default=argparse.SUPPRESS,
+                            choices=f.metadata.get("choices"), help=help_text)
+
+
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     hints = typing.get_type_hints(RunConfig)
     for f in dataclasses.fields(RunConfig):
-        flag = "--" + f.name.replace("_", "-")
-        hint = hints[f.name]
-        args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else ()
-        optional = type(None) in args
-        base = next((a for a in args if a is not type(None)), hint)
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help_text = f"{f.metadata.get('help', '')} (default: {default})".replace("%", "%%")
-        if typing.get_origin(base) is list:
-            item = (typing.get_args(base) or (str,))[0]
-            parser.add_argument(flag, nargs="+", type=item, default=argparse.SUPPRESS, help=help_text)
-        else:
-            kind = base if base in (int, float, str) else str
-            parser.add_argument(flag, type=_parse_optional(kind) if optional else kind, default=argparse.SUPPRESS,
-                                choices=f.metadata.get("choices"), help=help_text)
+        if f.name == "strategy_options":
+            continue
+        _add_field_flag(parser, "--" + f.name.replace("_", "-"), f.name, f, hints[f.name])
+    legacy = legacy_keys()
+    for name, entry in sorted(registered_bases().items()):
+        group = parser.add_argument_group(f"options of strategy {name} (also [strategy.{name}] in a config file)")
+        hints = typing.get_type_hints(entry.options_cls)
+        for f in dataclasses.fields(entry.options_cls):
+            _add_field_flag(group, f"--{name}.{f.name.replace('_', '-')}", f"{name}.{f.name}", f, hints[f.name])
+    group = parser.add_argument_group("flat names of earlier versions (still accepted)")
+    for old, targets in sorted(legacy.items()):
+        strategy, opt = targets[0]
+        f = next(x for x in dataclasses.fields(registered_bases()[strategy].options_cls) if x.name == opt)
+        hint = typing.get_type_hints(registered_bases()[strategy].options_cls)[opt]
+        where = ", ".join(f"--{s}.{o.replace('_', '-')}" for s, o in targets)
+        _add_field_flag(group, "--" + old.replace("_", "-"), old, f, hint, help_prefix=f"= {where}: ")
 
 
 def build_config(ns: argparse.Namespace) -> RunConfig:
-    values = load_config_file(ns.config) if getattr(ns, "config", None) else {}
-    names = {f.name for f in dataclasses.fields(RunConfig)}
-    values.update({k: v for k, v in vars(ns).items() if k in names})
-    return RunConfig(**values)
+    """Defaults < ``--config`` file < flags."""
+    file_values = load_config_file(ns.config) if getattr(ns, "config", None) else {}
+    names = {f.name for f in dataclasses.fields(RunConfig)} | set(legacy_keys())
+    flags = {k: v for k, v in vars(ns).items() if k in names or ("." in k and k.split(".")[0] in registered_bases())}
+    return RunConfig.from_sources(file_values, flags)
 
 
 def _cmd_run(ns: argparse.Namespace) -> int:
-    from .runner import run
+    from .runner import resume_run, run
 
-    cfg = build_config(ns)
-    summary = run(cfg, progress=lambda line: print(line, flush=True))
+    if ns.resume:  # flags given (argparse keeps only those) other than the command's own
+        given = sorted(k for k in vars(ns) if k not in ("command", "func", "quiet", "resume", "overwrite", "config"))
+        if given or ns.config or ns.overwrite:
+            flags = (["--config"] if ns.config else []) + (["--overwrite"] if ns.overwrite else []) + \
+                ["--" + k.replace("_", "-") for k in given]
+            raise ValueError(f"--resume continues a run with its own configuration; drop {', '.join(flags)}")
+        summary = resume_run(ns.resume)
+        out_dir = ns.resume
+    else:
+        cfg = build_config(ns)
+        summary = run(cfg, overwrite=ns.overwrite)
+        out_dir = cfg.out_dir
     keys = ["final_accuracy", "best_accuracy", "target_accuracy", "time_to_target_s", "traffic_to_target_bytes",
             "virtual_time_s", "traffic_bytes", "mean_waiting_s", "wall_time_s"]
     print("summary: " + json.dumps({k: summary.get(k) for k in keys}))
-    adapter = ["adapter/"] if (Path(cfg.out_dir) / "adapter").exists() else []
-    print(f"outputs in {cfg.out_dir}: " + ", ".join(["rounds.jsonl", "summary.json", *adapter, *summary.get("plots", [])]))
+    adapter = ["adapter/"] if (Path(out_dir) / "adapter").exists() else []
+    print(f"outputs in {out_dir}: " + ", ".join(["rounds.jsonl", "summary.json", *adapter, *summary.get("plots", [])]))
+    return 0
+
+
+def _cmd_strategies(ns: argparse.Namespace) -> int:
+    for name in strategy_names():
+        if name.endswith("<...>"):
+            print(f"{name:24s} (family of presets)")
+            continue
+        entry = get_entry(name)
+        fixed = f"  = {entry.base} with {entry.fixed}" if entry.fixed else ""
+        print(f"{name:24s} {entry.help}{fixed}")
+        if entry.base == name:
+            for f in dataclasses.fields(entry.options_cls):
+                print(f"    --{name}.{f.name.replace('_', '-'):22s} {f.metadata.get('help', '')} (default: {f.default})")
     return 0
 
 
 def _cmd_fleet(ns: argparse.Namespace) -> int:
     from .fleet.inspect import describe_fleet
 
+    if ns.rounds <= 0:
+        raise ValueError(f"--rounds must be a positive integer, got {ns.rounds}")
     print(describe_fleet(ns.fleet, ns.num_devices, ns.seed, ns.rounds))
     return 0
 
@@ -77,13 +136,14 @@ def _cmd_compare(ns: argparse.Namespace) -> int:
     from .compare import run_profile
 
     overrides = {}
+    known = {f.name for f in dataclasses.fields(RunConfig)} | set(legacy_keys())
     for item in ns.set or []:
         key, sep, value = item.partition("=")
-        if not sep or key not in {f.name for f in dataclasses.fields(RunConfig)}:
-            raise ValueError(f"--set takes key=value with a run option as key, got {item!r}")
+        if not sep or not (key in known or ("." in key and key.split(".")[0] in registered_bases())):
+            raise ValueError(f"--set takes key=value with a run option (or <strategy>.<option>) as key, got {item!r}")
         overrides[key] = None if value.lower() == "none" else json.loads(value) if value[:1] in "0123456789-[{" or value in ("true", "false") else value
     run_profile(ns.profile, Path(ns.out), tasks=ns.tasks, strategies=ns.strategies, target=ns.target, hub=ns.hub,
-                overrides=overrides, seeds=ns.seeds, cost_models=ns.cost_models, progress=lambda line: print(line, flush=True))
+                overrides=overrides, seeds=ns.seeds, cost_models=ns.cost_models)
     print(f"tables and figures in {ns.out}/<task>/")
     return 0
 
@@ -150,7 +210,7 @@ def _cmd_flower_credentials(ns: argparse.Namespace) -> int:
 def _cmd_flower_worker(ns: argparse.Namespace) -> int:
     from .runtime.flower.worker import serve
 
-    serve(ns.socket, progress=lambda line: print(line, flush=True))
+    serve(ns.socket)
     return 0
 
 
@@ -158,7 +218,7 @@ def _cmd_flower_local(ns: argparse.Namespace) -> int:
     from .runtime.flower.local import run_local
 
     status = run_local(Path(ns.config) if ns.config else None, ns.nodes, Path(ns.out), options=ns.options or "",
-                       workers=ns.workers, emulate_time_scale=ns.emulate, progress=lambda line: print(line, flush=True))
+                       workers=ns.workers, emulate_time_scale=ns.emulate)
     return 0 if status == "finished:completed" else 1
 
 
@@ -179,12 +239,18 @@ class _Parser(argparse.ArgumentParser):
 
 def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="legendfl", description="Federated LoRA fine-tuning on heterogeneous devices (LEGEND and baselines).")
+    parser.add_argument("--quiet", action="store_true", help="log warnings and errors only")
     sub = parser.add_subparsers(dest="command", required=True)
     p_run = sub.add_parser("run", help="run one federated fine-tuning job in the in-process simulator",
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p_run.add_argument("--config", help="TOML or YAML file of run options (flags override it)")
+    p_run.add_argument("--resume", metavar="DIR", help="continue the crashed or stopped run in DIR from its last "
+                       "checkpoint, with its own configuration (the result equals an uninterrupted run's)")
+    p_run.add_argument("--overwrite", action="store_true", help="replace the run in an --out-dir that already holds files")
     _add_config_flags(p_run)
     p_run.set_defaults(func=_cmd_run)
+    p_strat = sub.add_parser("strategies", help="list the registered strategies, presets and their options")
+    p_strat.set_defaults(func=_cmd_strategies)
     p_fleet = sub.add_parser("fleet", help="inspect a device fleet: mix, modes, bandwidth percentiles")
     p_fleet.add_argument("--fleet", default="jetson", help="jetson, phones, or a TOML file")
     p_fleet.add_argument("--num-devices", type=int, default=None, help="scale the fleet to this many devices")
@@ -254,11 +320,18 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     ns = parser.parse_args(argv)
+    logs.configure(logging.WARNING if ns.quiet else logging.INFO, sys.stdout)
     try:
         return ns.func(ns)
-    except (ValueError, KeyError, FileNotFoundError) as exc:  # bad input: one line, no traceback
+    except (ValueError, KeyError) as exc:  # bad input: one line naming the field, no traceback
         msg = exc.args[0] if exc.args else str(exc)
-        print(f"legendfl: error: {msg}", file=sys.stderr)
+        if isinstance(exc, KeyError):
+            msg = f"missing key {msg!r}"
+        print(f"legendfl: error: {str(msg).splitlines()[0] if str(msg) else type(exc).__name__}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a path that cannot be read or written: name it
+        where = f" {exc.filename!r}" if exc.filename else ""
+        print(f"legendfl: error: cannot use{where}: {exc.strerror or exc}", file=sys.stderr)
         return 2
 
 

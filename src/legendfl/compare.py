@@ -16,22 +16,24 @@ by the sustained, interpolated rule next to the paper's first-touch rule, and a 
 strategy's speed-up against the target accuracy. Under every cost model after the first, a strategy whose
 decisions do not read device timings is re-timed from the first model's run (``retiming``), not re-trained.
 
-Names beyond the registered strategies: ``fedlora-<pretest>`` (a pre-test layout, e.g. fedlora-layers-d)
-and ``legend-literal`` (LEGEND with Algorithm 1 as printed, the LCD ablation).
+Compared names are registered strategies or presets (``legendfl strategies``): e.g. ``legend-no-depth``,
+``legend-literal`` (Algorithm 1 as printed, the LCD ablation), ``fedlora-layers-d`` (a pre-test layout).
 """
 from __future__ import annotations
 
 import csv
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from .config import RunConfig
 from .metrics.comparison import final_accuracy
 from .metrics.summary import read_records, summarize
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -94,19 +96,13 @@ def write_csv(target: float, rows: list[ComparisonRow], path: Path) -> None:
                         r.traffic_to_target_bytes, r.traffic_reduction, r.mean_waiting_s, r.waiting_reduction])
 
 
-PRESETS = {"legend-literal": {"strategy": "legend", "lcd": "literal"}}
-
-
 def run_config(base: dict, name: str, folder: Path) -> RunConfig:
-    """The run configuration of a compared name (a strategy, a preset or a pre-test layout)."""
-    values = {**base, "strategy": name, "out_dir": str(folder)}
-    if name.startswith("fedlora-"):  # a pre-test layout, e.g. fedlora-layers-d
-        values.update(strategy="fedlora", pretest=name[len("fedlora-"):])
-    values.update(PRESETS.get(name, {}))
-    return RunConfig(**values)
+    """The run configuration of a compared name (a registered strategy or preset, e.g. ``legend-no-depth``,
+    ``legend-literal``, ``fedlora-layers-d``)."""
+    return RunConfig.from_sources(base, {"strategy": name, "out_dir": str(folder)})
 
 
-def run_strategies(base: dict, strategies: list[str], out: Path, progress: Callable[[str], None] = print,
+def run_strategies(base: dict, strategies: list[str], out: Path,
                    retime_from: Path | None = None) -> dict[str, list[dict]]:
     """Run each strategy once into ``out/<strategy>`` (skipping finished ones); return their records.
 
@@ -120,31 +116,41 @@ def run_strategies(base: dict, strategies: list[str], out: Path, progress: Calla
         folder = out / name
         cfg = run_config(base, name, folder)
         if (folder / "summary.json").exists():
-            progress(f"{name}: results exist in {folder}, not re-run")
+            log.info(f"{name}: results exist in {folder}, not re-run")
         elif retime_from is not None and (retime_from / name / "summary.json").exists() and not decisions_use_time(cfg):
             retime_run(retime_from / name, folder, cfg.cost_model, cfg.fleet)
-            progress(f"{name}: re-timed under the {cfg.cost_model} cost model from {retime_from / name} (its decisions do not read timings)")
+            log.info(f"{name}: re-timed under the {cfg.cost_model} cost model from {retime_from / name} (its decisions do not read timings)")
         else:
-            from .runner import run
+            from .runner import resume_run, run
+            from .runtime.checkpoint import has_checkpoint
 
-            run(cfg, progress)
+            if has_checkpoint(folder):  # a run that was cut off: continue it to the same result
+                log.info("%s: resuming the unfinished run in %s", name, folder)
+                resume_run(folder)
+            else:  # compare owns its strategy folders: a run without a checkpoint finished no round
+                run(cfg, overwrite=True)
         runs[name] = read_records(folder / "rounds.jsonl")
     return runs
 
 
-def compare(base: dict, strategies: list[str], out: Path, *, target: float | None = None, ablation: list[str] | None = None,
-            progress: Callable[[str], None] = print, title: str = "") -> dict:
+# the paper's figure numbers: Figs. 7/8 for the GLUE tasks, Figs. 9 (MMLU) and 10 (GSM-8K) for the decoder half
+PAPER_FIGURES = {"mmlu": ("fig9a_accuracy_vs_time", "fig9b_time_to_target"),
+                 "gsm8k": ("fig10a_accuracy_vs_time", "fig10b_time_to_target")}
+
+
+def compare(base: dict, strategies: list[str], out: Path, *, target: float | None = None, ablation: list[str] | None = None, title: str = "") -> dict:
     """Run (or reuse) the strategies, then write table.md, table.csv and the figures into ``out``."""
     from .metrics import plots
 
     out.mkdir(parents=True, exist_ok=True)
-    runs = run_strategies(base, strategies, out, progress)
+    runs = run_strategies(base, strategies, out)
     target, rows = compare_records(runs, target)
     md = table_markdown(target, rows, title)
     (out / "table.md").write_text(md)
     write_csv(target, rows, out / "table.csv")
-    figures = [plots.plot_accuracy_vs_time(runs, out / "fig7_accuracy_vs_time.png", target),
-               plots.plot_bars({r.strategy: r.time_to_target_s for r in rows}, "time to target (s)", out / "fig8_time_to_target.png"),
+    curve, bars = PAPER_FIGURES.get(base.get("task", ""), ("fig7_accuracy_vs_time", "fig8_time_to_target"))
+    figures = [plots.plot_accuracy_vs_time(runs, out / f"{curve}.png", target),
+               plots.plot_bars({r.strategy: r.time_to_target_s for r in rows}, "time to target (s)", out / f"{bars}.png"),
                plots.plot_bars({r.strategy: r.traffic_to_target_bytes and r.traffic_to_target_bytes / 1e6 for r in rows},
                                "traffic to target (MB)", out / "fig11_traffic_to_target.png"),
                plots.plot_bars({r.strategy: r.mean_waiting_s for r in rows}, "mean waiting time (s)", out / "fig12_waiting.png"),
@@ -154,20 +160,19 @@ def compare(base: dict, strategies: list[str], out: Path, *, target: float | Non
         figures.append(plots.plot_accuracy_vs_time(abl, out / "fig13_ablation.png", target))
     result = {"target_accuracy": target, "rows": [r.__dict__ for r in rows], "figures": [f.name for f in figures]}
     (out / "comparison.json").write_text(json.dumps(result, indent=2))
-    progress(md)
+    log.info(md)
     return result
 
 
 def compare_seeds(base: dict, strategies: list[str], out: Path, *, seeds: list[int], cost_models: list[str],
-                  target: float | None = None, ablation: list[str] | None = None,
-                  progress: Callable[[str], None] = print, title: str = "") -> dict:
+                  target: float | None = None, ablation: list[str] | None = None, title: str = "") -> dict:
     """Every strategy per cost model and seed; tables with 95% CIs and the speed-up-vs-target figure."""
     from .metrics import comparison, plots
 
     order = list(dict.fromkeys([*strategies, *(ablation or [])]))
     results = {}
     for i, cost in enumerate(cost_models):
-        runs = {s: run_strategies({**base, "seed": s, "cost_model": cost}, order, out / cost / f"seed-{s}", progress,
+        runs = {s: run_strategies({**base, "seed": s, "cost_model": cost}, order, out / cost / f"seed-{s}",
                                   retime_from=out / cost_models[0] / f"seed-{s}" if i else None) for s in seeds}
         folder = out / cost
         tables = {}
@@ -186,7 +191,7 @@ def compare_seeds(base: dict, strategies: list[str], out: Path, *, seeds: list[i
             (folder / f"speedup_vs_target_{label}.json").write_text(json.dumps(
                 {n: [{"target": t, **iv.to_json()} for t, iv in pts] for n, pts in curves.items()}, indent=1))
             tables[label] = md
-            progress(md)
+            log.info(md)
         plots.plot_accuracy_vs_time({n: runs[seeds[0]][n] for n in strategies}, folder / f"fig7_accuracy_vs_time_seed{seeds[0]}.png")
         results[cost] = tables
     return results
@@ -213,8 +218,7 @@ def load_profile(name_or_path: str) -> dict:
 
 def run_profile(profile: str, out: Path, *, tasks: list[str] | None = None, strategies: list[str] | None = None,
                 target: float | None = None, hub: bool = False, overrides: dict | None = None,
-                seeds: list[int] | None = None, cost_models: list[str] | None = None,
-                progress: Callable[[str], None] = print) -> dict:
+                seeds: list[int] | None = None, cost_models: list[str] | None = None) -> dict:
     """Run a profile's comparison for each task into ``out/<task>``; pre-test profiles also write Figs. 3-5."""
     prof = load_profile(profile)
     spec = prof.get("compare", {})
@@ -223,11 +227,11 @@ def run_profile(profile: str, out: Path, *, tasks: list[str] | None = None, stra
         base = {**prof["run"], "task": task, **(overrides or {})}
         if hub and task in prof.get("hub_model", {}):
             base["model"] = prof["hub_model"][task]
-        RunConfig(**{**base, "strategy": "legend"})  # validate the shared settings before any run
+        RunConfig.from_sources(base, {"strategy": "legend"})  # validate the shared settings before any run
         folder = out / task
         groups = {g: spec[g] for g in ("position", "depth", "rank") if g in spec}
         if groups and not strategies:
-            results[task] = _pretests(base, groups, folder, progress)
+            results[task] = _pretests(base, groups, folder)
             continue
         names = strategies or spec.get("strategies", ["legend", "fedlora"])
         ablation = spec.get("ablation") if not strategies else None
@@ -237,10 +241,10 @@ def run_profile(profile: str, out: Path, *, tasks: list[str] | None = None, stra
         if seeds or cost_models:
             results[task] = compare_seeds(base, names, folder, seeds=seeds or [base.get("seed", 0)],
                                           cost_models=cost_models or [base.get("cost_model", "profile")], target=target,
-                                          ablation=ablation, progress=progress,
+                                          ablation=ablation,
                                           title=f"{task} ({base.get('model')}, {base.get('num_devices')} devices), ")
             continue
-        results[task] = compare(base, order, folder, target=target, ablation=ablation, progress=progress,
+        results[task] = compare(base, order, folder, target=target, ablation=ablation,
                                 title=f"{task} ({base.get('model')}, {base.get('num_devices')} devices, "
                                       f"cost model {base.get('cost_model', 'profile')}): ")
         if ablation:  # the ablation table has LEGEND as its reference too
@@ -249,11 +253,11 @@ def run_profile(profile: str, out: Path, *, tasks: list[str] | None = None, stra
     return results
 
 
-def _pretests(base: dict, groups: dict[str, list[str]], out: Path, progress: Callable[[str], None]) -> dict:
+def _pretests(base: dict, groups: dict[str, list[str]], out: Path) -> dict:
     from .pretest_report import measure_depth_costs, pretest_figures, pretest_table
 
     out.mkdir(parents=True, exist_ok=True)
-    runs = {g: run_strategies(base, names, out, progress) for g, names in groups.items()}
+    runs = {g: run_strategies(base, names, out) for g, names in groups.items()}
     costs_path = out / "depth_costs.json"
     if "depth" in groups and not costs_path.exists():
         from .data.tasks import load_task
@@ -267,5 +271,5 @@ def _pretests(base: dict, groups: dict[str, list[str]], out: Path, progress: Cal
     table = pretest_table(runs, costs)
     (out / "pretests.md").write_text(table)
     figures = pretest_figures(runs, costs, out)
-    progress(table)
+    log.info(table)
     return {"figures": figures, "depth_costs": costs}

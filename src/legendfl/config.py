@@ -1,153 +1,242 @@
-"""The run configuration: one dataclass, help text per field, validated in ``__post_init__``.
+"""The run configuration: common options, local training options and the chosen strategy's own options.
 
-Values come from defaults, then a TOML/YAML config file, then command-line flags (highest priority).
+Values come from defaults, then a TOML/YAML config file, then command-line flags (highest priority); every
+source goes through :func:`normalize`, so the same keys mean the same thing everywhere.
+
+A strategy's options live in a section named after it (its ``Options`` dataclass, ``strategies/``)::
+
+    strategy = "hetlora"            # or, equivalently, a table:   [strategy]
+    [strategy_options.hetlora]      #                               name = "hetlora"
+    r_min = 2                       #                               [strategy.hetlora]
+                                    #                               r_min = 2
+
+On the command line: ``--hetlora.r-min 2`` (or ``--set hetlora.r_min=2`` in ``compare``). The flat keys of
+earlier versions (``hetlora_r_min``, ``rank_step``, ``lcd``, ...) still work: each strategy's options
+declare them (``Options.legacy``) and they are moved into the sections here.
 """
 from __future__ import annotations
 
 import dataclasses
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-STRATEGIES = ("legend", "legend-no-depth", "legend-no-rank", "fedlora", "hetlora", "fedadapter", "full")
+from .core.options import option, validate
+from .core.training import TrainConfig
 
 
-def _f(default: Any, help: str, choices: tuple | None = None) -> Any:
-    meta = {"help": help}
-    if choices:
-        meta["choices"] = choices
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=meta)
-    return field(default=default, metadata=meta)
+def _registry():
+    """The strategy registry with the built-in strategies registered. Imported on first use: reading a
+    configuration (a forwarding Flower ClientApp does) must not import torch, which strategies need."""
+    from . import strategies
+
+    return strategies
+
+
+def legacy_keys() -> dict[str, list[tuple[str, str]]]:
+    """Flat key of earlier versions -> [(strategy, option)] (one key may feed several strategies, e.g. ``ema``)."""
+    out: dict[str, list[tuple[str, str]]] = {}
+    for name, entry in _registry().registered_bases().items():
+        for old, new in getattr(entry.options_cls, "legacy", {}).items():
+            out.setdefault(old, []).append((name, new))
+    return out
+
+
+def normalize(data: dict[str, Any]) -> dict[str, Any]:
+    """One source of options in the canonical form: a ``[strategy]`` table and flat legacy keys are folded
+    into ``strategy`` (a name) and ``strategy_options`` ({strategy: {option: value}}); dotted keys
+    (``hetlora.r_min`` from flags, or a ``[hetlora]`` table) likewise."""
+    data = dict(data)
+    sections: dict[str, dict[str, Any]] = {k: dict(v) for k, v in (data.pop("strategy_options", None) or {}).items()}
+    if isinstance(data.get("strategy"), dict):
+        table = dict(data.pop("strategy"))
+        if "name" in table:
+            data["strategy"] = table.pop("name")
+        for name, values in table.items():
+            if not isinstance(values, dict):
+                raise ValueError(f"strategy.{name} must be a table of options of strategy {name!r} (or use name = ...)")
+            sections.setdefault(name, {}).update(values)
+    legacy = legacy_keys()
+    for key in [k for k in data if k in legacy]:
+        value = data.pop(key)
+        for strategy, opt in legacy[key]:
+            sections.setdefault(strategy, {})[opt] = value
+    for key in [k for k in data if "." in k]:
+        strategy, _, opt = key.partition(".")
+        sections.setdefault(strategy, {})[opt] = data.pop(key)
+    bases = _registry().registered_bases()
+    for key in [k for k, v in data.items() if isinstance(v, dict) and k in bases]:  # TOML `hetlora.r_min = 2`
+        sections.setdefault(key, {}).update(data.pop(key))
+    if sections:
+        data["strategy_options"] = sections
+    return data
+
+
+def merge(*sources: dict[str, Any]) -> dict[str, Any]:
+    """Later sources override earlier ones, option by option (also inside strategy sections)."""
+    out: dict[str, Any] = {}
+    for src in sources:
+        src = normalize(src)
+        sections = src.pop("strategy_options", {})
+        out.update(src)
+        merged = out.setdefault("strategy_options", {})
+        for name, values in sections.items():
+            merged.setdefault(name, {}).update(values)
+    if not out.get("strategy_options"):
+        out.pop("strategy_options", None)
+    return out
 
 
 @dataclass
-class RunConfig:
+class RunConfig(TrainConfig):
     # --- task and data
-    task: str = _f("sst2", "built-in task (sst2, qnli, qqp, mnli), a hub dataset like glue/sst2, or 'file' with --data-file")
-    data_file: str | None = _f(None, "your own training file (.csv/.tsv/.json/.jsonl[.gz])")
-    dev_file: str | None = _f(None, "your own dev file; without it 10% of --data-file is held out")
-    text_columns: list[str] = _f(["text"], "one or two text columns of --data-file")
-    label_column: str = _f("label", "label column of --data-file (string or integer labels, any number of classes)")
-    max_dev_examples: int | None = _f(None, "evaluate on the first N dev examples only (None: the whole dev split)")
-    validation_examples: int = _f(500, "training examples the server holds out (no device trains on them) to choose "
-                                  "between candidate models, e.g. FedAdapter's trial groups; never the reported dev split")
-    max_length: int = _f(128, "maximum tokens per example (the paper: 512)")
+    task: str = option("sst2", "built-in task (sst2, qnli, qqp, mnli; generative with a decoder --model: gsm8k, mmlu, or "
+                       "instructions with a prompt/response --data-file), a hub dataset like glue/sst2, or 'file' with "
+                       "--data-file")
+    data_file: str | None = option(None, "your own training file (.csv/.tsv/.json/.jsonl[.gz])")
+    dev_file: str | None = option(None, "your own dev file; without it 10% of --data-file is held out")
+    text_columns: list[str] = option(["text"], "one or two text columns of --data-file")
+    label_column: str = option("label", "label column of --data-file (string or integer labels, any number of classes)")
+    prompt_field: str = option("prompt", "prompt field of --data-file for --task instructions (a decoder's own data)")
+    response_field: str = option("response", "response field of --data-file for --task instructions")
+    max_dev_examples: int | None = option(None, "evaluate on the first N dev examples only (None: the whole dev split)",
+                                          minimum=1, integer=True)
+    validation_examples: int = option(500, "training examples the server holds out (no device trains on them) to choose "
+                                      "between candidate models, e.g. FedAdapter's trial groups; never the reported dev split",
+                                      minimum=0, integer=True)
+    max_length: int = option(128, "maximum tokens per example (the paper: 512)", minimum=1, integer=True)
+    max_new_tokens: int = option(256, "tokens a generated answer may take (GSM-8K evaluation)", minimum=1, integer=True)
     # --- model
-    model: str = _f("minilm", "packaged alias (minilm), a local Hugging Face directory, or a hub id (roberta-base)")
+    model: str = option("minilm", "packaged alias (minilm), a local Hugging Face directory, or a hub id (roberta-base)")
     # --- federation
-    strategy: str = _f("legend", "federated algorithm", STRATEGIES)
-    num_devices: int = _f(10, "devices in the fleet (the fleet's mix is kept when scaled)")
-    partition: str = _f("dirichlet", "how data is split over devices", ("dirichlet", "iid"))
-    dirichlet_alpha: float = _f(10.0, "Dirichlet alpha of the label skew (the paper: 10)")
-    max_examples_per_device: int | None = _f(None, "keep at most this many examples per device (None: all)")
-    rounds: int = _f(10, "federated rounds")
-    eval_every: int = _f(1, "evaluate the global model every N rounds (and after the last)")
-    # --- local training
-    lr: float = _f(5e-4, "peak learning rate (AdamW), decayed by a cosine over rounds")
-    lr_schedule: str = _f("cosine", "learning-rate schedule over rounds", ("cosine", "constant"))
-    batch_size: int = _f(16, "local batch size")
-    local_epochs: float = _f(1.0, "local epochs per round")
-    max_local_steps: int | None = _f(25, "cap on local steps per round (None: full local epochs)")
-    weight_decay: float = _f(0.01, "AdamW weight decay")
-    lora_rank: int = _f(8, "LoRA rank of FedLoRA (uniform on all layers)")
-    lora_scaling: float = _f(2.0, "LoRA alpha / r, held equal on every layer and rank")
-    # --- LEGEND
-    rank_budget: int | None = _f(None, "psi: total rank over all L layers (default: lora_rank * L)")
-    rank_step: int = _f(1, "lambda: common difference of the rank distribution")
-    ema: float = _f(0.8, "rho: moving-average weight of capacity estimates")
-    initial_depth: int | None = _f(None, "LoRA depth of every device in round 1, before any report (default: ceil(L/2))")
-    fixed_depths: list[int] | None = _f(None, "LEGEND: pin each device's LoRA depth (one entry per device; for controlled experiments and runtime-equivalence checks); None: LCD decides")
-    compute_budget: float | None = _f(None, "C_i: per-device computing budget in units of c (None: unbounded)")
-    comm_budget: float | None = _f(None, "B_i: per-device upload budget in bytes per round (None: unbounded)")
-    legend_weighting: str = _f("uniform", "LEGEND's layer-wise average: plain mean over the devices that trained a layer (eq. 17) or weighted by their examples", ("uniform", "examples"))
-    waiting_budget: float | None = _f(None, "epsilon: bound on the predicted mean waiting time in seconds (None: off; "
-                                      "lcd 'literal' widens the depth gap to meet it, 'fill' only reports it)")
-    lcd: str = _f("fill", "LEGEND's Algorithm 1: 'fill' raises depths into idle time up to the round's predicted time, "
-                  "'literal' = lines 2-5 as printed (see core/lcd.py)", ("fill", "literal"))
-    # --- baselines
-    pretest: str | None = _f(None, "FedLoRA with a pre-test layout of the paper's section 2: layers-a/s/m/d, depth-<k>, rank-inc/dec/avg/rand")
-    hetlora_r_min: int = _f(4, "HetLoRA: smallest device rank")
-    hetlora_r_max: int = _f(16, "HetLoRA: largest device rank (the server's rank)")
-    hetlora_gamma: float = _f(0.9, "HetLoRA: rank kept by self-pruning (and start of the penalised tail)")
-    hetlora_lambda: float = _f(1e-3, "HetLoRA: strength of the rank-tail norm penalty")
-    fedadapter_depth: int = _f(2, "FedAdapter: initial adapter depth d (top layers)")
-    fedadapter_width: int = _f(8, "FedAdapter: initial bottleneck width w (steps of 8, at most 64)")
-    fedadapter_window: int = _f(3, "FedAdapter: rounds per configuration-search window")
+    strategy: str = option("legend", "federated algorithm or preset (see `legendfl strategies`)")
+    strategy_options: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict, metadata={
+        "help": "options of each strategy by its name ([strategy.<name>] in TOML, --<name>.<option> on the command line)"})
+    num_devices: int = option(10, "devices in the fleet (the fleet's mix is kept when scaled)", minimum=1, integer=True)
+    partition: str = option("dirichlet", "how data is split over devices", choices=("dirichlet", "iid"))
+    dirichlet_alpha: float = option(10.0, "Dirichlet alpha of the label skew (the paper: 10)", minimum=0.0, exclusive_minimum=True)
+    max_examples_per_device: int | None = option(None, "keep at most this many examples per device (None: all)",
+                                                 minimum=1, integer=True)
+    rounds: int = option(10, "federated rounds", minimum=1, integer=True)
+    eval_every: int = option(1, "evaluate the global model every N rounds (and after the last)", minimum=1, integer=True)
+    lr: float = option(5e-4, "peak learning rate (AdamW), decayed by a cosine over rounds", minimum=0.0, exclusive_minimum=True)
+    lr_schedule: str = option("cosine", "learning-rate schedule over rounds", choices=("cosine", "constant"))
+    lora_rank: int = option(8, "LoRA rank of uniform layouts (FedLoRA, pre-tests); LEGEND's default budget psi = lora_rank * L",
+                            minimum=1, integer=True)
     # --- fleet and clock
-    fleet: str = _f("jetson", "device fleet: jetson, phones, or a TOML file")
-    cost_model: str = _f("profile", "how compute time is priced: 'profile' = the fleet's measured per-batch latency profiles "
-                         "(devices without one fall back to FLOPs), 'flops' = FLOPs / mode throughput (see fleet/cost_model.py)",
-                         ("profile", "flops"))
-    report_noise: float = _f(0.0, "relative noise on devices' reported timings")
-    target_accuracy: float | None = _f(None, "target accuracy for time/traffic-to-target (default: final accuracy)")
+    fleet: str = option("jetson", "device fleet: jetson, phones, or a TOML file")
+    cost_model: str = option("profile", "how compute time is priced: 'profile' = the fleet's measured per-batch latency "
+                             "profiles (devices without one fall back to FLOPs), 'flops' = FLOPs / mode throughput "
+                             "(see fleet/cost_model.py)", choices=("profile", "flops"))
+    availability: float | None = option(None, "probability that a device is online in a round, for every device (None: "
+                                        "the fleet file's per-type availability, 1.0 unless it says)", minimum=0.0, maximum=1.0)
+    availability_trace: str | None = option(None, "JSON file: device id -> online flags (0/1) by round (see fleet/availability.py)")
+    round_deadline: float | None = option(None, "seconds of virtual time a round waits; devices finishing later are dropped "
+                                          "from its aggregation (their traffic counts). None: no deadline",
+                                          minimum=0.0, exclusive_minimum=True)
+    round_deadline_median: float | None = option(None, "a deadline of this multiple of the round's median device completion "
+                                                 "time (instead of --round-deadline seconds)", minimum=0.0, exclusive_minimum=True)
+    max_update_norm: float | None = option(None, "reject a device's update whose change (L2 norm over all its tensors) "
+                                           "exceeds this (None: no bound; NaN/Inf, missing keys, wrong shapes or "
+                                           "dtypes are always rejected)", minimum=0.0, exclusive_minimum=True)
+    report_noise: float = option(0.0, "relative noise on devices' measured timings (simulator)", minimum=0.0)
+    target_accuracy: float | None = option(None, "target accuracy for time/traffic-to-target (default: final accuracy)",
+                                           minimum=0.0, maximum=1.0, exclusive_minimum=True)
     # --- run
-    device: str = _f("auto", "where training runs: auto (cuda when available), cpu or cuda", ("auto", "cpu", "cuda"))
-    seed: int = _f(0, "seed of every random choice (partition, fleet, batches, dropout, init)")
-    threads: int | None = _f(None, "torch CPU threads (default: all cores)")
-    out_dir: str = _f("runs/default", "output folder (records, summary, adapter, plots)")
+    device: str = option("auto", "where training runs: auto (cuda when available), cpu or cuda", choices=("auto", "cpu", "cuda"))
+    threads: int | None = option(None, "torch CPU threads (default: all cores)", minimum=1, integer=True)
+    engine: str = option("batched", "simulator: train a round's LoRA devices together through one frozen base "
+                         "('batched', the same results as 'sequential', see models/batched_training.py) or one after "
+                         "another ('sequential'); bottleneck adapters and full fine-tuning always run one after another",
+                         choices=("batched", "sequential"))
+    max_batch_tokens: int | None = option(None, "batched engine: padded tokens one step may stack; more devices are "
+                                          "split into groups (None: from a memory budget, 4 GiB of activations on "
+                                          "CPU, half the memory of a GPU)", minimum=1, integer=True)
+    out_dir: str = option("runs/default", "output folder (records, summary, adapter, plots)")
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            choices = f.metadata.get("choices")
-            if choices and getattr(self, f.name) not in choices:
-                raise ValueError(f"{f.name} must be one of {list(choices)}, got {getattr(self, f.name)!r}")
-        positive = ["max_length", "num_devices", "rounds", "eval_every", "batch_size", "lora_rank", "hetlora_r_min",
-                    "hetlora_r_max", "fedadapter_depth", "fedadapter_width", "fedadapter_window"]
-        for name in positive:
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        for name in ["lr", "local_epochs", "dirichlet_alpha", "lora_scaling"]:
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        if isinstance(self.validation_examples, bool) or not isinstance(self.validation_examples, int) or self.validation_examples < 0:
-            raise ValueError(f"validation_examples must be an integer >= 0, got {self.validation_examples!r}")
-        for name in ["max_local_steps", "max_examples_per_device", "max_dev_examples", "rank_budget", "initial_depth", "threads"]:
-            v = getattr(self, name)
-            if v is not None and (not isinstance(v, int) or v <= 0):
-                raise ValueError(f"{name} must be a positive integer or unset, got {v!r}")
-        if not 0.0 <= self.ema <= 1.0:
-            raise ValueError(f"ema must be in [0, 1], got {self.ema}")
-        if self.rank_step < 0:
-            raise ValueError(f"rank_step must be >= 0, got {self.rank_step}")
-        if self.report_noise < 0:
-            raise ValueError(f"report_noise must be >= 0, got {self.report_noise}")
-        if self.target_accuracy is not None and not 0.0 < self.target_accuracy <= 1.0:
-            raise ValueError(f"target_accuracy must be in (0, 1], got {self.target_accuracy}")
-        if self.hetlora_r_min > self.hetlora_r_max:
-            raise ValueError(f"hetlora_r_min ({self.hetlora_r_min}) must be <= hetlora_r_max ({self.hetlora_r_max})")
-        if self.pretest is not None and self.strategy != "fedlora":
-            raise ValueError(f"pretest applies to strategy 'fedlora', got strategy {self.strategy!r}")
-        if self.fixed_depths is not None:
-            if self.strategy not in ("legend", "legend-no-rank"):
-                raise ValueError(f"fixed_depths applies to strategies 'legend' and 'legend-no-rank', got {self.strategy!r}")
-            if (not isinstance(self.fixed_depths, list) or len(self.fixed_depths) != self.num_devices
-                    or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in self.fixed_depths)):
-                raise ValueError(f"fixed_depths must list one positive integer depth per device ({self.num_devices}), "
-                                 f"got {self.fixed_depths!r}")
-        if not 1 <= len(self.text_columns) <= 2:
+        validate(self)
+        if not isinstance(self.text_columns, list) or not 1 <= len(self.text_columns) <= 2:
             raise ValueError(f"text_columns must name one or two columns, got {self.text_columns}")
+        for name in ("data_file", "dev_file", "availability_trace", "out_dir", "task", "model", "fleet", "label_column",
+                     "prompt_field", "response_field"):
+            if getattr(self, name) == "":
+                raise ValueError(f"{name} must not be empty")
+        if self.round_deadline is not None and self.round_deadline_median is not None:
+            raise ValueError("round_deadline and round_deadline_median are exclusive: set one of them")
+        entry = _registry().get_entry(self.strategy)  # refuses unknown names
+        if not isinstance(self.strategy_options, dict):
+            raise ValueError(f"strategy_options must map strategy names to tables of options, got {self.strategy_options!r}")
+        bases = _registry().registered_bases()
+        for name, section in self.strategy_options.items():
+            if name not in bases:
+                raise ValueError(f"options given for unknown strategy {name!r}; strategies with options: {sorted(bases)}")
+            if not isinstance(section, dict):
+                raise ValueError(f"options of strategy {name!r} must be a table, got {section!r}")
+            bases[name].options(section)  # validates
+        chosen = entry.options(self.strategy_options.get(entry.base))
+        check = getattr(chosen, "check_run", None)  # the strategy's checks against the common options
+        if check is not None:
+            check(self)
+
+    @classmethod
+    def from_sources(cls, *sources: dict[str, Any]) -> "RunConfig":
+        """Defaults < each source in turn (a config file's values, then flags)."""
+        return cls(**merge(*sources))
+
+    def entry(self):
+        """The registry entry of the chosen strategy (``strategies.registry.StrategyEntry``)."""
+        return _registry().get_entry(self.strategy)
+
+    def strategy_options_resolved(self) -> Any:
+        """The chosen strategy's options dataclass (its section, then a preset's fixed options)."""
+        entry = self.entry()
+        return entry.options(self.strategy_options.get(entry.base))
+
+    def build_strategy(self):
+        return _registry().build_strategy(self.strategy, self.strategy_options, lr=self.lr, rounds=self.rounds,
+                                          lr_schedule=self.lr_schedule, seed=self.seed, lora_rank=self.lora_rank,
+                                          max_update_norm=self.max_update_norm)
 
     def to_json(self) -> dict:
-        return dataclasses.asdict(self)
+        """Every option; the chosen strategy's section lists all its resolved options."""
+        out = dataclasses.asdict(self)
+        entry = self.entry()
+        sections = {k: dict(v) for k, v in self.strategy_options.items()}
+        sections[entry.base] = dataclasses.asdict(self.strategy_options_resolved())
+        out["strategy_options"] = sections
+        return out
 
 
 def load_config_file(path: str) -> dict:
+    """A TOML/YAML file's options in canonical form (unknown keys refused, naming them)."""
     p = Path(path)
     if not p.exists():
         raise ValueError(f"config file {path!r} does not exist")
+    try:
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"config file {path!r} cannot be read: {err}") from None
     if p.suffix == ".toml":
-        data = tomllib.loads(p.read_text())
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
+            raise ValueError(f"config file {path!r} is not valid TOML: {err}") from None
     elif p.suffix in (".yaml", ".yml"):
         import yaml
 
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.safe_load(text) or {}
     else:
         raise ValueError(f"config file must end in .toml, .yaml or .yml, got {path!r}")
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path!r} must hold a table of options")
+    return check_keys(normalize(data), f"config file {path}")
+
+
+def check_keys(data: dict[str, Any], where: str) -> dict[str, Any]:
     known = {f.name for f in dataclasses.fields(RunConfig)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ValueError(f"unknown config keys {unknown}; allowed: {sorted(known)}")
+        raise ValueError(f"unknown option(s) {unknown} in {where}; allowed: {sorted(known | set(legacy_keys()))}")
     return data

@@ -1,6 +1,6 @@
 """``legendfl retime``: a finished run's folder re-timed under another cost model or fleet, no training.
 
-Reads ``config.json`` and ``rounds.jsonl``, prices every device's recorded work again (``fleet.retime``)
+Reads ``config.json`` and ``rounds.jsonl``, prices every device's recorded work again (:func:`retime_records`)
 and writes ``rounds.jsonl``, ``config.json`` (with the new cost model and fleet, and ``retimed_from``) and
 ``summary.json`` into the output folder. Accuracy and every decision stay those of the original run: exact
 for strategies whose decisions do not read device timings; for the others (LEGEND with adaptive depth,
@@ -11,16 +11,48 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .config import RunConfig
-from .fleet.devices import load_fleet
-from .fleet.retime import retime_records
+from .config import RunConfig, legacy_keys
+from .core.work import DeviceWork
+from .fleet.cost_model import device_timing, state_fields
+from .fleet.devices import Fleet, load_fleet
+from .fleet.virtual_clock import VirtualClock
+from .metrics.records import timing_fields
 from .metrics.summary import read_records, summarize
 
 
-def decisions_use_time(cfg: RunConfig) -> bool:
-    from .strategies import build_strategy
+def retime_records(records: list[dict], fleet: Fleet, cost_model: str) -> list[dict]:
+    """The same rounds timed by ``cost_model`` on ``fleet``; raises if a record lacks per-device work.
 
-    return bool(build_strategy(cfg).decisions_use_time)
+    Every round record holds each device's work (``DeviceWork``); it is priced again with the device's state
+    in that round (a pure function of fleet, seed, round and device), each round is closed on a fresh virtual
+    clock, and the time, waiting and traffic fields are rewritten; accuracy and every decision stay as they
+    were. Exact for strategies whose decisions do not read device timings (``Strategy.decisions_use_time``).
+    """
+    clock = VirtualClock()
+    out = []
+    for rec in records:
+        timings, down, up, states = {}, {}, {}, {}
+        for d, entry in rec["devices"].items():
+            if "work" not in entry:
+                raise ValueError(f"round {rec['round']}: device {d} has no recorded work; records written before "
+                                 f"per-device work was recorded cannot be re-timed (re-run it)")
+            work = DeviceWork(**entry["work"])
+            dev = int(d)
+            if dev >= len(fleet):
+                raise ValueError(f"fleet has {len(fleet)} devices; the run has device {dev}")
+            states[dev] = fleet.state(dev, rec["round"])
+            timings[dev] = device_timing(states[dev], work, cost_model)
+            down[dev], up[dev] = work.download_bytes, work.upload_bytes
+        entry = clock.advance(rec["round"], {d: t.total_s for d, t in timings.items()}, down, up)
+        devices = {d: {**old, **state_fields(fleet.devices[int(d)].kind, states[int(d)], cost_model),
+                       **timing_fields(timings[int(d)].to_json(), entry.waiting_s[int(d)])}
+                   for d, old in rec["devices"].items()}
+        out.append({**rec, "cost_model": cost_model, **clock.record_fields(entry), "devices": devices, "retimed": True})
+    return out
+
+
+def decisions_use_time(cfg: RunConfig) -> bool:
+    return bool(cfg.build_strategy().decisions_use_time)
 
 
 def retime_run(source: Path, out: Path, cost_model: str, fleet: str | None = None) -> dict:
@@ -30,9 +62,10 @@ def retime_run(source: Path, out: Path, cost_model: str, fleet: str | None = Non
         if not (source / name).exists():
             raise ValueError(f"{source} is not a run folder: {name} is missing")
     values = json.loads((source / "config.json").read_text())
-    values = {k: v for k, v in values.items() if k in RunConfig.__dataclass_fields__}
-    cfg = RunConfig(**{**values, "cost_model": cost_model, "fleet": fleet or values.get("fleet", "jetson"),
-                       "out_dir": str(out)})
+    known = set(RunConfig.__dataclass_fields__) | set(legacy_keys())  # config.json of earlier versions: flat keys
+    values = {k: v for k, v in values.items() if k in known}
+    cfg = RunConfig.from_sources(values, {"cost_model": cost_model, "fleet": fleet or values.get("fleet", "jetson"),
+                                          "out_dir": str(out)})
     records = retime_records(read_records(source / "rounds.jsonl"), load_fleet(cfg.fleet, cfg.num_devices, cfg.seed),
                              cost_model)
     out.mkdir(parents=True, exist_ok=True)

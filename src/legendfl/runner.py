@@ -1,89 +1,87 @@
-"""One run from a :class:`RunConfig`: data, model, partition, fleet, strategy, simulation, outputs."""
+"""One run in the in-process simulator from a :class:`RunConfig`: context, fleet, strategy, rounds, outputs.
+
+A run's folder is never overwritten by accident: a run into a folder that already holds files refuses unless
+``overwrite`` is set; ``resume_run`` continues a crashed run from its last checkpoint to the same result an
+uninterrupted run gives.
+"""
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
-from typing import Callable
-
-import torch
 
 from .config import RunConfig
-from .data.partition import partition_stats
-from .data.run_data import load_run_task, run_partitions, server_validation
+from .fleet.availability import run_availability
 from .fleet.devices import load_fleet
-from .metrics.summary import summarize
-from .models.backbone import load_backbone
-from .models.trainer import TokenizedData, TrainConfig
-from .runtime.inprocess import SimulationSetup, run_simulation
-from .strategies import build_strategy
+from .metrics.records import RecordWriter
+from .runtime.checkpoint import CHECKPOINT, load_checkpoint, restore
+from .runtime.context import RunContext
+from .runtime.loop import run_rounds
+from .runtime.outputs import write_outputs
+from .runtime.simulator import SimulatorTransport
+
+log = logging.getLogger(__name__)
 
 
-def prepare(cfg: RunConfig, progress: Callable[[str], None] = print) -> SimulationSetup:
-    """Everything a runtime needs, built from the configuration (validating inputs before any training)."""
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    task = load_run_task(cfg)
-    parts = run_partitions(cfg, task)
-    fleet = load_fleet(cfg.fleet, cfg.num_devices, cfg.seed)
-    backbone = load_backbone(cfg.model, task.num_labels, cfg.seed, cfg.device)
-    if cfg.initial_depth is not None and cfg.initial_depth > backbone.num_layers:
-        raise ValueError(f"initial_depth must be in [1, {backbone.num_layers}], got {cfg.initial_depth}")
-    t0 = time.perf_counter()
-    used = sorted({i for p in parts for i in p})
-    if len(used) < len(task.train):  # tokenise only the examples some device holds
-        position = {i: n for n, i in enumerate(used)}
-        train_examples = [task.train[i] for i in used]
-        parts = [[position[i] for i in p] for p in parts]
-    else:
-        train_examples = task.train
-    train = TokenizedData(backbone.tokenizer, train_examples, cfg.max_length)
-    dev = TokenizedData(backbone.tokenizer, task.dev[: cfg.max_dev_examples], cfg.max_length)
-    held = server_validation(cfg, task)
-    validation = TokenizedData(backbone.tokenizer, [task.train[i] for i in held], cfg.max_length) if held else None
-    progress(f"task {task.name}: {len(task.train)} train / {len(task.dev)} dev examples, labels {task.label_names}; "
-             f"tokenised in {time.perf_counter() - t0:.1f}s")
-    progress(f"model {cfg.model}: {backbone.num_layers} layers, LoRA targets {sorted(backbone.linear_modules)}, "
-             f"head {backbone.head_names}")
-    return SimulationSetup(backbone, train, dev, parts, fleet, TrainConfig.from_run(cfg), cfg.rounds, cfg.eval_every, cfg.report_noise, cfg.seed, cfg.cost_model,
-                           label_names=task.label_names, validation=validation,
-                           partition_stats=partition_stats(parts, [ex[2] for ex in train_examples], task.num_labels))
-
-
-def run(cfg: RunConfig, progress: Callable[[str], None] = print) -> dict:
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    setup = prepare(cfg, progress)
-    strategy = build_strategy(cfg)
-    (out / "config.json").write_text(json.dumps(cfg.to_json(), indent=2))
-    (out / "partition.json").write_text(json.dumps(setup.partition_stats, indent=1))
-    sizes = [s["examples"] for s in setup.partition_stats]
-    progress(f"partition {cfg.partition} (alpha {cfg.dirichlet_alpha}) over {cfg.num_devices} devices: sizes "
-             f"min {min(sizes)} / max {max(sizes)}; per device: " +
-             ", ".join(f"{s['device']}:{s['examples']}{s['label_counts']}" for s in setup.partition_stats[:12]) +
-             (" ..." if len(sizes) > 12 else ""))
-    progress(f"fleet {setup.fleet.name}: " + ", ".join(sorted({d.kind for d in setup.fleet.devices})[:6]))
-    t0 = time.perf_counter()
-    records = run_simulation(strategy, setup, out, progress)
-    return write_outputs(cfg, strategy, setup.backbone, records, out, setup.label_names, time.perf_counter() - t0)
-
-
-def write_outputs(cfg: RunConfig, strategy, backbone, records: list[dict], out: Path, label_names: list[str],
-                  wall_time_s: float, **extra) -> dict:
-    """What every runtime leaves after a run: ``summary.json``, the exported adapter, the figures."""
-    summary = {**summarize(records, cfg.target_accuracy), **strategy.summary(), "task": cfg.task, "model": cfg.model, "cost_model": cfg.cost_model,
-               "fleet": cfg.fleet, "num_devices": cfg.num_devices, "wall_time_s": wall_time_s, **extra}
-    task = strategy.evaluation_task()
-    if task.kind == "lora":
-        from .models.lora import export_adapter
-
-        export_adapter(backbone, task.layout, task.params, str(out / "adapter"), scaling=cfg.lora_scaling)
-        (out / "adapter" / "labels.json").write_text(json.dumps(label_names))
+def prepare_out_dir(out: Path, overwrite: bool) -> None:
+    """Create ``out``; refuse one that holds files unless ``overwrite`` (then a stale checkpoint is removed)."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out_dir {str(out)!r} is a file, not a folder")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise ValueError(f"out_dir {str(out)!r} already holds files (an earlier run?); pass --resume {out} to "
+                             f"continue its run, --overwrite to replace it, or another --out-dir")
+        (out / CHECKPOINT).unlink(missing_ok=True)
     try:
-        from .metrics.plots import run_plots
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".legendfl-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(f"out_dir {str(out)!r} cannot be written: {err.strerror or err}") from None
 
-        summary["plots"] = run_plots(records, out)
-    except ImportError:  # pragma: no cover - matplotlib missing
-        summary["plots"] = []
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+
+def run(cfg: RunConfig, *, overwrite: bool = False) -> dict:
+    out = Path(cfg.out_dir)
+    strategy = cfg.build_strategy()
+    fleet = load_fleet(cfg.fleet, cfg.num_devices, cfg.seed)
+    availability = run_availability(cfg, fleet)  # a bad trace is refused before the model loads
+    prepare_out_dir(out, overwrite)
+    ctx = RunContext.for_simulation(cfg)
+    strategy.initialize(ctx.backbone.spec, list(range(len(fleet))))
+    (out / "config.json").write_text(json.dumps(cfg.to_json(), indent=2))
+    (out / "partition.json").write_text(json.dumps(ctx.partition_stats, indent=1))
+    sizes = [s["examples"] for s in ctx.partition_stats]
+    log.info("partition %s (alpha %s) over %d devices: sizes min %d / max %d; per device: %s%s", cfg.partition,
+             cfg.dirichlet_alpha, cfg.num_devices, min(sizes), max(sizes),
+             ", ".join(f"{s['device']}:{s['examples']}{s['label_counts']}" for s in ctx.partition_stats[:12]),
+             " ..." if len(sizes) > 12 else "")
+    log.info("fleet %s: %s", fleet.name, ", ".join(sorted({d.kind for d in fleet.devices})[:6]))
+    t0 = time.perf_counter()
+    records = run_rounds(strategy, SimulatorTransport(ctx, fleet, availability), ctx, RecordWriter(out))
+    return _finish(ctx, strategy, records, out, t0)
+
+
+def _finish(ctx: RunContext, strategy, records: list[dict], out: Path, t0: float) -> dict:
+    """Outputs of a finished run; its checkpoint is then no longer needed (the run is complete)."""
+    summary = write_outputs(ctx, strategy, records, out, time.perf_counter() - t0)
+    (out / CHECKPOINT).unlink(missing_ok=True)
     return summary
+
+
+def resume_run(out_dir: str | Path) -> dict:
+    """Continue the run in ``out_dir`` from its last checkpoint (its own configuration, its own folder)."""
+    out = Path(out_dir)
+    state = load_checkpoint(out)
+    cfg = RunConfig(**{**state["config"], "out_dir": str(out)})
+    strategy = cfg.build_strategy()
+    fleet = load_fleet(cfg.fleet, cfg.num_devices, cfg.seed)
+    ctx = RunContext.for_simulation(cfg)
+    strategy.initialize(ctx.backbone.spec, list(range(len(fleet))))
+    transport = SimulatorTransport(ctx, fleet)
+    start, done = restore(state, strategy, transport)
+    log.info("resuming %s in %s after round %d of %d", cfg.strategy, out, start - 1, cfg.rounds)
+    t0 = time.perf_counter()
+    records = run_rounds(strategy, transport, ctx, RecordWriter(out, done), start_round=start)
+    return _finish(ctx, strategy, records, out, t0)

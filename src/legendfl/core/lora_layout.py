@@ -77,3 +77,24 @@ class LoraLayout:
 
     def __str__(self) -> str:
         return "{" + ", ".join(f"{l}:{r}" for l, r in self.ranks.items()) + "}"
+
+
+@dataclass(frozen=True)
+class AdapterLayout:
+    """Bottleneck adapters (FedAdapter) in the top ``depth`` layers, ``width`` units wide."""
+
+    depth: int = field(metadata={"help": "adapters in the last `depth` transformer layers"})
+    width: int = field(metadata={"help": "bottleneck width (units of the down-projection)"})
+
+    def __post_init__(self) -> None:
+        for name in ("depth", "width"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise ValueError(f"adapter {name} must be a positive integer, got {v!r}")
+
+    def to_json(self) -> dict:
+        return {"depth": self.depth, "width": self.width}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "AdapterLayout":
+        return cls(int(data["depth"]), int(data["width"]))

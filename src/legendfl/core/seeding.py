@@ -8,7 +8,8 @@ import hashlib
 
 import numpy as np
 
-_PURPOSES = ("partition", "fleet", "batches", "dropout", "noise", "init", "probe", "fedadapter", "hetlora", "validation")
+_PURPOSES = ("partition", "fleet", "batches", "dropout", "noise", "init", "probe", "fedadapter", "hetlora", "validation",
+             "availability")
 
 
 def derive_seed(seed: int, purpose: str, *keys: int) -> int:

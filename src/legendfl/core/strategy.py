@@ -2,11 +2,14 @@
 
 A runtime (the in-process simulator or the Flower ServerApp) drives a strategy through three hooks:
 
-1. :meth:`Strategy.configure_round` -> one :class:`DeviceTask` per device (its layout, the tensors it
-   receives, its learning rate and any algorithm-specific settings);
-2. the runtime trains each device and hands back :class:`DeviceResult` objects (tensors it uploads, the
-   work it did and, for LEGEND, its capacity report);
+1. :meth:`Strategy.configure_round` -> one :class:`DeviceTask` per device (its client method and layout,
+   the tensors it receives, its learning rate and any typed local terms, ``core.hooks``);
+2. the runtime's transport trains each device and hands back :class:`DeviceResult` objects (tensors it
+   uploads, the work it did and how long each phase took: generic measurements, ``core.work``);
 3. :meth:`Strategy.aggregate_round` folds the results into the global state.
+
+A strategy declares its options as a dataclass (``Options``; help text per field, validated in
+``__post_init__``) and registers itself by name (``strategies.registry``).
 
 :meth:`Strategy.evaluation_task` tells the runtime what global model to evaluate, and
 :meth:`Strategy.summary` what to put in the run's summary. Nothing here imports a runtime.
@@ -16,9 +19,12 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from .lora_layout import LoraLayout
+from .hooks import LocalTerm
+from .lora_layout import AdapterLayout, LoraLayout
+from .validation import update_problem
+from .work import DeviceTiming, DeviceWork
 
 if TYPE_CHECKING:  # torch is imported where tensors are made, so a forwarding ClientApp never loads it
     import torch
@@ -52,6 +58,10 @@ class ModelSpec:
     hidden_size: int
     base_param_count: int  # all frozen backbone parameters (for full fine-tuning traffic)
     bytes_per_param: int = 4
+    decoder: bool = False  # a causal LM (generative tasks): no trained head, the LM head stays frozen
+    # weights of a per-token output projection outside the blocks (a decoder's LM head: vocab x hidden; 0 for an
+    # encoder, whose head works on one pooled vector per sequence and is in ``head``)
+    output_projection: int = 0
     # the backbone's pretrained weights ("full.<name>"), for strategies that exchange the whole model
     base_state: Tensors | None = field(default=None, repr=False, compare=False)
 
@@ -88,23 +98,15 @@ class DeviceTask:
     device_id: int
     round: int
     params: Tensors  # what the device downloads (LoRA tensors of its layers, head, ...)
-    layout: LoraLayout | None = None  # LoRA placement; None for non-LoRA methods
-    kind: str = "lora"  # "lora" | "full" | "adapter"
+    layout: LoraLayout | None = None  # LoRA placement (method "lora")
+    method: str = "lora"  # the client method that trains it (models.methods): "lora" | "adapter" | "full" | plugins
     lr: float = 5e-4
-    settings: dict[str, Any] = field(default_factory=dict)  # algorithm-specific (e.g. HetLoRA's regulariser)
+    adapter: AdapterLayout | None = None  # bottleneck adapter placement (method "adapter")
+    local_terms: tuple[LocalTerm, ...] = ()  # typed additions to the local objective (e.g. HetLoRA's penalty)
 
     @property
     def download_bytes(self) -> int:
         return tensors_bytes(self.params)
-
-
-@dataclass
-class CapacityReport:
-    """What a device reports about its own speed (paper section 4.3), in seconds."""
-
-    backward_time_per_layer: float  # mu-hat: backprop time of one LoRA layer over the round
-    upload_time_per_rank: float  # beta-hat: upload time of one layer's LoRA at unit rank
-    forward_time: float  # t-hat: forward propagation time over the round
 
 
 @dataclass
@@ -125,31 +127,54 @@ class DeviceResult:
     wall_time_s: float = 0.0  # measured on the machine that ran the training
     measured_forward_s: float = 0.0
     measured_backward_s: float = 0.0
-    report: CapacityReport | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
+    work: DeviceWork | None = None  # what the device did (filled by the client method)
+    timing: DeviceTiming | None = None  # how long each phase took, as the device (and transport) measured it
 
     @property
     def upload_bytes(self) -> int:
         return tensors_bytes(self.params)
 
 
+@dataclass(frozen=True)
+class NoOptions:
+    """A strategy without options of its own."""
+
+
 class Strategy(ABC):
-    """Base class of all federated algorithms. Subclasses implement the three hooks."""
+    """Base class of all federated algorithms. Subclasses implement the three hooks.
+
+    ``Options``: the strategy's own options (a dataclass with help text that validates itself); ``options``
+    is an instance of it. The common settings (learning rate and its schedule, rounds, seed, the run's LoRA
+    rank) come as keywords.
+    """
 
     name: str = "strategy"
+    Options: ClassVar[type] = NoOptions
+    # the attributes that change while a run goes on (a checkpoint saves them; see ``state_dict``); each
+    # class lists its own, the base classes' are added
+    STATE: ClassVar[tuple[str, ...]] = ()
     # whether configure_round reads the devices' reported timings: a run of such a strategy must be re-run,
-    # not only re-timed, to see it under another cost model or fleet (``fleet.retime``)
+    # not only re-timed, to see it under another cost model or fleet (``legendfl retime``, ``retiming.py``)
     decisions_use_time: bool = False
 
-    def __init__(self, *, lr: float = 5e-4, rounds: int = 10, lr_schedule: str = "cosine", seed: int = 0) -> None:
+    def __init__(self, options: Any = None, *, lr: float = 5e-4, rounds: int = 10, lr_schedule: str = "cosine",
+                 seed: int = 0, lora_rank: int = 8, max_update_norm: float | None = None) -> None:
         if lr <= 0:
             raise ValueError(f"lr must be > 0, got {lr}")
         if lr_schedule not in ("cosine", "constant"):
             raise ValueError(f"lr_schedule must be one of ('cosine', 'constant'), got {lr_schedule!r}")
+        if options is None:
+            options = self.Options()
+        if not isinstance(options, self.Options):
+            raise TypeError(f"{type(self).__name__} takes {self.Options.__name__}, got {type(options).__name__}")
+        self.options = options
         self.base_lr = lr
         self.rounds = rounds
         self.lr_schedule = lr_schedule
         self.seed = seed
+        self.lora_rank = lora_rank
+        self.max_update_norm = max_update_norm
         self.spec: ModelSpec | None = None
         self.device_ids: list[int] = []
 
@@ -157,6 +182,33 @@ class Strategy(ABC):
         """Called once before round 1 with the model's shapes and the fleet's device ids."""
         self.spec = spec
         self.device_ids = list(device_ids)
+
+    # --- state, for checkpoints --------------------------------------------------------------------------------
+    @classmethod
+    def state_attributes(cls) -> tuple[str, ...]:
+        """Every attribute a run changes after ``initialize``, over the class and its bases."""
+        names: list[str] = []
+        for klass in reversed(cls.__mro__):
+            for name in vars(klass).get("STATE", ()):
+                if name not in names:
+                    names.append(name)
+        return tuple(names)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The strategy's state after a round (global tensors, estimates, search state, ...): what a resumed run
+        needs, besides the configuration, to continue exactly. A test runs every registered strategy and fails
+        if a round changes an attribute that ``STATE`` does not list."""
+        import copy
+
+        return {name: copy.deepcopy(getattr(self, name)) for name in self.state_attributes()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (after ``initialize`` with the same configuration)."""
+        missing = set(self.state_attributes()) - set(state)
+        if missing:
+            raise ValueError(f"checkpoint of strategy {self.name!r} lacks {sorted(missing)}")
+        for name in self.state_attributes():
+            setattr(self, name, state[name])
 
     def round_lr(self, rnd: int) -> float:
         """Learning rate of round ``rnd`` (1-based): cosine decay over rounds, as in the paper."""
@@ -167,6 +219,20 @@ class Strategy(ABC):
     @abstractmethod
     def configure_round(self, rnd: int, device_ids: list[int]) -> dict[int, DeviceTask]:
         """One task per participating device."""
+
+    def screen(self, tasks: dict[int, DeviceTask], results: list[DeviceResult]
+               ) -> tuple[list[DeviceResult], dict[int, str]]:
+        """Results fit to aggregate, and why the others were rejected (``core.validation``). A rejected device
+        is then treated as one that did not answer. Override to add a strategy's own checks."""
+        accepted, rejected = [], {}
+        for r in results:
+            task = tasks.get(r.device_id)
+            problem = "no task was sent to this device" if task is None else update_problem(task, r, self.max_update_norm)
+            if problem is None:
+                accepted.append(r)
+            else:
+                rejected[r.device_id] = problem
+        return accepted, rejected
 
     @abstractmethod
     def aggregate_round(self, rnd: int, results: list[DeviceResult]) -> dict[str, Any]:

@@ -6,12 +6,24 @@ their order) are the same whichever runtime trains it.
 from __future__ import annotations
 
 from ..core.seeding import rng
+from .generative_tasks import GENERATIVE_TASKS, LETTERS, load_generative_task
 from .partition import partition
 from .tasks import TaskData, load_task
 
 
+def is_generative(cfg) -> bool:
+    """Whether the run's task is generative (a decoder trains on prompt/answer pairs)."""
+    return cfg.task == "instructions" or (cfg.task in GENERATIVE_TASKS and not cfg.data_file)
+
+
 def load_run_task(cfg) -> TaskData:
-    """The task of a :class:`~legendfl.config.RunConfig` (built-in, user file or hub name)."""
+    """The task of a :class:`~legendfl.config.RunConfig` (built-in, generative, user file or hub name)."""
+    if is_generative(cfg):
+        files = ({"data_file": cfg.data_file, "dev_file": cfg.dev_file, "prompt_field": cfg.prompt_field,
+                  "response_field": cfg.response_field} if cfg.task == "instructions" else {})
+        gen = load_generative_task(cfg.task, cfg.max_dev_examples, cfg.seed, **files)
+        labels = list(LETTERS) if gen.scoring == "letter" else ["answer"]
+        return TaskData(gen.name, gen.train, gen.dev, labels, gen.scoring)
     return load_task(cfg.task, data_file=cfg.data_file, dev_file=cfg.dev_file, text_columns=cfg.text_columns,
                      label_column=cfg.label_column, seed=cfg.seed)
 

@@ -33,6 +33,7 @@ class TaskData:
     train: list[Example]
     dev: list[Example]
     label_names: list[str]
+    scoring: str | None = None  # None: classification; "letter" / "number": a generative task (prompt, answer, label)
 
     @property
     def num_labels(self) -> int:
@@ -59,16 +60,22 @@ def _read_rows(path: Path) -> list[dict]:
         raise DataError(f"data file {str(path)!r} does not exist")
     suffixes = [s for s in path.suffixes if s != ".gz"]
     kind = suffixes[-1].lstrip(".").lower() if suffixes else ""
-    with _open_text(path) as fh:
-        if kind in ("csv", "tsv"):
-            rows = list(csv.DictReader(fh, delimiter="\t" if kind == "tsv" else ",", quoting=csv.QUOTE_NONE if kind == "tsv" else csv.QUOTE_MINIMAL))
-        elif kind == "jsonl":
-            rows = [json.loads(line) for line in fh if line.strip()]
-        elif kind == "json":
-            data = json.load(fh)
-            rows = list(data.values()) if isinstance(data, dict) else list(data)
-        else:
-            raise DataError(f"data file {str(path)!r}: extension must be one of .csv, .tsv, .json, .jsonl (optionally .gz)")
+    if kind not in ("csv", "tsv", "jsonl", "json"):
+        raise DataError(f"data file {str(path)!r}: extension must be one of .csv, .tsv, .json, .jsonl (optionally .gz)")
+    try:
+        with _open_text(path) as fh:
+            if kind in ("csv", "tsv"):
+                rows = list(csv.DictReader(fh, delimiter="\t" if kind == "tsv" else ",", quoting=csv.QUOTE_NONE if kind == "tsv" else csv.QUOTE_MINIMAL))
+            elif kind == "jsonl":
+                rows = [json.loads(line) for line in fh if line.strip()]
+            else:
+                data = json.load(fh)
+                rows = list(data.values()) if isinstance(data, dict) else list(data) if isinstance(data, list) else [data]
+    except (UnicodeDecodeError, json.JSONDecodeError, csv.Error, OSError, EOFError) as err:
+        reason = "it is not UTF-8 text" if isinstance(err, UnicodeDecodeError) else str(err).splitlines()[0][:120]
+        raise DataError(f"data file {str(path)!r} cannot be read as {kind.upper()}: {reason}") from None
+    if any(not isinstance(r, dict) for r in rows):
+        raise DataError(f"data file {str(path)!r}: every row must be an object of column -> value")
     if not rows:
         raise DataError(f"data file {str(path)!r} is empty")
     return rows
@@ -95,10 +102,11 @@ def _to_examples(rows: list[dict], path: str, text_columns: Sequence[str], label
     return out
 
 
-def _label_names(train: list, dev: list, given: list[str] | None) -> list[str]:
+def _label_names(train: list, given: list[str] | None) -> list[str]:
+    """The labels of the training examples (a dev label outside them is refused by ``_index``)."""
     if given:
         return list(given)
-    names = sorted({ex[2] for ex in train} | {ex[2] for ex in dev})
+    names = sorted({ex[2] for ex in train})
     if all(n.lstrip("-").isdigit() for n in names):  # integer labels: numeric order
         names = sorted(names, key=int)
     return names
@@ -134,7 +142,7 @@ def load_file_task(train_path: str, dev_path: str | None, text_columns: Sequence
             raise DataError(f"{train_path} has too few rows ({len(train)}) to hold out a dev split")
         dev = [train[i] for i in order[:cut]]
         train = [train[i] for i in order[cut:]]
-    names = _label_names(train, dev, None)
+    names = _label_names(train, None)
     if len(names) < 2:
         raise DataError(f"label_column {label_column!r} must have at least 2 distinct values, got {names}")
     return TaskData(name or Path(train_path).stem, _index(train, names, train_path), _index(dev, names, dev_path or train_path), names)

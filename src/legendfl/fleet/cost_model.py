@@ -26,66 +26,18 @@ Why a profile: on GPU-class devices the backward of a trained layer costs severa
 ``flops``: FLOPs the device really did (``models.flops``) over its mode's throughput. On this project's
 2-core CPU that ratio matches (depth 6 / depth 1 = 1.71x measured), so it describes a CPU, not a Jetson.
 
-From the same numbers a device reports what the paper's devices report (section 4.3): the backward time of
-one trained layer (mu-hat = backward / depth), the upload time of one layer's LoRA at unit rank (beta-hat =
-LoRA upload time / sum of its ranks), and its forward time (t-hat), optionally with multiplicative noise.
+A simulated device reports its timing (``measured_timing``, optionally with multiplicative noise) and its
+work; strategies derive what they need from those (LEGEND's mu-hat, beta-hat, t-hat: ``strategies/capacity.py``).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 from ..core.seeding import rng
-from ..core.strategy import CapacityReport
+from ..core.work import DeviceTiming, DeviceWork
 from .devices import DeviceRoundState
 from .profiles import LatencyProfile
 
 MEGABIT = 1e6 / 8  # bytes per megabit
 COST_MODELS = ("profile", "flops")
-
-
-@dataclass(frozen=True)
-class DeviceWork:
-    """The work one device did in one round, as counted by the trainer and the bytes exchanged.
-
-    Recorded per device and round, so a finished run can be re-timed under another cost model or fleet
-    (``fleet.retime``) without training again.
-    """
-
-    forward_flops: float
-    backward_flops: float
-    download_bytes: int
-    upload_bytes: int
-    trained_depth: int = 0  # layers from the shallowest trained one up to the output (the backward's length)
-    rank_sum: int = 0  # sum of LoRA ranks over the layers it uploads
-    lora_upload_bytes: int = 0  # the LoRA part of upload_bytes
-    steps: int = 0  # local optimizer steps
-    layer_forward_flops: float = 0.0  # one frozen layer's forward FLOPs, summed over the round's batches
-    trainable_forward_flops: float = 0.0  # forward FLOPs of the trained modules (LoRA pairs, adapters)
-    trained_layers: int = 0  # layers holding trained modules (<= trained_depth)
-    num_layers: int = 0
-    full: bool = False  # every weight trained (full fine-tuning)
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class DeviceTiming:
-    download_s: float
-    forward_s: float
-    backward_s: float
-    upload_s: float
-
-    @property
-    def compute_s(self) -> float:
-        return self.forward_s + self.backward_s
-
-    @property
-    def total_s(self) -> float:
-        return self.download_s + self.forward_s + self.backward_s + self.upload_s
-
-    def to_json(self) -> dict:
-        return {**asdict(self), "total_s": self.total_s}
 
 
 def profile_compute(profile: LatencyProfile, gflops: float, work: DeviceWork) -> tuple[float, float]:
@@ -113,6 +65,13 @@ def timed_by(state: DeviceRoundState, cost_model: str) -> str:
     return "profile" if cost_model == "profile" and state.profile is not None else "flops"
 
 
+def state_fields(kind: str, state: DeviceRoundState, cost_model: str) -> dict:
+    """A simulated device's fields of a round record: its type, mode, throughput, bandwidth, and which cost
+    model timed it (the simulator and re-timing both write these)."""
+    return {"kind": kind, "mode": state.mode, "gflops": state.gflops, "timed_by": timed_by(state, cost_model),
+            "uplink_mbps": round(state.uplink_mbps, 3), "downlink_mbps": round(state.downlink_mbps, 3)}
+
+
 def device_timing(state: DeviceRoundState, work: DeviceWork, cost_model: str = "profile") -> DeviceTiming:
     if timed_by(state, cost_model) == "profile":
         forward_s, backward_s = profile_compute(state.profile, state.gflops, work)
@@ -127,15 +86,15 @@ def device_timing(state: DeviceRoundState, work: DeviceWork, cost_model: str = "
     )
 
 
-def capacity_report(state: DeviceRoundState, work: DeviceWork, timing: DeviceTiming, *,
-                    noise: float = 0.0, seed: int = 0) -> CapacityReport:
-    """mu-hat, beta-hat and t-hat as a device would measure them; ``noise`` is a relative std."""
+def measured_timing(state: DeviceRoundState, timing: DeviceTiming, *, noise: float = 0.0, seed: int = 0) -> DeviceTiming:
+    """What a simulated device measures of its own timing: the true one, or with multiplicative noise of
+    relative std ``noise`` on backward, upload and forward (drawn in that order from (seed, round, device))."""
+    if noise <= 0:
+        return timing
     gen = rng(seed, "noise", state.round, state.device_id)
 
     def jitter(x: float) -> float:
-        return x * max(0.05, 1.0 + noise * float(gen.standard_normal())) if noise > 0 else x
+        return x * max(0.05, 1.0 + noise * float(gen.standard_normal()))
 
-    per_layer = timing.backward_s / work.trained_depth if work.trained_depth else 0.0
-    lora_upload_s = work.lora_upload_bytes / (state.uplink_mbps * MEGABIT)
-    per_rank = lora_upload_s / work.rank_sum if work.rank_sum else 0.0
-    return CapacityReport(jitter(per_layer), jitter(per_rank), jitter(timing.forward_s))
+    backward, upload, forward = jitter(timing.backward_s), jitter(timing.upload_s), jitter(timing.forward_s)
+    return DeviceTiming(timing.download_s, forward, backward, upload)

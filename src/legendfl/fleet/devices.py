@@ -15,6 +15,7 @@ import numpy as np
 
 from ..core.seeding import rng
 from .profiles import LatencyProfile
+from .schema import check_fleet
 
 FLEETS = Path(__file__).parent / "fleets"
 TRACES = Path(__file__).parent / "traces"
@@ -34,6 +35,7 @@ class Device:
     downlink_std_mbps: float
     group: str = ""
     profile: LatencyProfile | None = None  # measured latency profile (the ``profile`` cost model)
+    availability: float = 1.0  # probability of being online in a round (``fleet/availability.py``)
 
 
 @dataclass(frozen=True)
@@ -113,11 +115,16 @@ def _load_jetson_like(cfg: dict, size: int, seed: int) -> list[Device]:
     for i, k in enumerate(kinds):
         t, g = types[k], groups[group_of[i]]
         devices.append(Device(i, t["name"], tuple(float(m) for m in t["modes"]), g["uplink_mbps"], g["downlink_mbps"],
-                              rel * g["uplink_mbps"], rel * g["downlink_mbps"], f"{g['distance_m']}m", profiles[k]))
+                              rel * g["uplink_mbps"], rel * g["downlink_mbps"], f"{g['distance_m']}m", profiles[k],
+                              float(t.get("availability", 1.0))))
     return devices
 
 
 def _load_traces(cfg: dict, size: int, seed: int) -> list[Device]:
+    for key in ("scores", "bandwidth"):
+        if not (TRACES / cfg[key]).is_file():
+            known = sorted(p.name for p in TRACES.glob("*.json"))
+            raise ValueError(f"fleet {key} must name a trace file shipped in fleet/traces ({known}), got {cfg[key]!r}")
     scores = json.loads((TRACES / cfg["scores"]).read_text())
     users = list(json.loads((TRACES / cfg["bandwidth"]).read_text()).values())
     names = sorted(scores)
@@ -131,18 +138,23 @@ def _load_traces(cfg: dict, size: int, seed: int) -> list[Device]:
         user = users[int(gen.integers(len(users)))]
         devices.append(Device(i, phone, (scores[phone] / best * float(cfg["best_phone_gflops"]),),
                               user["up_u"] * kbps_to_mbps, user["down_u"] * kbps_to_mbps,
-                              user["up_sigma"] * kbps_to_mbps, user["down_sigma"] * kbps_to_mbps, "trace", profile))
+                              user["up_sigma"] * kbps_to_mbps, user["down_sigma"] * kbps_to_mbps, "trace", profile,
+                              float(cfg.get("availability", 1.0))))
     return devices
 
 
 def load_fleet(name_or_path: str = "jetson", size: int | None = None, seed: int = 0) -> Fleet:
     """A built-in fleet (``jetson``, ``phones``) or a TOML file, scaled to ``size`` devices keeping the mix."""
     path = FLEETS / f"{name_or_path}.toml" if name_or_path in BUILTIN_FLEETS else Path(name_or_path)
-    if not path.exists():
+    if not path.is_file():
         raise ValueError(f"fleet must be one of {list(BUILTIN_FLEETS)} or a TOML file; got {name_or_path!r}")
-    cfg = tomllib.loads(path.read_text())
-    size = int(size or cfg.get("reference_size", 80))
-    if size <= 0:
+    try:
+        cfg = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+        raise ValueError(f"fleet file {str(path)!r} is not readable TOML: {err}") from None
+    check_fleet(cfg)
+    size = int(cfg.get("reference_size", 80)) if size is None else size
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
         raise ValueError(f"num_devices must be a positive integer, got {size}")
     if cfg.get("kind") == "traces":
         devices = _load_traces(cfg, size, seed)

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..core.strategy import ModelSpec
-from ..models.flops import layer_forward_flops
+from ..core.flops import layer_forward_flops
 
 REQUIRED = ("reference_hidden", "reference_intermediate", "reference_batch", "reference_seq_len",
             "forward_ms_per_layer", "backward_ms_per_trained_layer", "reference_gflops")

@@ -15,6 +15,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .records import time_field  # noqa: E402
+
 
 def _evaluated(records: list[dict]) -> list[dict]:
     return [r for r in records if r.get("accuracy") is not None]
@@ -41,8 +43,10 @@ def _curves(runs: dict[str, list[dict]], x, y, path: Path, xlabel: str, ylabel: 
 
 
 def plot_accuracy_vs_time(runs: dict[str, list[dict]], path: Path, target: float | None = None) -> Path:
-    return _curves(runs, lambda r: r["virtual_time_s"], lambda r: 100 * r["accuracy"], path, "virtual time (s)",
-                   "dev accuracy (%)", "Accuracy vs virtual time", target)
+    key = time_field(next(iter(runs.values()), []))
+    clock = key.removesuffix("_time_s")
+    return _curves(runs, lambda r: r[key], lambda r: 100 * r["accuracy"], path, f"{clock} time (s)",
+                   "dev accuracy (%)", f"Accuracy vs {clock} time", target)
 
 
 def plot_accuracy_vs_round(runs: dict[str, list[dict]], path: Path, title: str) -> Path:
@@ -82,10 +86,12 @@ def run_plots(records: list[dict], out_dir: Path, timeline_round: int | None = N
     name = records[0]["strategy"] if records else "run"
     made = [plot_accuracy_vs_time({name: records}, out_dir / "accuracy_vs_time.png"),
             plot_traffic_vs_accuracy({name: records}, out_dir / "traffic_vs_accuracy.png")]
-    if records:
-        rnd = timeline_round or records[min(1, len(records) - 1)]["round"]
-        rec = next(r for r in records if r["round"] == rnd)
-        made.append(plot_timeline(rec, out_dir / f"timeline_round_{rnd}.png"))
+    # the timeline of round 2 (or the first round after it in which some device answered)
+    candidates = [r for r in records if r["devices"] and (r["round"] == timeline_round if timeline_round else r["round"] >= 2)]
+    candidates = candidates or [r for r in records if r["devices"]]
+    if candidates:
+        rec = candidates[0]
+        made.append(plot_timeline(rec, out_dir / f"timeline_round_{rec['round']}.png"))
     return [p.name for p in made]
 
 

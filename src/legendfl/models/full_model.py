@@ -11,13 +11,16 @@ from typing import Iterator
 import torch
 
 from ..core.strategy import DeviceResult, DeviceTask, Tensors
+from ..core.training import TrainConfig
 from .backbone import Backbone
-from .flops import batch_work
-from .trainer import TokenizedData, TrainConfig, evaluate_model, local_training
+from ..core.flops import batch_work
+from .keys import full_key, head_key
+from .methods import ClientMethod
+from .trainer import FlopsFn
 
 
 def _live(backbone: Backbone) -> dict[str, torch.nn.Parameter]:
-    return {f"full.{n}" if not n.startswith(tuple(backbone.head_names)) else f"head.{n}": p
+    return {full_key(n) if not n.startswith(tuple(backbone.head_names)) else head_key(n): p
             for n, p in backbone.model.named_parameters()}
 
 
@@ -41,15 +44,20 @@ def full_weights(backbone: Backbone, params: Tensors, trainable: bool) -> Iterat
         backbone.model.eval()
 
 
-def train_full(backbone: Backbone, task: DeviceTask, data: TokenizedData, indices: list[int], cfg: TrainConfig) -> DeviceResult:
-    with full_weights(backbone, task.params, trainable=True) as model:
-        result = local_training(model, task, data, indices, cfg,
-                                lambda seqs, width: batch_work(backbone.spec, None, seqs, width, full=True))
-        result.params = {k: p.detach().to("cpu", copy=True) for k, p in _live(backbone).items()}
-        result.metrics["trained_depth"] = backbone.num_layers
-    return result
+class FullMethod(ClientMethod):
+    """Every weight of the backbone and the head trained and uploaded (full fine-tuning)."""
 
+    name = "full"
+    full = True
 
-def evaluate_full(backbone: Backbone, task: DeviceTask, data: TokenizedData) -> dict[str, float]:
-    with full_weights(backbone, task.params, trainable=False) as model:
-        return evaluate_model(model, data)
+    def inject(self, backbone: Backbone, task: DeviceTask, cfg: TrainConfig, train: bool):
+        return full_weights(backbone, task.params, trainable=train)
+
+    def collect(self, backbone: Backbone, model: torch.nn.Module, task: DeviceTask) -> Tensors:
+        return {k: p.detach().to("cpu", copy=True) for k, p in _live(backbone).items()}
+
+    def flops(self, backbone: Backbone, task: DeviceTask) -> FlopsFn:
+        return lambda seqs, width: batch_work(backbone.spec, None, seqs, width, full=True)
+
+    def shape(self, task: DeviceTask, result: DeviceResult, num_layers: int) -> tuple[int, int, int]:
+        return num_layers, num_layers, 0

@@ -22,10 +22,10 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
 from ..core.lora_layout import LoraLayout
-from ..core.strategy import Tensors, lora_key
-from .backbone import Backbone
-
-ADAPTER = "default"
+from ..core.strategy import Tensors
+from .backbone import Backbone, head_parameters, resolve_model_path
+from .keys import PEFT_ADAPTER as ADAPTER
+from .keys import is_head_key, lora_key_of, lora_regex
 
 
 def lora_config(backbone: Backbone, layout: LoraLayout, *, scaling: float = 2.0, dropout: float = 0.0,
@@ -44,31 +44,26 @@ def lora_config(backbone: Backbone, layout: LoraLayout, *, scaling: float = 2.0,
     )
 
 
-def _param_regex(backbone: Backbone) -> re.Pattern:
-    return re.compile(rf"(?:^|\.){re.escape(backbone.block_prefix)}\.(\d+)\.(.+)\.lora_([AB])\.{ADAPTER}\.weight$")
-
-
 def get_lora_tensors(backbone: Backbone, peft_model: torch.nn.Module) -> Tensors:
     """Canonical ``{layer}.{module}.lora_{A,B}`` -> tensor copies, for every LoRA pair in the model."""
-    regex = _param_regex(backbone)
+    regex = lora_regex(backbone.block_prefix)
     out: Tensors = {}
     for name, param in peft_model.named_parameters():
-        m = regex.search(name)
-        if m:
-            out[lora_key(int(m.group(1)), m.group(2), m.group(3))] = param.detach().to("cpu", copy=True)
+        key = lora_key_of(regex, name)
+        if key is not None:
+            out[key] = param.detach().to("cpu", copy=True)
     return out
 
 
 def set_lora_tensors(backbone: Backbone, peft_model: torch.nn.Module, tensors: Tensors) -> None:
     """Copy canonical tensors into the model's LoRA parameters; every pair in the model must be given."""
-    regex = _param_regex(backbone)
+    regex = lora_regex(backbone.block_prefix)
     seen = set()
     with torch.no_grad():
         for name, param in peft_model.named_parameters():
-            m = regex.search(name)
-            if not m:
+            key = lora_key_of(regex, name)
+            if key is None:
                 continue
-            key = lora_key(int(m.group(1)), m.group(2), m.group(3))
             if key not in tensors:
                 raise KeyError(f"no tensor given for LoRA parameter {key}")
             value = tensors[key]
@@ -81,20 +76,6 @@ def set_lora_tensors(backbone: Backbone, peft_model: torch.nn.Module, tensors: T
         raise KeyError(f"tensors for layers without LoRA in this model: {sorted(extra)[:4]}")
 
 
-def head_parameters(backbone: Backbone, model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
-    """The head's live parameters (``head.<name>`` keys), in a plain or a peft-wrapped model."""
-    params = dict(model.named_parameters())
-    out = {}
-    for n in backbone.head_names:
-        for candidate in (n, f"base_model.model.{n}"):
-            if candidate in params:
-                out[f"head.{n}"] = params[candidate]
-                break
-        else:
-            raise KeyError(f"head parameter {n} not found")
-    return out
-
-
 @contextmanager
 def lora_adapter(backbone: Backbone, layout: LoraLayout, params: Tensors, *, scaling: float = 2.0,
                  dropout: float = 0.0, train_head: bool = True) -> Iterator[PeftModel]:
@@ -104,7 +85,7 @@ def lora_adapter(backbone: Backbone, layout: LoraLayout, params: Tensors, *, sca
     """
     peft_model = get_peft_model(backbone.model, lora_config(backbone, layout, scaling=scaling, dropout=dropout))
     try:
-        set_lora_tensors(backbone, peft_model, {k: v for k, v in params.items() if not k.startswith("head.")})
+        set_lora_tensors(backbone, peft_model, {k: v for k, v in params.items() if not is_head_key(k)})
         head = head_parameters(backbone, peft_model)
         with torch.no_grad():
             for key, p in head.items():
@@ -122,18 +103,16 @@ def export_adapter(backbone: Backbone, layout: LoraLayout, params: Tensors, out_
                    scaling: float = 2.0) -> None:
     """Save the global LoRA (and head, as ``modules_to_save``) in peft format.
 
-    ``PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(base), out_dir)`` then
-    reproduces the global model.
+    ``PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(base), out_dir)`` (or
+    ``AutoModelForCausalLM`` for a decoder) then reproduces the global model.
     """
     head_modules = sorted({n.rsplit(".", 1)[0].split(".")[0] for n in backbone.head_names})
-    cfg = lora_config(backbone, layout, scaling=scaling, modules_to_save=head_modules)
-    from .backbone import resolve_model_path
-
+    cfg = lora_config(backbone, layout, scaling=scaling, modules_to_save=head_modules or None)
     cfg.base_model_name_or_path = resolve_model_path(backbone.name)
-    cfg.task_type = "SEQ_CLS"
+    cfg.task_type = "CAUSAL_LM" if backbone.task_type == "causal_lm" else "SEQ_CLS"
     peft_model = get_peft_model(backbone.model, cfg)
     try:
-        set_lora_tensors(backbone, peft_model, {k: v for k, v in params.items() if not k.startswith("head.")})
+        set_lora_tensors(backbone, peft_model, {k: v for k, v in params.items() if not is_head_key(k)})
         live = dict(peft_model.named_parameters())
         with torch.no_grad():
             for n in backbone.head_names:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..core.lora_layout import LoraLayout
-from ..models.flops import layer_forward_flops
+from ..core.flops import layer_forward_flops
 from .backbone import Backbone
 from .lora import lora_adapter
 from .trainer import TokenizedData

@@ -1,55 +1,25 @@
-"""The local trainer: AdamW on a device's own data, with the shared frozen backbone.
+"""The local training loop shared by every client method: AdamW on a device's own data.
 
-Batches are drawn in an order derived from (seed, round, device); dropout is seeded the same way. The base
+Batches are drawn in an order derived from (seed, round, device); dropout masks come from the device's own
+generator seeded the same way (``models.device_rows``, shared with the batched engine). The base
 model is frozen and, because no tensor below the shallowest LoRA layer requires a gradient, autograd
-computes no gradient there (tested). Each result reports examples, tokens, forward and backward FLOPs,
-the bytes it uploads and measured wall times.
+computes no gradient there (tests/test_trainer.py). Each result reports examples, tokens, forward and
+backward FLOPs and measured wall times; the client method (``models.methods``) adds what it uploads.
 """
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
 from ..core.seeding import derive_seed, rng
 from ..core.strategy import DeviceResult, DeviceTask
-from .backbone import Backbone
-from .flops import BatchFlops, batch_work
-from .lora import get_lora_tensors, head_parameters, lora_adapter
-
-
-@dataclass
-class TrainConfig:
-    """Local training settings (the same for every device of a run)."""
-
-    batch_size: int = field(default=16, metadata={"help": "local batch size"})
-    local_epochs: float = field(default=1.0, metadata={"help": "passes over the local data per round"})
-    max_local_steps: int | None = field(default=None, metadata={"help": "cap on local steps per round (None: no cap)"})
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
-    max_grad_norm: float | None = field(default=1.0, metadata={"help": "gradient clipping (None: off)"})
-    lora_scaling: float = field(default=2.0, metadata={"help": "LoRA alpha / r, the same for every layer"})
-    lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA input"})
-    bf16: bool = field(default=True, metadata={"help": "bf16 autocast for local training (evaluation stays fp32)"})
-    group_by_length: bool = field(default=True, metadata={"help": "batch examples of similar length together"})
-    seed: int = 0
-
-    @classmethod
-    def from_run(cls, cfg) -> "TrainConfig":
-        """The local training settings of a :class:`~legendfl.config.RunConfig` (every runtime uses these)."""
-        return cls(batch_size=cfg.batch_size, local_epochs=cfg.local_epochs, max_local_steps=cfg.max_local_steps,
-                   weight_decay=cfg.weight_decay, lora_scaling=cfg.lora_scaling, seed=cfg.seed)
-
-    def __post_init__(self) -> None:
-        if self.batch_size <= 0:
-            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size}")
-        if self.local_epochs <= 0:
-            raise ValueError(f"local_epochs must be > 0, got {self.local_epochs}")
-        if self.max_local_steps is not None and self.max_local_steps <= 0:
-            raise ValueError(f"max_local_steps must be a positive integer or None, got {self.max_local_steps}")
+from ..core.training import TrainConfig
+from ..core.flops import BatchFlops
+from .device_rows import DeviceRows, Segment, device_dropout
 
 
 class TokenizedData:
@@ -115,18 +85,24 @@ def local_batches(indices: list[int], cfg: TrainConfig, seed: int, rnd: int, dev
     return batches[:total]
 
 
-Regularizer = Callable[[torch.nn.Module, DeviceTask], torch.Tensor]
+Penalty = Callable[[torch.nn.Module], torch.Tensor]  # a term added to every step's loss (``models.local_terms``)
 FlopsFn = Callable[[int, int], BatchFlops]  # (sequences, padded width) -> FLOPs of that batch
 
 
 def local_training(model: torch.nn.Module, task: DeviceTask, data: TokenizedData, indices: list[int], cfg: TrainConfig,
-                   flops: FlopsFn, regularizer: Regularizer | None = None) -> DeviceResult:
+                   flops: FlopsFn, penalties: Sequence[Penalty] = ()) -> DeviceResult:
     """The local loop shared by every kind of method: AdamW over the model's trainable parameters.
 
     Returns a result without ``params``; the caller fills in what the device uploads.
     """
     batches = local_batches(indices, cfg, cfg.seed, task.round, task.device_id, data.lengths)
-    torch.manual_seed(derive_seed(cfg.seed, "dropout", task.round, task.device_id))
+    rows = DeviceRows([derive_seed(cfg.seed, "dropout", task.round, task.device_id)])
+    with device_dropout(model, rows):
+        return _train_steps(model, task, data, batches, rows, cfg, flops, penalties)
+
+
+def _train_steps(model, task, data, batches, rows: DeviceRows, cfg: TrainConfig, flops: FlopsFn,
+                 penalties: Sequence[Penalty]) -> DeviceResult:
     start = time.perf_counter()
     fwd_s = bwd_s = fwd_flops = bwd_flops = layer_flops = trainable_flops = 0.0
     tokens = examples = 0
@@ -137,12 +113,13 @@ def local_training(model: torch.nn.Module, task: DeviceTask, data: TokenizedData
     device = next(model.parameters()).device
     for idx in batches:
         batch = {k: v.to(device) for k, v in data.batch(idx).items()}
+        rows.segments = [Segment(0, 0, len(idx), batch["input_ids"].shape[1])]
         t0 = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
             out = model(**batch)
         loss = out.loss.float()
-        if regularizer is not None:
-            loss = loss + regularizer(model, task)
+        for penalty in penalties:
+            loss = loss + penalty(model)
         t1 = time.perf_counter()
         loss.backward()
         if cfg.max_grad_norm:
@@ -171,28 +148,6 @@ def local_training(model: torch.nn.Module, task: DeviceTask, data: TokenizedData
     )
 
 
-def train_lora(backbone: Backbone, task: DeviceTask, data: TokenizedData, indices: list[int], cfg: TrainConfig,
-               regularizer: Regularizer | None = None, tail_gamma: float | None = None) -> DeviceResult:
-    """Train ``task.layout``'s LoRA (and the head) on ``indices`` of ``data``; return the device's result."""
-    if task.layout is None:
-        raise ValueError("train_lora needs a task with a LoRA layout")
-    with lora_adapter(backbone, task.layout, task.params, scaling=cfg.lora_scaling, dropout=cfg.lora_dropout) as model:
-        if tail_gamma is not None:  # HetLoRA's self-pruning compares the tail norm before and after local training
-            from .regularizers import lora_pairs, rank_tail_norm
-
-            with torch.no_grad():
-                tail_start = float(rank_tail_norm(lora_pairs(model), tail_gamma))
-        result = local_training(model, task, data, indices, cfg,
-                                lambda seqs, width: batch_work(backbone.spec, task.layout, seqs, width), regularizer)
-        if tail_gamma is not None:
-            with torch.no_grad():
-                result.metrics["tail_norm"] = float(rank_tail_norm(lora_pairs(model), tail_gamma))
-            result.metrics["tail_norm_start"] = tail_start
-        result.params = get_lora_tensors(backbone, model)
-        result.params.update({k: p.detach().to("cpu", copy=True) for k, p in head_parameters(backbone, model).items()})
-    return result
-
-
 @torch.no_grad()
 def evaluate_model(model: torch.nn.Module, data: TokenizedData, batch_size: int = 64) -> dict[str, float]:
     """Accuracy and mean loss on ``data`` (fp32)."""
@@ -208,10 +163,3 @@ def evaluate_model(model: torch.nn.Module, data: TokenizedData, batch_size: int 
         correct += int((out.logits.argmax(-1) == batch["labels"]).sum())
         loss_sum += float(out.loss) * len(idx)
     return {"accuracy": correct / len(data), "loss": loss_sum / len(data)}
-
-
-def evaluate_lora(backbone: Backbone, task: DeviceTask, data: TokenizedData, batch_size: int = 64,
-                  scaling: float = 2.0) -> dict[str, float]:
-    """Accuracy and mean loss of the global LoRA model ``task`` on ``data``."""
-    with lora_adapter(backbone, task.layout, task.params, scaling=scaling, train_head=False) as model:
-        return evaluate_model(model, data, batch_size)

@@ -22,13 +22,17 @@ continuing the current configuration (the shallow group).
 """
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 
 from ..core.aggregation import weighted_average
+from ..core.lora_layout import AdapterLayout
+from ..core.options import option, validate
 from ..core.seeding import derive_seed, rng
 from ..core.strategy import DeviceResult, DeviceTask, ModelSpec, Strategy, Tensors, key_layer
+from .registry import register_strategy
 
 LOCATION = "output"  # where AdapterHub's sequential bottleneck adapter sits in a block
 MAX_WIDTH = 64
@@ -41,16 +45,31 @@ def adapter_shapes(hidden: int, width: int) -> dict[str, tuple[int, ...]]:
             "adapter_up.weight": (hidden, width), "adapter_up.bias": (hidden,)}
 
 
+@dataclass(frozen=True)
+class FedAdapterOptions:
+    depth: int = option(2, "initial adapter depth d (top layers)", minimum=1, integer=True)
+    width: int = option(8, f"initial bottleneck width w (steps of {WIDTH_STEP}, at most {MAX_WIDTH})", minimum=1,
+                        maximum=MAX_WIDTH, integer=True)
+    depth_step: int = option(2, "layers the deeper trial adds", minimum=1, integer=True)
+    window: int = option(3, "rounds per configuration-search window", minimum=1, integer=True)
+
+    legacy: ClassVar[dict[str, str]] = {"fedadapter_depth": "depth", "fedadapter_width": "width",
+                                        "fedadapter_window": "window"}
+
+    def __post_init__(self) -> None:
+        validate(self, "fedadapter.")
+
+
+@register_strategy("fedadapter", help="FedAdapter: bottleneck adapters, depth and width searched online by trial groups")
 class FedAdapter(Strategy):
-    name = "fedadapter"
+    Options = FedAdapterOptions
+    STATE = ("groups", "assignment", "window", "history", "winner")
     decisions_use_time = False  # windows are counted in rounds, winners chosen by validation accuracy
 
-    def __init__(self, *, depth: int = 2, width: int = 8, depth_step: int = 2, window_rounds: int = 3, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        if depth <= 0 or width <= 0 or depth_step <= 0 or window_rounds <= 0:
-            raise ValueError(f"fedadapter_depth, fedadapter_width, fedadapter_depth_step and fedadapter_window must be "
-                             f"positive, got {depth}, {width}, {depth_step}, {window_rounds}")
-        self.depth, self.width, self.depth_step, self.window_rounds = depth, width, depth_step, window_rounds
+    def __init__(self, options: FedAdapterOptions | None = None, **kwargs: Any) -> None:
+        super().__init__(options, **kwargs)
+        o = self.options
+        self.depth, self.width, self.depth_step, self.window_rounds = o.depth, o.width, o.depth_step, o.window
         self.groups: dict[str, dict[str, Any]] = {}
         self.assignment: dict[int, str] = {}
         self.window = 0
@@ -120,10 +139,8 @@ class FedAdapter(Strategy):
         tasks = {}
         for d in device_ids:
             group = self.groups[self.assignment.get(d, "shallow")]
-            depth, width = group["config"]
             tasks[d] = DeviceTask(d, rnd, {k: v.clone() for k, v in group["params"].items()}, None, "adapter",
-                                  self.round_lr(rnd), {"adapter_depth": depth, "adapter_width": width,
-                                                       "group": self.assignment.get(d, "shallow")})
+                                  self.round_lr(rnd), adapter=AdapterLayout(*group["config"]))
         return tasks
 
     def aggregate_round(self, rnd: int, results: list[DeviceResult]) -> dict[str, Any]:
@@ -151,15 +168,14 @@ class FedAdapter(Strategy):
         return {"fedadapter_window": self.history[-1]}
 
     def _task(self, group: dict[str, Any]) -> DeviceTask:
-        depth, width = group["config"]
-        return DeviceTask(-1, 0, group["params"], None, "adapter", settings={"adapter_depth": depth, "adapter_width": width})
+        return DeviceTask(-1, 0, group["params"], None, "adapter", adapter=AdapterLayout(*group["config"]))
 
     def evaluation_task(self) -> DeviceTask:
         return self._task(self.groups.get("shallow", self.winner))
 
     def round_log(self, tasks: dict[int, DeviceTask]) -> dict[str, Any]:
-        return {str(d): {"depth": t.settings["adapter_depth"], "width": t.settings["adapter_width"],
-                         "group": t.settings["group"]} for d, t in tasks.items()}
+        return {str(d): {"depth": t.adapter.depth, "width": t.adapter.width,
+                         "group": self.assignment.get(d, "shallow")} for d, t in tasks.items()}
 
     def summary(self) -> dict[str, Any]:
         return {**super().summary(), "final_config": list(self.winner["config"]), "windows": self.history}

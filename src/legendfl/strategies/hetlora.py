@@ -21,15 +21,19 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 
 from ..core.aggregation import weighted_average
-from ..core.capacity import CapacityEstimator
+from ..core.hooks import RankTailPenalty
 from ..core.lora_layout import LoraLayout
+from ..core.options import option, validate
 from ..core.strategy import DeviceResult, DeviceTask, ModelSpec, Tensors, key_layer
+from .capacity import CapacityEstimator
 from .lora_base import LoraStrategy
+from .registry import register_strategy
 
 
 def truncate(params: Tensors, rank: int) -> Tensors:
@@ -69,19 +73,38 @@ def sparsity_weighted_aggregate(updates: list[Tensors], r_max: int) -> Tensors:
     return out
 
 
+@dataclass(frozen=True)
+class HetLoRAOptions:
+    r_min: int = option(4, "smallest device rank", minimum=1, integer=True)
+    r_max: int = option(16, "largest device rank (the server's rank)", minimum=1, integer=True)
+    gamma: float = option(0.9, "rank kept by self-pruning (and start of the penalised tail)", minimum=0.0,
+                          maximum=1.0, exclusive_minimum=True)
+    strength: float = option(1e-3, "lambda: strength of the rank-tail norm penalty", minimum=0.0)
+    ema: float = option(0.8, "moving-average weight of the speed estimates that order devices", minimum=0.0, maximum=1.0)
+
+    legacy: ClassVar[dict[str, str]] = {"hetlora_r_min": "r_min", "hetlora_r_max": "r_max", "hetlora_gamma": "gamma",
+                                        "hetlora_lambda": "strength", "ema": "ema"}
+
+    def __post_init__(self) -> None:
+        validate(self, "hetlora.")
+        if self.gamma >= 1:
+            raise ValueError(f"hetlora.gamma must be in (0, 1), got {self.gamma}")
+        if self.r_min > self.r_max:
+            raise ValueError(f"hetlora.r_min ({self.r_min}) must be <= hetlora.r_max ({self.r_max})")
+
+
+@register_strategy("hetlora", help="HetLoRA: ranks by device speed, local rank self-pruning, sparsity-weighted aggregation")
 class HetLoRA(LoraStrategy):
-    name = "hetlora"
+    Options = HetLoRAOptions
+    STATE = ("estimator", "pruned_rank")
     decisions_use_time = True  # ranks follow the devices' reported speeds
 
-    def __init__(self, *, r_min: int = 4, r_max: int = 16, gamma: float = 0.9, reg_strength: float = 1e-3,
-                 ema: float = 0.8, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        if not 1 <= r_min <= r_max:
-            raise ValueError(f"hetlora_r_min and hetlora_r_max must satisfy 1 <= r_min <= r_max, got {r_min}, {r_max}")
-        if not 0 < gamma < 1:
-            raise ValueError(f"hetlora_gamma must be in (0, 1), got {gamma}")
-        self.r_min, self.r_max, self.gamma, self.reg_strength = r_min, r_max, gamma, reg_strength
-        self.estimator = CapacityEstimator(ema)
+    def __init__(self, options: HetLoRAOptions | None = None, **kwargs: Any) -> None:
+        super().__init__(options, **kwargs)
+        o = self.options
+        self.r_min, self.r_max, self.gamma = o.r_min, o.r_max, o.gamma
+        self.penalty = RankTailPenalty(o.gamma, o.strength)
+        self.estimator = CapacityEstimator(o.ema)
         self.pruned_rank: dict[int, int] = {}
 
     def make_global_layout(self, spec: ModelSpec) -> LoraLayout:
@@ -105,7 +128,7 @@ class HetLoRA(LoraStrategy):
         for d, r in self.capability_ranks(device_ids).items():
             layout = LoraLayout.all_layers(r, L)
             tasks[d] = DeviceTask(d, rnd, truncate(self.global_params, r), layout, "lora", self.round_lr(rnd),
-                                  {"rank_regularizer": {"gamma": self.gamma, "strength": self.reg_strength}})
+                                  local_terms=(self.penalty,))
         return tasks
 
     def aggregate_round(self, rnd: int, results: list[DeviceResult]) -> dict[str, Any]:
@@ -113,8 +136,7 @@ class HetLoRA(LoraStrategy):
             return {"aggregated_devices": 0}
         pruned = []
         for r in results:
-            if r.report is not None:
-                self.estimator.update(r.device_id, r.report)
+            self.estimator.observe(r)
             tail, start = r.metrics.get("tail_norm"), r.metrics.get("tail_norm_start")
             if tail is not None and start is not None:
                 rank = r.params[next(k for k in r.params if k.endswith("lora_A"))].shape[0]

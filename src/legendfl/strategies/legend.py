@@ -1,8 +1,8 @@
 """LEGEND (Liu et al., "Adaptive Parameter-Efficient Federated Fine-Tuning on Heterogeneous Devices").
 
 Each round the server
-1. updates each device's capacity estimate from its last report (eq. 8-9, ``core.capacity``);
-2. decides every device's LoRA depth with Algorithm 1 (``core.lcd``) under one global rank distribution
+1. updates each device's capacity estimate from its last measurements (eq. 8-9, ``capacity.py``);
+2. decides every device's LoRA depth with Algorithm 1 (``lcd.py``) under one global rank distribution
    rising towards the output (eq. 10-11);
 3. sends each device only the global LoRA of its last k_i layers and the head (assignment, eq. 19);
 4. aggregates layer-wise: each layer averaged over the devices that trained it (eq. 17); a layer no device
@@ -11,74 +11,118 @@ Each round the server
 First round, before any report: every device trains a conservative ``initial_depth`` (default ceil(L/2)) so
 that its first report comes from real work at moderate cost; from round 2 on LCD decides.
 
-Ablations (paper section 6.3): ``legend-no-depth`` (every device trains all L layers with the rank
-distribution) and ``legend-no-rank`` (adaptive depth, uniform ranks with the same total budget psi).
+Ablations (paper section 6.3), registered presets: ``legend-no-depth`` (every device trains all L layers
+with the rank distribution) and ``legend-no-rank`` (adaptive depth, uniform ranks with the same total
+budget psi); ``legend-literal`` runs Algorithm 1 as printed.
 """
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
-from ..core.capacity import CapacityEstimator
-from ..core.lcd import LCD_VARIANTS, Budgets, LcdDecision, configure_depths, rank_distribution, uniform_distribution
 from ..core.lora_layout import LoraLayout
+from ..core.options import option, validate
 from ..core.strategy import DeviceResult, DeviceTask, ModelSpec
+from .capacity import CapacityEstimator
+from .lcd import LCD_VARIANTS, Budgets, LcdDecision, configure_depths, rank_distribution, uniform_distribution
 from .lora_base import LoraStrategy
+from .registry import register_preset, register_strategy
 
 
+@dataclass(frozen=True)
+class LegendOptions:
+    rank_budget: int | None = option(None, "psi: total rank over all L layers (default: lora_rank * L)", minimum=1, integer=True)
+    rank_step: int | None = option(None, "lambda: common difference of the rank distribution (None: 1 where the rank "
+                                   "budget allows it, else the steepest even rise from rank 1 that fits, for deep models)",
+                                   minimum=0, integer=True)
+    ema: float = option(0.8, "rho: moving-average weight of capacity estimates", minimum=0.0, maximum=1.0)
+    initial_depth: int | None = option(None, "LoRA depth of every device in round 1, before any report (default: ceil(L/2))",
+                                       minimum=1, integer=True)
+    fixed_depths: list[int] | None = option(None, "pin each device's LoRA depth (one entry per device; for controlled "
+                                            "experiments and runtime-equivalence checks); None: LCD decides")
+    compute_budget: float | None = option(None, "C_i: per-device computing budget in units of c (None: unbounded)", minimum=0.0)
+    comm_budget: float | None = option(None, "B_i: per-device upload budget in bytes per round (None: unbounded)", minimum=0.0)
+    waiting_budget: float | None = option(None, "epsilon: bound on the predicted mean waiting time in seconds (None: off; "
+                                          "lcd 'literal' widens the depth gap to meet it, 'fill' only reports it)", minimum=0.0)
+    weighting: str = option("uniform", "layer-wise average: plain mean over the devices that trained a layer (eq. 17) "
+                            "or weighted by their examples", choices=("uniform", "examples"))
+    lcd: str = option("fill", "Algorithm 1: 'fill' raises depths into idle time up to the round's predicted time, "
+                      "'literal' = lines 2-5 as printed (see strategies/lcd.py)", choices=LCD_VARIANTS)
+    adaptive_depth: bool = option(True, "decide depths with LCD (False: every device trains all L layers; the "
+                                  "legend-no-depth ablation)", choices=(True, False))
+    rank_shape: str = option("increasing", "rank distribution: rising towards the output (eq. 10) or uniform with the "
+                             "same budget (the legend-no-rank ablation)", choices=("increasing", "uniform"))
+
+    # flat keys of earlier versions (RunConfig fields) -> option
+    legacy: ClassVar[dict[str, str]] = {
+        "rank_budget": "rank_budget", "rank_step": "rank_step", "ema": "ema", "initial_depth": "initial_depth",
+        "fixed_depths": "fixed_depths", "compute_budget": "compute_budget", "comm_budget": "comm_budget",
+        "waiting_budget": "waiting_budget", "legend_weighting": "weighting", "lcd": "lcd"}
+
+    def __post_init__(self) -> None:
+        validate(self, "legend.")
+        if self.fixed_depths is not None and (
+                not isinstance(self.fixed_depths, list)
+                or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in self.fixed_depths)):
+            raise ValueError(f"legend.fixed_depths must list one positive integer depth per device, got {self.fixed_depths!r}")
+
+    def check_run(self, cfg: Any) -> None:
+        """Checks against the run's common options (called by ``RunConfig`` before anything trains)."""
+        if self.fixed_depths is not None and len(self.fixed_depths) != cfg.num_devices:
+            raise ValueError(f"legend.fixed_depths must list one depth per device ({cfg.num_devices}), got {self.fixed_depths!r}")
+
+
+@register_strategy("legend", help="LEGEND: adaptive LoRA depth (LCD) and a rank distribution rising to the output")
 class Legend(LoraStrategy):
-    name = "legend"
+    Options = LegendOptions
+    STATE = ("estimator", "last_decision")
 
-    def __init__(self, *, rank_budget: int | None = None, rank_step: int = 1, ema: float = 0.8,
-                 initial_depth: int | None = None, budgets: Budgets | None = None, adaptive_depth: bool = True,
-                 rank_shape: str = "increasing", default_rank: int = 8, weighting: str = "uniform",
-                 fixed_depths: list[int] | None = None, lcd: str = "fill", **kwargs: Any) -> None:
-        super().__init__(weighting=weighting, **kwargs)
-        if rank_shape not in ("increasing", "uniform"):
-            raise ValueError(f"rank_shape must be one of ('increasing', 'uniform'), got {rank_shape!r}")
-        self.rank_budget = rank_budget
-        self.rank_step = rank_step
-        self.initial_depth = initial_depth
-        self.budgets = budgets or Budgets()
-        self.adaptive_depth = adaptive_depth
-        self.rank_shape = rank_shape
-        self.default_rank = default_rank
-        self.fixed_depths = fixed_depths
-        if lcd not in LCD_VARIANTS:
-            raise ValueError(f"lcd must be one of {list(LCD_VARIANTS)}, got {lcd!r}")
-        self.lcd = lcd
-        self.estimator = CapacityEstimator(ema)
+    def __init__(self, options: LegendOptions | None = None, **kwargs: Any) -> None:
+        super().__init__(options, **kwargs)
+        o = self.options
+        self.weighting = o.weighting
+        self.budgets = Budgets(compute=o.compute_budget, comm=o.comm_budget, waiting=o.waiting_budget)
+        self.estimator = CapacityEstimator(o.ema)
         self.ranks: list[int] = []
         self.last_decision: LcdDecision | None = None
 
     @property
     def decisions_use_time(self) -> bool:  # LCD reads the capacity estimates unless depths are pinned
-        return self.adaptive_depth and self.fixed_depths is None
+        return self.options.adaptive_depth and self.options.fixed_depths is None
+
+    def initialize(self, spec: ModelSpec, device_ids: list[int]) -> None:
+        fixed = self.options.fixed_depths
+        if fixed is not None and len(fixed) != len(device_ids):
+            raise ValueError(f"legend.fixed_depths must list one depth per device ({len(device_ids)}), got {fixed!r}")
+        super().initialize(spec, device_ids)
 
     def make_global_layout(self, spec: ModelSpec) -> LoraLayout:
+        o = self.options
         L = spec.num_layers
-        budget = self.rank_budget if self.rank_budget is not None else self.default_rank * L
-        self.ranks = (rank_distribution(L, budget, self.rank_step) if self.rank_shape == "increasing"
+        budget = o.rank_budget if o.rank_budget is not None else self.lora_rank * L
+        self.ranks = (rank_distribution(L, budget, o.rank_step) if o.rank_shape == "increasing"
                       else uniform_distribution(L, budget))
-        if self.initial_depth is not None and not 1 <= self.initial_depth <= L:
-            raise ValueError(f"initial_depth must be in [1, {L}], got {self.initial_depth}")
-        if self.fixed_depths is not None and not all(1 <= k <= L for k in self.fixed_depths):
-            raise ValueError(f"fixed_depths must be in [1, {L}], got {self.fixed_depths}")
+        if o.initial_depth is not None and not 1 <= o.initial_depth <= L:
+            raise ValueError(f"legend.initial_depth must be in [1, {L}], got {o.initial_depth}")
+        if o.fixed_depths is not None and not all(1 <= k <= L for k in o.fixed_depths):
+            raise ValueError(f"legend.fixed_depths must be in [1, {L}], got {o.fixed_depths}")
         # b of eq. 15: bytes of one layer's LoRA at unit rank (fp32)
         self.budgets.bytes_per_rank = float(spec.bytes_per_param * sum(i + o for i, o in spec.linear_modules.values()))
         return LoraLayout.top(L, self.ranks)
 
     def depths(self, device_ids: list[int]) -> dict[int, int]:
         L = self.spec.num_layers
-        if not self.adaptive_depth:
+        o = self.options
+        if not o.adaptive_depth:
             return {d: L for d in device_ids}
-        if self.fixed_depths is not None:
-            return {d: self.fixed_depths[d] for d in device_ids}
-        first = self.initial_depth or math.ceil(L / 2)
+        if o.fixed_depths is not None:
+            return {d: o.fixed_depths[d] for d in device_ids}
+        first = o.initial_depth or math.ceil(L / 2)
         known = {d: self.estimator.estimates[d] for d in device_ids if self.estimator.known(d)}
         depths = {d: first for d in device_ids if d not in known}
         if known:
-            self.last_decision = configure_depths(known, self.ranks, self.budgets, self.lcd)
+            self.last_decision = configure_depths(known, self.ranks, self.budgets, o.lcd)
             depths.update(self.last_decision.depths)
         return depths
 
@@ -87,15 +131,14 @@ class Legend(LoraStrategy):
 
     def aggregate_round(self, rnd: int, results: list[DeviceResult]) -> dict[str, Any]:
         for r in results:
-            if r.report is not None:
-                self.estimator.update(r.device_id, r.report)
+            self.estimator.observe(r)
         out = super().aggregate_round(rnd, results)
         if self.last_decision is not None:
             out["depth_gap"] = self.last_decision.depth_gap
             out["predicted_mean_waiting_s"] = self.last_decision.mean_waiting
             out["over_budget"] = self.last_decision.over_budget
             out["predicted_round_time_s"] = self.last_decision.round_time
-            out["lcd"] = self.lcd
+            out["lcd"] = self.options.lcd
             out["line3_depths"] = {str(d): k for d, k in sorted(self.last_decision.line3_depths.items())}
         return out
 
@@ -109,22 +152,13 @@ class Legend(LoraStrategy):
         return log
 
     def summary(self) -> dict[str, Any]:
-        return {**super().summary(), "rank_distribution": self.ranks, "adaptive_depth": self.adaptive_depth, "lcd": self.lcd}
+        return {**super().summary(), "rank_distribution": self.ranks, "adaptive_depth": self.options.adaptive_depth,
+                "lcd": self.options.lcd}
 
 
-def build_legend(cfg, **common: Any) -> Legend:
-    """LEGEND or an ablation from a run configuration."""
-    budgets = Budgets(compute=cfg.compute_budget, comm=cfg.comm_budget, waiting=cfg.waiting_budget)
-    kwargs = dict(rank_budget=cfg.rank_budget, rank_step=cfg.rank_step, ema=cfg.ema, initial_depth=cfg.initial_depth,
-                  budgets=budgets, default_rank=cfg.lora_rank, weighting=cfg.legend_weighting,
-                  fixed_depths=cfg.fixed_depths, lcd=cfg.lcd, **common)
-    if cfg.strategy == "legend":
-        return Legend(**kwargs)
-    if cfg.strategy == "legend-no-depth":
-        s = Legend(adaptive_depth=False, **kwargs)
-    elif cfg.strategy == "legend-no-rank":
-        s = Legend(rank_shape="uniform", **kwargs)
-    else:
-        raise ValueError(f"strategy must be one of ('legend', 'legend-no-depth', 'legend-no-rank'), got {cfg.strategy!r}")
-    s.name = cfg.strategy
-    return s
+# ablations of the paper's section 6.3, and Algorithm 1 as printed
+register_preset("legend-no-depth", "legend", "LEGEND w/o LD: every device trains all L layers with the rank distribution",
+                adaptive_depth=False)
+register_preset("legend-no-rank", "legend", "LEGEND w/o RD: adaptive depth, uniform ranks with the same budget psi",
+                rank_shape="uniform")
+register_preset("legend-literal", "legend", "LEGEND with Algorithm 1 as printed (lines 2-5, no idle-time fill)", lcd="literal")

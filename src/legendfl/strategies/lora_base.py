@@ -16,11 +16,11 @@ class LoraStrategy(Strategy):
     part of every download and upload.
     """
 
-    def __init__(self, *, weighting: str = "examples", **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        if weighting not in ("examples", "uniform"):
-            raise ValueError(f"weighting must be one of ('examples', 'uniform'), got {weighting!r}")
-        self.weighting = weighting
+    weighting: str = "examples"  # how results are weighted in the average: "examples" or "uniform"
+    STATE = ("global_params",)
+
+    def __init__(self, options: Any = None, **kwargs: Any) -> None:
+        super().__init__(options, **kwargs)
         self.global_layout: LoraLayout | None = None
         self.global_params: Tensors = {}
 
@@ -45,9 +45,9 @@ class LoraStrategy(Strategy):
         return {k: v.clone() for k, v in self.global_params.items()
                 if key_layer(k) is None or key_layer(k) in chosen}
 
-    def task(self, rnd: int, device_id: int, layout: LoraLayout, **settings: Any) -> DeviceTask:
+    def task(self, rnd: int, device_id: int, layout: LoraLayout) -> DeviceTask:
         return DeviceTask(device_id=device_id, round=rnd, params=self.params_for(layout), layout=layout,
-                          kind="lora", lr=self.round_lr(rnd), settings=settings)
+                          method="lora", lr=self.round_lr(rnd))
 
     def weight(self, result: DeviceResult) -> float:
         return float(result.num_examples) if self.weighting == "examples" else 1.0

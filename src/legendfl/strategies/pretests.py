@@ -14,11 +14,18 @@ from __future__ import annotations
 
 import re
 
-from ..core.lcd import rank_distribution
+from .lcd import rank_distribution
 from ..core.lora_layout import LoraLayout
 from ..core.seeding import rng
 
 PRETESTS = ("layers-a", "layers-s", "layers-m", "layers-d", "depth-<k>", "rank-inc", "rank-dec", "rank-avg", "rank-rand")
+
+
+def check_pretest(name: str) -> None:
+    """Refuse an unknown pre-test name (before the model's depth is known)."""
+    if name in PRETESTS or re.fullmatch(r"depth-[1-9]\d*", name):
+        return
+    raise ValueError(f"pretest must be one of {list(PRETESTS)}, got {name!r}")
 
 
 def pretest_layout(name: str, num_layers: int, rank: int = 8, rank_budget: int | None = None, seed: int = 0) -> LoraLayout:

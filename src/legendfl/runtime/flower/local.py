@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import signal
 import socket
@@ -22,6 +23,10 @@ from typing import Any, Callable
 from .credentials import Credentials, make_credentials
 
 CONNECTION = "legendfl-local"
+# the Flower App (its pyproject names our ServerApp and ClientApp): shipped inside the package, so it is found
+# in any installation; deploy/flower in the repository points here
+APP_DIR = Path(__file__).resolve().parent / "app"
+log = logging.getLogger(__name__)
 
 
 def free_port() -> int:
@@ -229,8 +234,7 @@ class LocalFederation:
 
 
 def run_local(config: Path | None, nodes: int, out: Path, *, options: str = "", workers: bool = False,
-              emulate_time_scale: float | None = None, timeout_s: float = 3600.0,
-              progress=print) -> str:
+              emulate_time_scale: float | None = None, timeout_s: float = 3600.0) -> str:
     """``legendfl flower local``: start a TLS + node-auth federation of ``nodes`` SuperNodes on 127.0.0.1,
     run the app once, stop everything by PID; returns the run's final status."""
     from .server_app import FederationSettings
@@ -246,9 +250,9 @@ def run_local(config: Path | None, nodes: int, out: Path, *, options: str = "", 
             raise ValueError(f"num_devices in options ({cfg.num_devices}) must equal nodes ({nodes})")
     else:  # one device per SuperNode, whatever the config file says
         settings = dataclasses.replace(settings, options=f"{options}\nnum_devices = {nodes}")
-    app_dir = Path(__file__).resolve().parents[4] / "deploy" / "flower"
+    app_dir = APP_DIR
     if not (app_dir / "pyproject.toml").exists():
-        raise ValueError(f"the Flower app folder {app_dir} is missing (run from a clone of the repository)")
+        raise ValueError(f"the Flower app folder {app_dir} is missing from the installed package")
     with LocalFederation(out / "federation") as fed:
         for i in range(nodes):
             node_config: dict[str, Any] = {"partition-id": i, "num-partitions": nodes}
@@ -257,8 +261,8 @@ def run_local(config: Path | None, nodes: int, out: Path, *, options: str = "", 
             if emulate_time_scale is not None:
                 node_config.update({"emulate-device": i, "emulate-time-scale": emulate_time_scale})
             fed.start_supernode(f"node-{i}", node_config)
-        progress(f"SuperLink {fed.address} (TLS, node auth) with {nodes} SuperNodes; logs in {fed.workdir}")
+        log.info("SuperLink %s (TLS, node auth) with %d SuperNodes; logs in %s", fed.address, nodes, fed.workdir)
         run_config = {"config-file": settings.config_file, "options": settings.options, "out-dir": settings.out_dir}
-        status, _ = fed.run(app_dir, run_config, timeout=timeout_s, on_line=progress)
-        progress(f"run {status}; {cfg.strategy} records in {settings.out_dir}")
+        status, _ = fed.run(app_dir, run_config, timeout=timeout_s, on_line=log.info)
+        log.info("run %s; %s records in %s", status, cfg.strategy, settings.out_dir)
         return status

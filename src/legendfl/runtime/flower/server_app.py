@@ -1,34 +1,40 @@
 """The Flower ServerApp: drives any of our strategies, unchanged, over SuperNodes.
 
-Per run: load the model (its shapes for the strategy, the head, the dev set for evaluation); wait for
-``min-nodes`` SuperNodes; ask each new node who it is (a ``query`` message: its ``partition-id`` is the
-device id the strategy knows, its data size, its machine); then every round
+Per run: build the server's run context (model, dev and validation splits: ``runtime/context.py``); wait for
+``min-nodes`` SuperNodes; then the same round loop as the simulator (``runtime/loop.py``) over the Flower
+transport (``transport.py``): each connected device gets exactly its task's tensors, replies are collected
+until every node answered or ``round-timeout-s`` passed, a silent node is recorded as missing and the round
+goes on without it.
 
-1. ``strategy.configure_round`` gives one task per connected device (LEGEND: its own depth and layers);
-2. one ``train`` message per node carries exactly that device's tensors and settings;
-3. replies are collected until every node answered or ``round-timeout-s`` passed; a node that did not
-   answer (or answered with an error) is recorded as missing and the round goes on without it;
-4. each device's capacity report is its measured backward time per layer and forward time, and the upload
-   time per unit rank the server measures (round trip minus the node's own busy time, its upload share by
-   bytes); ``strategy.aggregate_round`` folds the results in; the server evaluates the global model.
-
-Records (``rounds.jsonl``), summary, adapter and figures have the in-process runtime's format; times are
-real wall-clock seconds (``clock: "real"``), bytes are the tensors exchanged.
+After every round the ServerApp checkpoints like the simulator (``runtime/checkpoint.py``); started again
+with ``resume = 1`` in its run config, it continues the run in ``out-dir`` from the last finished round (the
+nodes are asked again who they are). Records (``rounds.jsonl``), summary, adapter and figures are the
+simulator's, written by the same code;
+times are real wall-clock seconds (``clock: "real"``, ``real_time_s``), bytes are the tensors exchanged.
 """
 from __future__ import annotations
 
 import json
+import logging
 import time
 import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from flwr.app import Context, Message
+from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from ...config import RunConfig, load_config_file
-from .messages import QUERY, TRAIN, decode_identity, decode_result, encode_query, encode_task
+from ... import logs
+from ...config import RunConfig, check_keys, load_config_file, normalize
+from ...metrics.records import RecordWriter
+from ..checkpoint import CHECKPOINT, has_checkpoint, load_checkpoint, restore
+from ..context import RunContext
+from ..loop import run_rounds
+from ..outputs import write_outputs
+from .transport import Federation, FlowerTransport
+
+log = logging.getLogger(__name__)
 
 app = ServerApp()
 
@@ -44,6 +50,7 @@ class FederationSettings:
     node_wait_s: float = 300.0  # how long to wait for them
     query_timeout_s: float = 120.0  # how long a node may take to say who it is
     round_timeout_s: float = 600.0  # how long a round waits for replies before going on without a node
+    resume: int = 0  # 1: continue the run in out-dir from its checkpoint (a restarted ServerApp), if it has one
 
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any]) -> "FederationSettings":
@@ -63,214 +70,47 @@ class FederationSettings:
         return cls(**values)
 
     def run_config(self) -> RunConfig:
-        data = load_config_file(self.config_file) if self.config_file else {}
+        """Defaults < ``config-file`` < ``options`` < ``out-dir``."""
+        sources = [load_config_file(self.config_file)] if self.config_file else []
         if self.options:
             try:
-                data.update(tomllib.loads(self.options))
+                sources.append(check_keys(normalize(tomllib.loads(self.options)), "run-config options"))
             except tomllib.TOMLDecodeError as err:
                 raise ValueError(f"run-config options must be TOML lines (key = value): {err}") from None
         if self.out_dir:
-            data["out_dir"] = self.out_dir
-        known = {f.name for f in fields(RunConfig)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown run options {unknown} in run-config options; allowed: {sorted(known)}")
-        return RunConfig(**data)
+            sources.append({"out_dir": self.out_dir})
+        return RunConfig.from_sources(*sources)
 
 
-class Federation:
-    """The SuperNodes of this run: which node is which device, and message exchange with timeouts."""
-
-    def __init__(self, grid: Grid, cfg: RunConfig, label_names: list[str], progress: Callable[[str], None]) -> None:
-        self.grid, self.cfg, self.label_names, self.progress = grid, cfg, label_names, progress
-        self.node_of: dict[int, int] = {}  # device id -> node id
-        self.identity: dict[int, dict[str, Any]] = {}
-        self.refused: set[int] = set()  # nodes whose query failed or clashed
-
-    def wait_for(self, count: int, wait_s: float) -> None:
-        deadline = time.monotonic() + wait_s
-        while len(set(self.grid.get_node_ids())) < count and time.monotonic() < deadline:
-            time.sleep(1.0)
-        have = len(set(self.grid.get_node_ids()))
-        if have < count:
-            self.progress(f"only {have} of {count} SuperNodes connected after {wait_s:.0f}s; going on with them")
-
-    def discover(self, timeout_s: float) -> None:
-        """Query nodes not seen before for their device id."""
-        known = set(self.node_of.values()) | self.refused
-        new = sorted(set(self.grid.get_node_ids()) - known)
-        if not new:
-            return
-        msgs = {n: Message(encode_query(self.cfg.to_json(), self.label_names), dst_node_id=n, message_type=QUERY) for n in new}
-        replies, missing = self.exchange(msgs, timeout_s)
-        for node, (reply, _) in sorted(replies.items()):
-            ident = decode_identity(reply.content)
-            dev = int(ident["device_id"])
-            if dev in self.node_of:
-                self.progress(f"node {node} says it is device {dev}, already node {self.node_of[dev]}: ignored")
-                self.refused.add(node)
-                continue
-            self.node_of[dev], self.identity[dev] = node, ident
-            self.progress(f"device {dev} = node {node} on {ident['hostname']} ({ident['num_examples']} examples"
-                          + (f", emulating fleet entry {ident['emulate_device']}" if ident.get("emulate_device") is not None else "")
-                          + ")")
-        for node, reason in missing.items():
-            self.progress(f"node {node} did not say who it is ({reason}); it is asked again next round")
-
-    def exchange(self, messages: dict[Any, Message], timeout_s: float
-                 ) -> tuple[dict[Any, tuple[Message, float]], dict[Any, str]]:
-        """Send one message per key; replies with their round-trip seconds, and why the others are missing."""
-        keys = list(messages)
-        start = time.monotonic()
-        ids = list(self.grid.push_messages([messages[k] for k in keys]))
-        key_of = dict(zip(ids, keys))
-        pending = set(ids)
-        replies: dict[Any, tuple[Message, float]] = {}
-        missing: dict[Any, str] = {}
-        while pending:
-            for reply in self.grid.pull_messages(list(pending)):
-                mid = reply.metadata.reply_to_message_id
-                if mid not in pending:
-                    continue
-                pending.discard(mid)
-                if reply.has_error():
-                    missing[key_of[mid]] = f"error {reply.error.code}: {reply.error.reason}"
-                else:
-                    replies[key_of[mid]] = (reply, time.monotonic() - start)
-            if not pending or time.monotonic() - start > timeout_s:
-                break
-            time.sleep(0.25)
-        for mid in pending:
-            missing[key_of[mid]] = f"no reply within {timeout_s:.0f}s"
-        return replies, missing
-
-
-def _transfer_split(rtt: float, busy_s: float, download_bytes: int, upload_bytes: int) -> tuple[float, float]:
-    """Download and upload seconds of one reply: its round trip minus the node's busy time, split by bytes."""
-    comm = max(0.0, rtt - busy_s)
-    total = download_bytes + upload_bytes
-    upload_s = comm * upload_bytes / total if total else 0.0
-    return comm - upload_s, upload_s
-
-
-def _device_log(dev: int, node: int, result, info: dict, rtt: float, transfer: tuple[float, float], round_time: float,
-                task, config_log: dict) -> dict:
-    """One device's line of the round record; times split as the in-process records split them."""
-    emulated = info.get("emulated")
-    timing = ({k: emulated[k] for k in ("download_s", "forward_s", "backward_s", "upload_s", "total_s")} if emulated else
-              {"download_s": transfer[0], "forward_s": result.measured_forward_s,
-               "backward_s": result.measured_backward_s, "upload_s": transfer[1], "total_s": rtt})
-    timing["other_s"] = max(0.0, timing["total_s"] - sum(timing[k] for k in ("download_s", "forward_s", "backward_s", "upload_s")))
-    return {"node_id": str(node), "hostname": info["hostname"], "pid": info["pid"], **{k: round(v, 4) for k, v in timing.items()},
-            "kind": emulated["kind"] if emulated else info["hostname"], "mode": emulated["mode"] if emulated else "-",
-            "round_trip_s": round(rtt, 4), "setup_s": round(info["setup_s"], 4), "train_s": round(info["train_s"], 4),
-            "waiting_s": round(round_time - rtt, 4), "emulated": emulated, "examples": result.num_examples,
-            "tokens": result.num_tokens, "forward_flops": result.forward_flops, "backward_flops": result.backward_flops,
-            "download_bytes": task.download_bytes, "upload_bytes": result.upload_bytes,
-            "train_loss": round(result.train_loss, 5), "trainable_params": int(sum(v.numel() for v in task.params.values())),
-            **config_log.get(str(dev), {})}
-
-
-def run_federation(grid: Grid, cfg: RunConfig, settings: FederationSettings,
-                   progress: Callable[[str], None] = print) -> list[dict]:
+def run_federation(grid: Grid, cfg: RunConfig, settings: FederationSettings) -> list[dict]:
     """Run ``cfg.rounds`` rounds of ``cfg.strategy`` over the SuperNodes behind ``grid``."""
-    import torch
-
-    from ...data.run_data import load_run_task, server_validation
-    from ...models.backbone import load_backbone
-    from ...models.trainer import TokenizedData, TrainConfig
-    from ...runner import write_outputs
-    from ...strategies import build_strategy
-    from .. import executors
-
     wall0 = time.perf_counter()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    task_data = load_run_task(cfg)
-    backbone = load_backbone(cfg.model, task_data.num_labels, cfg.seed, cfg.device)
-    dev = TokenizedData(backbone.tokenizer, task_data.dev[: cfg.max_dev_examples], cfg.max_length)
-    held = server_validation(cfg, task_data)
-    validation = TokenizedData(backbone.tokenizer, [task_data.train[i] for i in held], cfg.max_length) if held else None
-    tcfg = TrainConfig.from_run(cfg)
-    strategy = build_strategy(cfg)
-    strategy.initialize(backbone.spec, list(range(cfg.num_devices)))
+    state = load_checkpoint(out) if settings.resume and has_checkpoint(out) else None
+    if state is not None:  # a restarted ServerApp: the run's own configuration, from its last finished round
+        cfg = RunConfig(**{**state["config"], "out_dir": str(out)})
+    strategy = cfg.build_strategy()
+    ctx = RunContext.for_server(cfg)
+    strategy.initialize(ctx.backbone.spec, list(range(cfg.num_devices)))
     (out / "config.json").write_text(json.dumps({**cfg.to_json(), "runtime": "flower",
                                                  "federation": settings.__dict__}, indent=2))
-    fed = Federation(grid, cfg, task_data.label_names, progress)
+    fed = Federation(grid, cfg, ctx.label_names)
     fed.wait_for(settings.min_nodes or cfg.num_devices, settings.node_wait_s)
-    records: list[dict] = []
-    (out / "rounds.jsonl").write_text("")
-    clock = traffic_down = traffic_up = 0
-    for rnd in range(1, cfg.rounds + 1):
-        fed.discover(settings.query_timeout_s)
-        online = set(grid.get_node_ids())
-        present = sorted(d for d, n in fed.node_of.items() if n in online and d < cfg.num_devices)
-        offline = {d: "offline: the SuperLink lost its heartbeat before the round" for d, n in fed.node_of.items()
-                   if n not in online}
-        if not present:
-            raise RuntimeError(f"round {rnd}: no SuperNode is connected; nothing to train")
-        tasks = strategy.configure_round(rnd, present)
-        msgs = {d: Message(encode_task(t, cfg.to_json(), task_data.label_names), dst_node_id=fed.node_of[d],
-                           message_type=TRAIN, group_id=str(rnd)) for d, t in tasks.items()}
-        round_start = time.perf_counter()
-        replies, missing = fed.exchange(msgs, settings.round_timeout_s)
-        missing.update(offline)
-        round_time = time.perf_counter() - round_start  # the server waited this long, silent nodes included
-        results, infos, transfers = [], {}, {}
-        for d in sorted(replies):
-            result, info = decode_result(replies[d][0].content)
-            transfers[d] = _transfer_split(replies[d][1], info["busy_s"], tasks[d].download_bytes, result.upload_bytes)
-            if info.get("emulated") is None and result.report is not None:
-                work = executors.work_of(tasks[d], result, backbone.num_layers)
-                upload_s = transfers[d][1]
-                lora_upload_s = upload_s * work.lora_upload_bytes / result.upload_bytes if result.upload_bytes else 0.0
-                result.report.upload_time_per_rank = lora_upload_s / work.rank_sum if work.rank_sum else 0.0
-            results.append(result)
-            infos[d] = info
-        agg = strategy.aggregate_round(rnd, results) if results else {"skipped": "no device answered"}
-        candidates = strategy.candidate_evaluations(rnd)
-        if candidates:
-            if validation is None:
-                raise ValueError(f"validation_examples must be > 0 for strategy {strategy.name!r} (it compares candidate models)")
-            scores = {name: executors.evaluate(t, backbone, validation, tcfg) for name, t in candidates.items()}
-            agg.update(strategy.receive_evaluations(rnd, scores))
-        config_log = strategy.round_log(tasks)
-        devices_log = {str(r.device_id): _device_log(r.device_id, fed.node_of[r.device_id], r, infos[r.device_id],
-                                                     replies[r.device_id][1], transfers[r.device_id], round_time,
-                                                     tasks[r.device_id], config_log)
-                       for r in results}
-        down = sum(tasks[d].download_bytes for d in tasks)
-        up = sum(r.upload_bytes for r in results)
-        clock += round_time
-        traffic_down += down
-        traffic_up += up
-        waits = [v["waiting_s"] for v in devices_log.values()]
-        rec = {"round": rnd, "strategy": strategy.name, "runtime": "flower", "clock": "real", "lr": strategy.round_lr(rnd),
-               "virtual_time_s": clock, "round_time_s": round_time, "mean_waiting_s": sum(waits) / len(waits) if waits else 0.0,
-               "round_downlink_bytes": down, "round_uplink_bytes": up, "traffic_bytes": traffic_down + traffic_up,
-               "downlink_bytes": traffic_down, "uplink_bytes": traffic_up, "accuracy": None, "eval_loss": None,
-               "aggregation": agg, "devices": devices_log,
-               "missing": [{"device": d, "node_id": str(fed.node_of[d]), "reason": why} for d, why in sorted(missing.items())]}
-        if rnd % cfg.eval_every == 0 or rnd == cfg.rounds:
-            ev = executors.evaluate(strategy.evaluation_task(), backbone, dev, tcfg)
-            rec["accuracy"], rec["eval_loss"] = ev["accuracy"], ev["loss"]
-        records.append(rec)
-        with (out / "rounds.jsonl").open("a") as fh:
-            fh.write(json.dumps(rec) + "\n")
-        acc = f"{rec['accuracy']:.4f}" if rec["accuracy"] is not None else "  -   "
-        depths = sorted(v.get("depth", 0) for v in devices_log.values())
-        progress(f"[{strategy.name}/flower] round {rnd}/{cfg.rounds}  acc {acc}  round {round_time:.1f}s  "
-                 f"answered {sorted(replies)}  missing {sorted(missing)}  depths {depths}  "
-                 f"traffic {rec['traffic_bytes'] / 1e6:.2f} MB")
-    write_outputs(cfg, strategy, backbone, records, out, task_data.label_names, time.perf_counter() - wall0,
-                  runtime="flower", devices={str(d): fed.identity[d] for d in sorted(fed.identity)})
-    progress(f"records, summary and adapter in {out.resolve()}")
+    transport = FlowerTransport(fed, cfg, ctx.label_names, settings.query_timeout_s, settings.round_timeout_s)
+    start, done = (restore(state, strategy, transport) if state is not None else (1, []))
+    if state is not None:
+        log.info("resuming %s in %s after round %d of %d", cfg.strategy, out, start - 1, cfg.rounds)
+    records = run_rounds(strategy, transport, ctx, RecordWriter(out, done), start_round=start)
+    write_outputs(ctx, strategy, records, out, time.perf_counter() - wall0, runtime="flower",
+                  devices={str(d): fed.identity[d] for d in sorted(fed.identity)})
+    (out / CHECKPOINT).unlink(missing_ok=True)
+    log.info("records, summary and adapter in %s", out.resolve())
     return records
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    logs.configure(logging.INFO)
     settings = FederationSettings.from_run_config(dict(context.run_config))
-    run_federation(grid, settings.run_config(), settings, progress=lambda line: print(line, flush=True))
+    run_federation(grid, settings.run_config(), settings)

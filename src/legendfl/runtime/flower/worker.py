@@ -13,23 +13,26 @@ Tasks run one at a time; a task that fails is answered with its error and the wo
 """
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import time
 import traceback
 from multiprocessing.connection import Client, Listener
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+
+from .node import train_payload
+
+log = logging.getLogger(__name__)
 
 
 def _key_path(socket_path: str) -> Path:
     return Path(socket_path + ".key")
 
 
-def serve(socket_path: str, *, max_tasks: int | None = None, progress: Callable[[str], None] = print) -> int:
+def serve(socket_path: str, *, max_tasks: int | None = None) -> int:
     """Serve tasks on ``socket_path`` until stopped (or ``max_tasks`` were served); returns tasks served."""
-    from .client_app import train_payload
-
     path = Path(socket_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
@@ -42,12 +45,12 @@ def serve(socket_path: str, *, max_tasks: int | None = None, progress: Callable[
     served = 0
     with Listener(str(path), family="AF_UNIX", authkey=key) as listener:
         path.chmod(0o600)
-        progress(f"legendfl worker {os.getpid()} listening on {path}")
+        log.info("legendfl worker %d listening on %s", os.getpid(), path)
         while max_tasks is None or served < max_tasks:
             try:
                 conn = listener.accept()
             except Exception as err:  # a client that failed authentication
-                progress(f"refused a connection: {err}")
+                log.warning("refused a connection: %s", err)
                 continue
             with conn:
                 try:
@@ -57,7 +60,7 @@ def serve(socket_path: str, *, max_tasks: int | None = None, progress: Callable[
                     t0 = time.perf_counter()
                     reply = train_payload(payload, node_config, age_s)
                     conn.send(("ok", reply))
-                    progress(f"task for device {node_config.get('partition-id')} done in {time.perf_counter() - t0:.1f}s")
+                    log.info("task for device %s done in %.1fs", node_config.get("partition-id"), time.perf_counter() - t0)
                 except Exception as err:  # answer with the error; the worker stays up
                     conn.send(("error", f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=3)}"))
             served += 1

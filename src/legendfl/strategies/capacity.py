@@ -5,12 +5,36 @@
 
 The forward time t-hat_i of eq. 12 is averaged the same way. First report: the estimate starts at the
 report itself (an average over zero history would otherwise start at 0 and call every new device fast).
+
+Devices report generic measurements (``core.work``: the work done and the seconds of each phase); the
+report of section 4.3 is derived from them here (:func:`capacity_report`), so no runtime knows LEGEND.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .strategy import CapacityReport
+from ..core.strategy import DeviceResult
+
+
+@dataclass(frozen=True)
+class CapacityReport:
+    """What the paper's devices report about their own speed (section 4.3), in seconds."""
+
+    backward_time_per_layer: float  # mu-hat: backprop time of one LoRA layer over the round
+    upload_time_per_rank: float  # beta-hat: upload time of one layer's LoRA at unit rank
+    forward_time: float  # t-hat: forward propagation time over the round
+
+
+def capacity_report(result: DeviceResult) -> CapacityReport | None:
+    """mu-hat = backward seconds / trained depth; beta-hat = the LoRA share of the upload seconds / sum of
+    uploaded ranks; t-hat = forward seconds. ``None`` when the result carries no timing or work."""
+    work, timing = result.work, result.timing
+    if work is None or timing is None:
+        return None
+    per_layer = timing.backward_s / work.trained_depth if work.trained_depth else 0.0
+    lora_upload_s = timing.upload_s * work.lora_upload_bytes / work.upload_bytes if work.upload_bytes else 0.0
+    per_rank = lora_upload_s / work.rank_sum if work.rank_sum else 0.0
+    return CapacityReport(per_layer, per_rank, timing.forward_s)
 
 
 @dataclass
@@ -33,6 +57,12 @@ class CapacityEstimator:
     def __post_init__(self) -> None:
         if not 0.0 <= self.ema <= 1.0:
             raise ValueError(f"ema must be in [0, 1], got {self.ema}")
+
+    def observe(self, result: DeviceResult) -> None:
+        """Update from a result's measurements (results without timings are ignored)."""
+        report = capacity_report(result)
+        if report is not None:
+            self.update(result.device_id, report)
 
     def update(self, device_id: int, report: CapacityReport) -> DeviceEstimate:
         old = self.estimates.get(device_id)

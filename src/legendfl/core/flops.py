@@ -9,14 +9,16 @@ Per token (one multiply-add = 2 FLOPs), for a batch padded to ``seq_len``:
   shallowest LoRA layer up to the output propagates activation gradients through its frozen weights,
   which costs about one forward of that layer; each LoRA pair costs twice its forward (gradient of its
   input and of its weights). Full fine-tuning costs two forwards per layer (inputs and weights).
-- the head: twice its forward in backward. Embeddings are lookups and are not counted.
+- the head: twice its forward in backward. A decoder's frozen LM head (``ModelSpec.output_projection``)
+  projects every token: ``2 * vocab * hidden`` per token forward, and as much again in backward (the gradient
+  of its input; its weights are frozen) whenever anything is trained. Embeddings are lookups, not counted.
 """
 from __future__ import annotations
 
 from typing import NamedTuple
 
-from ..core.lora_layout import LoraLayout
-from ..core.strategy import ModelSpec
+from .lora_layout import LoraLayout
+from .strategy import ModelSpec
 
 
 def layer_forward_flops(spec: ModelSpec, tokens: int, seq_len: int) -> float:
@@ -30,6 +32,11 @@ def lora_forward_flops(spec: ModelSpec, rank: int, tokens: int) -> float:
 
 def head_forward_flops(spec: ModelSpec, sequences: int) -> float:
     return 2.0 * sequences * sum(t.numel() for k, t in spec.head.items() if k.endswith("weight"))
+
+
+def output_forward_flops(spec: ModelSpec, tokens: int) -> float:
+    """A decoder's LM-head projection of every token (0 for an encoder)."""
+    return 2.0 * tokens * spec.output_projection
 
 
 class BatchFlops(NamedTuple):
@@ -50,9 +57,10 @@ def batch_work(spec: ModelSpec, layout: LoraLayout | None, sequences: int, seq_l
     """
     tokens = sequences * seq_len
     per_layer = layer_forward_flops(spec, tokens, seq_len)
-    forward = spec.num_layers * per_layer + head_forward_flops(spec, sequences)
+    output = output_forward_flops(spec, tokens)
+    forward = spec.num_layers * per_layer + head_forward_flops(spec, sequences) + output
     if full:
-        backward = 2.0 * spec.num_layers * per_layer + 2.0 * head_forward_flops(spec, sequences)
+        backward = 2.0 * spec.num_layers * per_layer + 2.0 * head_forward_flops(spec, sequences) + output
         return BatchFlops(forward, backward, per_layer, 0.0)
     backward = 0.0
     trained: dict[int, float] = {}
@@ -64,7 +72,7 @@ def batch_work(spec: ModelSpec, layout: LoraLayout | None, sequences: int, seq_l
     forward += sum(trained.values())
     if trained:
         depth = spec.num_layers - min(trained)
-        backward = depth * per_layer + 2.0 * sum(trained.values()) + 2.0 * head_forward_flops(spec, sequences)
+        backward = depth * per_layer + 2.0 * sum(trained.values()) + 2.0 * head_forward_flops(spec, sequences) + output
     return BatchFlops(forward, backward, per_layer, sum(trained.values()))
 
 

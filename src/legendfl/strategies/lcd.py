@@ -45,10 +45,23 @@ from .capacity import DeviceEstimate
 LCD_VARIANTS = ("fill", "literal")
 
 
-def rank_distribution(num_layers: int, rank_budget: int, rank_step: int = 1) -> list[int]:
-    """Global ranks r_0..r_{L-1}: arithmetic with difference ``rank_step``, sum <= ``rank_budget``."""
+def rank_distribution(num_layers: int, rank_budget: int, rank_step: int | None = 1) -> list[int]:
+    """Global ranks r_0..r_{L-1}: arithmetic with difference ``rank_step``, sum <= ``rank_budget``.
+
+    ``rank_step=None`` takes 1 where the budget allows it and otherwise (a deep model: 30 layers at rank 8
+    cannot rise by 1 per layer) the steepest even rise that fits, from rank 1 at the bottom layer:
+    ``r_l = 1 + floor(l * 2 (psi - L) / (L (L - 1)))``. Any rank the rounding leaves over goes to the top layers.
+    """
     if num_layers <= 0:
         raise ValueError(f"num_layers must be positive, got {num_layers}")
+    if rank_step is None:
+        if rank_budget >= num_layers + num_layers * (num_layers - 1) // 2 or num_layers == 1:
+            rank_step = 1
+        else:
+            if rank_budget < num_layers:
+                raise ValueError(f"rank_budget must be >= {num_layers} for {num_layers} layers, got {rank_budget}")
+            step = 2 * (rank_budget - num_layers) / (num_layers * (num_layers - 1))
+            return _fill_top([1 + math.floor(l * step + 1e-9) for l in range(num_layers)], rank_budget)
     if rank_step < 0:
         raise ValueError(f"rank_step must be >= 0, got {rank_step}")
     rise = rank_step * num_layers * (num_layers - 1) // 2
@@ -56,10 +69,15 @@ def rank_distribution(num_layers: int, rank_budget: int, rank_step: int = 1) -> 
     if r0 < 1:
         raise ValueError(f"rank_budget must be >= {num_layers + rise} for {num_layers} layers with rank_step "
                          f"{rank_step}, got {rank_budget}")
-    ranks = [r0 + rank_step * l for l in range(num_layers)]
+    return _fill_top([r0 + rank_step * l for l in range(num_layers)], rank_budget)
+
+
+def _fill_top(ranks: list[int], rank_budget: int) -> list[int]:
+    """Add the budget ``ranks`` leave over, one unit per layer from the top down (again while any is left)."""
     leftover = rank_budget - sum(ranks)
-    for l in range(num_layers - leftover, num_layers):
-        ranks[l] += 1
+    n = len(ranks)
+    for i in range(leftover):
+        ranks[n - 1 - i % n] += 1
     return ranks
 
 

@@ -1,0 +1,36 @@
+"""Local training options: the same for every device of a run, set in the run's configuration.
+
+Torch-free, so a configuration can be read where torch is not installed (a forwarding Flower ClientApp).
+:class:`~legendfl.config.RunConfig` extends this class, so every option here is a run option (a TOML key and
+a ``legendfl run`` flag), and a runtime passes ``cfg.train_config()`` to the trainer.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from .options import option, validate
+
+
+@dataclass
+class TrainConfig:
+    """Local training settings (the same for every device of a run)."""
+
+    batch_size: int = option(16, "local batch size", minimum=1, integer=True)
+    local_epochs: float = option(1.0, "local epochs per round", minimum=0.0, exclusive_minimum=True)
+    max_local_steps: int | None = option(25, "cap on local steps per round (None: full local epochs)", minimum=1, integer=True)
+    weight_decay: float = option(0.01, "AdamW weight decay", minimum=0.0)
+    max_grad_norm: float | None = option(1.0, "gradient clipping by global norm (None: off)", minimum=0.0, exclusive_minimum=True)
+    lora_scaling: float = option(2.0, "LoRA alpha / r, held equal on every layer and rank", minimum=0.0, exclusive_minimum=True)
+    lora_dropout: float = option(0.0, "dropout on the LoRA input during local training", minimum=0.0, maximum=1.0)
+    bf16: bool = option(True, "bf16 autocast for local training (evaluation stays fp32)", choices=(True, False))
+    group_by_length: bool = option(True, "batch examples of similar length together (less padding, same examples)",
+                                   choices=(True, False))
+    seed: int = option(0, "seed of every random choice (partition, fleet, batches, dropout, init)", integer=True)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def train_config(self) -> "TrainConfig":
+        """The local training settings alone (a plain :class:`TrainConfig`)."""
+        return TrainConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)})

@@ -1,0 +1,61 @@
+"""One record type for every runtime: a round's line of ``rounds.jsonl``, built and written here.
+
+A record holds the round, strategy, runtime and clock (``"virtual"``: the simulator's cost model;
+``"real"``: Flower's wall clock), the clock's time and traffic fields (``virtual_time_s`` or
+``real_time_s``, ``round_time_s``, ``mean_waiting_s``, bytes), the server's wall seconds for the round
+(``wall_s``), accuracy and loss where evaluated, the strategy's aggregation metrics, one entry per device
+that answered and, where some did not, ``missing``.
+
+A device's entry has the same fields in every runtime (:func:`device_entry`: its timing by phase, waiting,
+examples, tokens, FLOPs, bytes, loss, trainable parameters, its work and the strategy's per-device
+configuration); a runtime adds what only it knows (the simulator: device type, power mode, bandwidth;
+Flower: node, host, round trip, emulation).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..core.strategy import DeviceResult, DeviceTask
+
+
+def time_field(records: list[dict]) -> str:
+    """The cumulative time field of these records: ``virtual_time_s`` or ``real_time_s``."""
+    return "real_time_s" if records and records[0].get("clock") == "real" else "virtual_time_s"
+
+
+def timing_fields(timing: dict[str, float], waiting_s: float) -> dict[str, float]:
+    """A device's seconds by phase, ``total_s`` and ``waiting_s``, as records show them (rounded to 0.1 ms)."""
+    return {**{k: round(v, 4) for k, v in timing.items()}, "waiting_s": round(waiting_s, 4)}
+
+
+def device_entry(result: DeviceResult, task: DeviceTask, timing: dict[str, float], waiting_s: float,
+                 config_log: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """One device's line of a round record (``timing``: seconds by phase and ``total_s``)."""
+    return {**extra, **timing_fields(timing, waiting_s),
+            "examples": result.num_examples, "tokens": result.num_tokens, "forward_flops": result.forward_flops,
+            "backward_flops": result.backward_flops, "download_bytes": task.download_bytes,
+            "upload_bytes": result.upload_bytes, "train_loss": round(result.train_loss, 5),
+            "wall_s": round(result.wall_time_s, 3),
+            "trainable_params": int(sum(v.numel() for v in task.params.values())),
+            **config_log.get(str(result.device_id), {}),
+            "work": result.work.to_json() if result.work is not None else None}
+
+
+class RecordWriter:
+    """Appends records to ``<out>/rounds.jsonl`` as they are made (a crash keeps every finished round).
+
+    ``records``: the records of a resumed run's finished rounds; the file is rewritten with exactly those (a
+    record written after the last checkpoint, by a run that then crashed, is dropped and made again)."""
+
+    def __init__(self, out_dir: Path, records: list[dict] | None = None) -> None:
+        self.path = Path(out_dir) / "rounds.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.records: list[dict] = list(records or [])
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+
+    def write(self, record: dict) -> None:
+        self.records.append(record)
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")

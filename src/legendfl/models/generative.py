@@ -1,0 +1,160 @@
+"""Generative tasks on a decoder: answer-only training data and the scoring of GSM-8K and MMLU.
+
+Prompt formats (``data/generative_tasks.py``, the same for training and evaluation):
+
+- GSM-8K: ``"Question: {question}\\nAnswer:"`` followed by ``" {worked answer ending in #### number}"``;
+- MMLU: ``"{question}\\nA. {a}\\nB. {b}\\nC. {c}\\nD. {d}\\nAnswer:"`` followed by ``" {letter}"``.
+
+Training uses the causal-LM loss on the answer tokens only: the prompt's tokens (and padding) get label
+-100, which the loss ignores. Scoring: GSM-8K by the final number of a greedy generation compared exactly
+with the reference's number after ``####`` (:func:`final_number`); MMLU by comparing the model's next-token
+log-likelihood of the four answer letters after the prompt (:func:`mmlu_choice`), no generation.
+"""
+from __future__ import annotations
+
+import re
+from decimal import Decimal, InvalidOperation
+
+import numpy as np
+import torch
+
+from ..data.generative_tasks import LETTERS, gsm8k_prompt, mmlu_prompt  # noqa: F401  (the prompt formats)
+
+IGNORE = -100  # label of tokens outside the loss
+
+
+_NUMBER = re.compile(r"-?\$?\s?\d[\d,]*(?:\.\d+)?")
+
+
+def final_number(text: str) -> str | None:
+    """The final answer's number in canonical form: after the last ``####`` when there is one, else the last
+    number of the text; ``$`` and thousands commas dropped; ``18.00`` -> ``18``, ``-3.50`` -> ``-3.5``."""
+    part = text.rsplit("####", 1)[1] if "####" in text else text
+    found = _NUMBER.findall(part)
+    if not found:
+        return None
+    raw = found[0] if "####" in text else found[-1]
+    raw = raw.replace("$", "").replace(",", "").replace(" ", "")
+    try:
+        value = Decimal(raw)
+    except InvalidOperation:
+        return None
+    if value == value.to_integral_value():
+        return str(int(value))
+    return format(value.normalize(), "f")
+
+
+def gsm8k_correct(generated: str, reference: str) -> bool:
+    got, want = final_number(generated), final_number(reference)
+    return got is not None and got == want
+
+
+def letter_token_ids(tokenizer) -> list[int]:
+    """The token that follows ``"Answer:"`` for each letter (``" A"``, ...: the last token of its encoding)."""
+    return [tokenizer(f" {l}", add_special_tokens=False)["input_ids"][-1] for l in LETTERS]
+
+
+def mmlu_choice(next_token_logits: torch.Tensor, letter_ids: list[int]) -> int:
+    """Index (0-3) of the letter with the highest log-likelihood as the next token."""
+    return int(torch.log_softmax(next_token_logits.float(), dim=-1)[letter_ids].argmax())
+
+
+class CausalLMData:
+    """Prompt/answer pairs tokenised for a decoder: ``batch`` gives right-padded ids, attention mask and labels
+    that are the ids on answer tokens and -100 on prompt and padding (the interface of ``TokenizedData``)."""
+
+    def __init__(self, tokenizer, examples: list[tuple[str, str]], max_length: int = 256) -> None:
+        self.input_ids: list[list[int]] = []
+        self.answer_start: list[int] = []
+        eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        for prompt, answer in examples:
+            p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            a = tokenizer(answer, add_special_tokens=False)["input_ids"] + eos
+            a = a[:max_length]
+            p = p[max(0, len(p) + len(a) - max_length):]  # keep the answer; cut the prompt from the left
+            self.input_ids.append(p + a)
+            self.answer_start.append(len(p))
+        self.lengths = np.asarray([len(x) for x in self.input_ids])
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def batch(self, indices) -> dict[str, torch.Tensor]:
+        width = int(self.lengths[indices].max())
+        ids = torch.full((len(indices), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(indices), width), dtype=torch.long)
+        labels = torch.full((len(indices), width), IGNORE, dtype=torch.long)
+        for row, i in enumerate(indices):
+            seq = torch.tensor(self.input_ids[i])
+            n, start = len(seq), self.answer_start[i]
+            ids[row, :n] = seq
+            mask[row, :n] = 1
+            labels[row, start:n] = seq[start:]
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+@torch.no_grad()
+def evaluate_generative(model: torch.nn.Module, tokenizer, examples: list[tuple[str, str, int]], scoring: str,
+                        batch_size: int = 16, max_new_tokens: int = 256) -> dict[str, float]:
+    """Accuracy on ``(prompt, answer, label)`` examples: ``letter`` compares the next-token likelihood of the
+    four answer letters after each prompt with the label (MMLU); ``number`` generates greedily up to
+    ``max_new_tokens`` and compares the final number with the answer's (GSM-8K); ``exact`` compares the
+    whole generated response with the answer (whitespace-stripped; a user's instruction data)."""
+    if scoring not in ("letter", "number", "exact"):
+        raise ValueError(f"scoring must be one of ['letter', 'number', 'exact'], got {scoring!r}")
+    model.eval()
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    letters = letter_token_ids(tokenizer) if scoring == "letter" else []
+    correct = 0
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start:start + batch_size]
+        prompts = [tokenizer(p, add_special_tokens=False)["input_ids"] for p, _, _ in chunk]
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, p in enumerate(prompts):  # left padding: every prompt ends at the last position
+            ids[row, width - len(p):] = torch.tensor(p)
+            mask[row, width - len(p):] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        if scoring == "letter":
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, -1]
+            correct += sum(int(mmlu_choice(logits[row], letters) == label) for row, (_, _, label) in enumerate(chunk))
+        else:
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=pad)
+            texts = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+            if scoring == "number":
+                correct += sum(int(gsm8k_correct(text, answer)) for text, (_, answer, _) in zip(texts, chunk))
+            else:  # exact match of the generated response
+                correct += sum(int(text.strip() == answer.strip()) for text, (_, answer, _) in zip(texts, chunk))
+    return {"accuracy": correct / len(examples) if examples else 0.0}
+
+
+class GenerativeSplit:
+    """An evaluation split of a generative task: its examples, how they are scored, and the same examples
+    tokenised for the teacher-forced answer loss."""
+
+    def __init__(self, tokenizer, examples: list[tuple[str, str, int]], scoring: str, max_length: int,
+                 max_new_tokens: int = 256) -> None:
+        self.examples, self.scoring, self.max_new_tokens = list(examples), scoring, max_new_tokens
+        self.teacher = CausalLMData(tokenizer, [(p, a) for p, a, _ in examples], max_length)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+
+@torch.no_grad()
+def evaluate_split(model: torch.nn.Module, tokenizer, split: GenerativeSplit, batch_size: int = 16) -> dict[str, float]:
+    """Accuracy (the task's scoring) and the mean answer-token loss (teacher-forced) on ``split``."""
+    out = evaluate_generative(model, tokenizer, split.examples, split.scoring, batch_size, split.max_new_tokens)
+    device = next(model.parameters()).device
+    total = count = 0.0
+    for start in range(0, len(split), batch_size):
+        batch = {k: v.to(device) for k, v in split.teacher.batch(list(range(start, min(len(split), start + batch_size)))).items()}
+        tokens = float((batch["labels"][:, 1:] != IGNORE).sum())
+        total += float(model(**batch).loss) * tokens
+        count += tokens
+    out["loss"] = total / count if count else float("nan")
+    return out

@@ -1,0 +1,75 @@
+"""Implementations of the typed local terms of ``core.hooks`` on a live model.
+
+Each implementation has ``start(model, metrics)`` (before local training), ``penalty(model)`` (added to
+every step's loss) and ``finish(model, metrics)`` (after). A client method that cannot carry a term
+refuses it by name.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..core.hooks import LocalTerm, RankTailPenalty
+
+
+def lora_pairs(model: torch.nn.Module, adapter: str = "default") -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(A, B) weight pairs of every peft LoRA module (A: r x in, B: out x r)."""
+    pairs = []
+    for module in model.modules():
+        a, b = getattr(module, "lora_A", None), getattr(module, "lora_B", None)
+        if isinstance(a, torch.nn.ModuleDict) and adapter in a:
+            pairs.append((a[adapter].weight, b[adapter].weight))
+    return pairs
+
+
+def rank_tail_norm(pairs, gamma: float) -> torch.Tensor:
+    """HetLoRA's penalty: sum over pairs of ||A[floor(gamma r):r, :]|| * ||B[:, floor(gamma r):r]||."""
+    terms = []
+    for a, b in pairs:
+        r = a.shape[0]
+        cut = math.floor(gamma * r)
+        if cut < r:
+            terms.append(a[cut:].norm() * b[:, cut:].norm())
+    return torch.stack(terms).sum() if terms else torch.zeros(())
+
+
+class RankTailTerm:
+    """:class:`~legendfl.core.hooks.RankTailPenalty` on a peft LoRA model."""
+
+    methods = ("lora",)
+
+    def __init__(self, term: RankTailPenalty) -> None:
+        self.term = term
+        self.pairs: list | None = None
+
+    def bind(self, pairs: list) -> "RankTailTerm":
+        """Use these (A, B) pairs instead of finding peft's in the model (the batched engine's own)."""
+        self.pairs = list(pairs)
+        return self
+
+    def _pairs(self, model: torch.nn.Module) -> list:
+        if self.pairs is None:
+            self.pairs = lora_pairs(model)
+        return self.pairs
+
+    def start(self, model: torch.nn.Module, metrics: dict) -> None:
+        with torch.no_grad():
+            metrics["tail_norm_start"] = float(rank_tail_norm(self._pairs(model), self.term.gamma))
+
+    def penalty(self, model: torch.nn.Module) -> torch.Tensor:
+        return self.term.strength * rank_tail_norm(self._pairs(model), self.term.gamma)
+
+    def finish(self, model: torch.nn.Module, metrics: dict) -> None:
+        with torch.no_grad():
+            metrics["tail_norm"] = float(rank_tail_norm(self._pairs(model), self.term.gamma))
+
+
+IMPLEMENTATIONS = {RankTailPenalty: RankTailTerm}
+
+
+def implement(term: LocalTerm, method: str):
+    impl = IMPLEMENTATIONS.get(type(term))
+    if impl is None or method not in impl.methods:
+        raise ValueError(f"local term {term.kind!r} is not supported by client method {method!r}")
+    return impl(term)

@@ -1,0 +1,113 @@
+"""Client-side methods as plugins: how a device trains, uploads, counts and evaluates one kind of task.
+
+A :class:`ClientMethod` implements four parts:
+
+- ``inject(backbone, task, cfg, train)``: a context in which the shared frozen backbone carries the task's
+  trainable modules loaded with the task's tensors (and nothing of them afterwards);
+- ``collect(backbone, model, task)``: the tensors the device uploads, under canonical keys (``models.keys``);
+- ``flops(backbone, task)``: FLOPs of a batch (``models.flops``) and ``shape(task, result, num_layers)``: the
+  trained depth, trained layers and rank sum the cost model prices;
+- ``evaluate`` and, where the method has a standard format, ``export`` (LoRA: a peft adapter).
+
+The base class turns these into local training (``trainer.local_training``) with the task's typed local
+terms (``models.local_terms``) and fills the result's uploaded tensors and work. Built-in methods are
+found by name without importing them all (``lora``, ``adapter``, ``full``); a plugin calls
+:func:`register_method`. A task names its method in ``DeviceTask.method``.
+"""
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager
+from typing import ClassVar
+
+import torch
+
+from ..core.strategy import DeviceResult, DeviceTask, Tensors, key_layer, tensors_bytes
+from ..core.training import TrainConfig
+from ..core.work import DeviceWork
+from .backbone import Backbone
+from .generative import GenerativeSplit, evaluate_split
+from .local_terms import implement
+from .trainer import FlopsFn, TokenizedData, evaluate_model, local_training
+
+
+class ClientMethod(ABC):
+    """One kind of local training on the shared backbone (see the module doc)."""
+
+    name: ClassVar[str] = ""
+    full: ClassVar[bool] = False  # every weight trained (the cost model adds weight gradients)
+
+    @abstractmethod
+    def inject(self, backbone: Backbone, task: DeviceTask, cfg: TrainConfig, train: bool) -> AbstractContextManager[torch.nn.Module]:
+        """Context: the backbone with the task's modules and tensors (trainable if ``train``)."""
+
+    @abstractmethod
+    def collect(self, backbone: Backbone, model: torch.nn.Module, task: DeviceTask) -> Tensors:
+        """The tensors the device uploads, as CPU copies under canonical keys."""
+
+    @abstractmethod
+    def flops(self, backbone: Backbone, task: DeviceTask) -> FlopsFn:
+        """FLOPs of one batch of (sequences, padded width) for this task."""
+
+    @abstractmethod
+    def shape(self, task: DeviceTask, result: DeviceResult, num_layers: int) -> tuple[int, int, int]:
+        """(trained depth, trained layers, uploaded rank sum) of the task, for the cost model."""
+
+    def train(self, task: DeviceTask, backbone: Backbone, data: TokenizedData, indices: list[int],
+              cfg: TrainConfig) -> DeviceResult:
+        terms = [implement(term, self.name) for term in task.local_terms]
+        with self.inject(backbone, task, cfg, train=True) as model:
+            start_metrics: dict = {}
+            for term in terms:
+                term.start(model, start_metrics)
+            penalties = [term.penalty for term in terms]
+            result = local_training(model, task, data, indices, cfg, self.flops(backbone, task), penalties)
+            for term in terms:
+                term.finish(model, result.metrics)
+            result.metrics.update(start_metrics)
+            result.params = self.collect(backbone, model, task)
+        result.work = self.work(task, result, backbone.num_layers)
+        return result
+
+    def evaluate(self, task: DeviceTask, backbone: Backbone, data, cfg: TrainConfig) -> dict[str, float]:
+        """Accuracy and loss: classification on ``TokenizedData``, a generative task on a ``GenerativeSplit``."""
+        with self.inject(backbone, task, cfg, train=False) as model:
+            if isinstance(data, GenerativeSplit):
+                return evaluate_split(model, backbone.tokenizer, data)
+            return evaluate_model(model, data)
+
+    def export(self, task: DeviceTask, backbone: Backbone, out_dir: str, cfg: TrainConfig) -> bool:
+        """Save the model of ``task`` in the method's standard format; False if it has none."""
+        return False
+
+    def work(self, task: DeviceTask, result: DeviceResult, num_layers: int) -> DeviceWork:
+        """The work the cost model prices: FLOPs done, the parts a latency profile prices, bytes really exchanged."""
+        depth, layers, rank_sum = self.shape(task, result, num_layers)
+        per_layer = {k: v for k, v in result.params.items() if key_layer(k) is not None}  # LoRA or adapter tensors
+        return DeviceWork(result.forward_flops, result.backward_flops, task.download_bytes, result.upload_bytes,
+                          depth, rank_sum, tensors_bytes(per_layer), result.num_steps, result.layer_forward_flops,
+                          result.trainable_forward_flops, layers, num_layers, self.full)
+
+
+_BUILTIN = {"lora": "legendfl.models.lora_method:LoraMethod",
+            "adapter": "legendfl.models.bottleneck:BottleneckMethod",
+            "full": "legendfl.models.full_model:FullMethod"}
+_METHODS: dict[str, ClientMethod] = {}
+
+
+def register_method(method: ClientMethod) -> ClientMethod:
+    """Make ``method`` the implementation of tasks whose ``method`` is ``method.name``."""
+    if not method.name:
+        raise ValueError("a client method needs a name")
+    _METHODS[method.name] = method
+    return method
+
+
+def get_method(name: str) -> ClientMethod:
+    if name not in _METHODS and name in _BUILTIN:
+        module, _, cls = _BUILTIN[name].partition(":")
+        register_method(getattr(importlib.import_module(module), cls)())
+    if name not in _METHODS:
+        raise ValueError(f"task method must be one of {sorted(set(_BUILTIN) | set(_METHODS))}, got {name!r}")
+    return _METHODS[name]

@@ -1,0 +1,74 @@
+"""Our tasks and results as plain data (JSON text and NumPy arrays), and back; no Flower, no torch at import.
+
+A task payload holds ``task-json`` (its fields: device, round, method, learning rate, layouts, typed local
+terms), ``run-config-json`` (the run's options, so a node needs nothing from earlier messages),
+``label-names-json`` and ``arrays`` (the tensors the device downloads, by canonical key). A result payload
+holds ``result-json`` (counts, work, timing, metrics and what the node adds: set-up time, host, emulation)
+and ``arrays`` (what the device uploads). ``messages.py`` wraps them into Flower records.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import numpy as np
+
+from ...core.hooks import term_from_json
+from ...core.lora_layout import AdapterLayout, LoraLayout
+from ...core.strategy import DeviceResult, DeviceTask, Tensors
+from ...core.work import DeviceTiming, DeviceWork
+
+Arrays = dict[str, np.ndarray]
+
+
+def to_numpy(tensors: Tensors) -> Arrays:
+    return {k: v.detach().cpu().contiguous().numpy() for k, v in tensors.items()}
+
+
+def to_torch(arrays: Arrays) -> Tensors:
+    import torch
+
+    return {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}
+
+
+def task_fields(task: DeviceTask) -> dict[str, Any]:
+    return {"device_id": task.device_id, "round": task.round, "method": task.method, "lr": task.lr,
+            "layout": task.layout.to_json() if task.layout is not None else None,
+            "adapter": task.adapter.to_json() if task.adapter is not None else None,
+            "local_terms": [t.to_json() for t in task.local_terms]}
+
+
+def task_to_payload(task: DeviceTask, run_config: dict[str, Any], label_names: list[str]) -> dict[str, Any]:
+    return {"task-json": json.dumps(task_fields(task)), "run-config-json": json.dumps(run_config),
+            "label-names-json": json.dumps(label_names), "arrays": to_numpy(task.params)}
+
+
+def task_from_payload(payload: dict[str, Any]) -> tuple[DeviceTask, dict[str, Any], list[str]]:
+    """The task, the run configuration (a ``RunConfig`` as a dict) and the task's label names (the server's)."""
+    f = json.loads(payload["task-json"])
+    task = DeviceTask(device_id=int(f["device_id"]), round=int(f["round"]), params=to_torch(payload["arrays"]),
+                      layout=LoraLayout.from_json(f["layout"]) if f["layout"] is not None else None,
+                      method=str(f["method"]), lr=float(f["lr"]),
+                      adapter=AdapterLayout.from_json(f["adapter"]) if f["adapter"] is not None else None,
+                      local_terms=tuple(term_from_json(t) for t in f["local_terms"]))
+    return task, json.loads(payload["run-config-json"]), json.loads(payload["label-names-json"])
+
+
+def result_payload(result: DeviceResult, node: dict[str, Any]) -> dict[str, Any]:
+    """``node`` carries what the server cannot see: set-up time, emulation, host."""
+    fields = {f.name: getattr(result, f.name) for f in dataclasses.fields(result) if f.name not in ("params", "work", "timing")}
+    fields["work"] = result.work.to_json() if result.work is not None else None
+    fields["timing"] = dataclasses.asdict(result.timing) if result.timing is not None else None
+    fields["node"] = node
+    return {"result-json": json.dumps(fields), "arrays": to_numpy(result.params)}
+
+
+def result_from_payload(payload: dict[str, Any]) -> tuple[DeviceResult, dict[str, Any]]:
+    fields = json.loads(payload["result-json"])
+    node = fields.pop("node")
+    work, timing = fields.pop("work"), fields.pop("timing")
+    result = DeviceResult(params=to_torch(payload["arrays"]), **fields)
+    result.work = DeviceWork(**work) if work is not None else None
+    result.timing = DeviceTiming(**timing) if timing is not None else None
+    return result, node

@@ -1,0 +1,109 @@
+"""The package's layering, read from its source: no import cycles (function-level imports included),
+and each layer imports only the layers below it."""
+import ast
+from pathlib import Path
+
+import legendfl
+
+ROOT = Path(legendfl.__file__).parent
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the legendfl modules it imports anywhere in its body (top level or inside functions)."""
+    modules = {_module_name(p): p for p in ROOT.rglob("*.py")}
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")
+                    base = base[: len(base) - (node.level - 1)]
+                    stem = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    stem = node.module or ""
+                targets = [stem] + [f"{stem}.{a.name}" for a in node.names]
+            for target in targets:
+                while target and target not in modules and "." in target:
+                    target = target.rpartition(".")[0]  # an imported name, not a module: its module
+                if target in modules and target != name:
+                    graph[name].add(target)
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_the_graph_sees_function_level_imports():
+    graph = import_graph()
+    # config imports the strategy registry inside a function (so reading a config never loads torch)
+    assert "legendfl.strategies" in graph["legendfl.config"]
+    assert "legendfl.strategies.registry" in graph["legendfl.strategies.legend"]
+
+
+def test_no_import_cycles():
+    assert cycles(import_graph()) == []
+
+
+def _imports_of(prefix: str, graph) -> set[str]:
+    return {t for m, ts in graph.items() if m == prefix or m.startswith(prefix + ".") for t in ts}
+
+
+def test_layers_import_only_what_is_below_them():
+    graph = import_graph()
+    below = {  # layer -> the legendfl layers it may import (besides itself)
+        "legendfl.core": set(),
+        "legendfl.strategies": {"legendfl.core"},
+        "legendfl.fleet": {"legendfl.core"},
+        "legendfl.data": {"legendfl.core"},
+        "legendfl.metrics": {"legendfl.core"},
+        "legendfl.models": {"legendfl.core", "legendfl.data"},
+    }
+    for layer, allowed in below.items():
+        for target in _imports_of(layer, graph):
+            top = ".".join(target.split(".")[:2])
+            assert top == layer or top in allowed, f"{layer} imports {target}"
+    # and the strategy layer, in particular, imports no runtime
+    assert not any(t.startswith("legendfl.runtime") for t in _imports_of("legendfl.strategies", graph))
+
+
+def test_no_file_is_over_400_lines():
+    long = {str(p.relative_to(ROOT)): n for p in ROOT.rglob("*.py") if (n := len(p.read_text().splitlines())) > 400}
+    assert long == {}

@@ -1,0 +1,90 @@
+"""The strategy <-> device protocol by hand: LEGEND's configure/aggregate on hand-made measurements, and a
+task and a result through Flower messages and back."""
+import math
+
+import pytest
+import torch
+
+from legendfl.core.hooks import RankTailPenalty
+from legendfl.core.lora_layout import AdapterLayout, LoraLayout
+from legendfl.core.strategy import DeviceResult, DeviceTask, ModelSpec
+from legendfl.core.work import DeviceTiming, DeviceWork
+from legendfl.strategies.legend import Legend, LegendOptions
+
+
+def _spec():
+    return ModelSpec(num_layers=4, linear_modules={"q": (3, 3)}, head={"head.w": torch.zeros(2)}, hidden_size=3,
+                     base_param_count=0)
+
+
+def _result(dev, rnd, layers, value, forward, backward, upload, rank_sum):
+    params = {f"{l}.q.lora_{p}": torch.full((1,), float(value)) for l in layers for p in "AB"}
+    params["head.w"] = torch.full((2,), float(value))
+    work = DeviceWork(0, 0, 0, 100, trained_depth=len(layers), rank_sum=rank_sum, lora_upload_bytes=100)
+    return DeviceResult(dev, rnd, params, num_examples=10 * (dev + 1), work=work,
+                        timing=DeviceTiming(0.0, forward, backward, upload))
+
+
+def test_legend_configures_depths_from_measurements_and_aggregates_layerwise_by_hand():
+    s = Legend(LegendOptions(rank_budget=16), seed=0, lora_rank=2)
+    s.initialize(_spec(), [0, 1, 2])
+    assert s.ranks == [2, 3, 5, 6]  # r0 = (16 - 6) // 4 = 2, step 1, remainder 2 to the top layers
+    tasks = s.configure_round(1, [0, 1, 2])
+    assert {d: t.layout.depth for d, t in tasks.items()} == {0: 2, 1: 2, 2: 2}  # ceil(L/2) before any report
+    assert set(tasks[0].params) == {"2.q.lora_A", "2.q.lora_B", "3.q.lora_A", "3.q.lora_B", "head.w"}
+    # device d trained layers 2 and 3 (rank sum 5 + 6 = 11); its measurements: forward f, backward b, upload u
+    speeds = {0: (1.0, 2.0, 1.1), 1: (2.0, 4.0, 2.2), 2: (4.0, 8.0, 4.4)}
+    results = [_result(d, 1, [2, 3], d + 1, *speeds[d], rank_sum=11) for d in range(3)]
+    before = s.global_params["0.q.lora_A"].clone()
+    agg = s.aggregate_round(1, results)
+    # layer-wise mean over the devices that trained a layer (uniform weighting, eq. 17); untrained layers kept
+    assert torch.allclose(s.global_params["2.q.lora_A"], torch.tensor([2.0]))
+    assert torch.allclose(s.global_params["head.w"], torch.full((2,), 2.0))
+    assert torch.equal(s.global_params["0.q.lora_A"], before)
+    assert agg["devices_per_layer"] == {"0": 0, "1": 0, "2": 3, "3": 3}
+    # mu = b / 2, beta = u / 11, t-hat = f: full-depth times 1 + 4 + 16 * 0.1 = 6.6, 13.2, 26.4
+    est = s.estimator.estimates
+    assert [round(est[d].completion_time(4, 16), 6) for d in range(3)] == [6.6, 13.2, 26.4]
+    # gap k = ceil(4 * (26.4 - 6.6) / 26.4) = 3; depths 4 - ceil(3 (t - 6.6) / 19.8) = 4, 3, 1; the fill cannot
+    # raise device 2 (depth 2 would take 4 + 8 + 11 * 0.4 = 16.4 s > t^h = 10.8 s) nor device 1 (13.2 s)
+    tasks = s.configure_round(2, [0, 1, 2])
+    assert {d: t.layout.depth for d, t in tasks.items()} == {0: 4, 1: 3, 2: 1}
+    assert s.last_decision.round_time == pytest.approx(10.8)
+    assert tasks[2].layout.ranks == {3: 6} and tasks[1].layout.ranks == {1: 3, 2: 5, 3: 6}
+    log = s.round_log(tasks)
+    assert log["1"]["predicted_time_s"] == pytest.approx(2 + 3 * 2 + 14 * 0.2)
+
+
+def test_a_task_and_a_result_survive_flower_messages():
+    from legendfl.runtime.flower.messages import decode_result, decode_task, encode_result, encode_task
+
+    task = DeviceTask(3, 7, {"5.q.lora_A": torch.randn(4, 3), "head.w": torch.arange(2.0)}, LoraLayout({5: 4}, 6),
+                      "lora", 1e-3, local_terms=(RankTailPenalty(0.75, 0.01),))
+    back, cfg, labels = decode_task(encode_task(task, {"rounds": 2}, ["neg", "pos"]))
+    assert (back.device_id, back.round, back.method, back.lr, back.layout) == (3, 7, "lora", 1e-3, task.layout)
+    assert back.local_terms == task.local_terms and cfg == {"rounds": 2} and labels == ["neg", "pos"]
+    assert all(torch.equal(back.params[k], v) for k, v in task.params.items())
+    adapter = DeviceTask(1, 2, {}, None, "adapter", adapter=AdapterLayout(2, 16))
+    assert decode_task(encode_task(adapter, {}, []))[0].adapter == AdapterLayout(2, 16)
+
+    work = DeviceWork(1.5, 2.5, 10, 20, 1, 4, 16, 3, 0.5, 0.25, 1, 6, False)
+    result = DeviceResult(3, 7, {"5.q.lora_A": torch.randn(4, 3)}, num_examples=12, num_tokens=300, num_steps=3,
+                          train_loss=0.5, metrics={"tail_norm": 0.1}, work=work, timing=DeviceTiming(0.1, 0.2, 0.3, 0.4))
+    got, node = decode_result(encode_result(result, {"hostname": "h", "busy_s": 1.0}))
+    assert node == {"hostname": "h", "busy_s": 1.0}
+    assert (got.work, got.timing, got.metrics, got.num_tokens) == (work, result.timing, {"tail_norm": 0.1}, 300)
+    assert torch.equal(got.params["5.q.lora_A"], result.params["5.q.lora_A"])
+    assert math.isclose(got.train_loss, 0.5)
+
+
+def test_an_unknown_local_term_or_method_is_refused_by_name():
+    from legendfl.core.hooks import term_from_json
+    from legendfl.models.local_terms import implement
+    from legendfl.models.methods import get_method
+
+    with pytest.raises(ValueError, match="local term kind must be one of"):
+        term_from_json({"kind": "dropout_schedule"})
+    with pytest.raises(ValueError, match="not supported by client method 'adapter'"):
+        implement(RankTailPenalty(), "adapter")
+    with pytest.raises(ValueError, match="task method must be one of"):
+        get_method("prefix-tuning")

@@ -1,0 +1,132 @@
+"""Strategies bring their own options: the registry, presets, config precedence, and a toy strategy
+added the way docs/architecture.md says, registered from this file and run end to end."""
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import torch
+
+from legendfl.cli import build_config, make_parser
+from legendfl.config import RunConfig
+from legendfl.core.lora_layout import LoraLayout
+from legendfl.core.options import option, validate
+from legendfl.core.strategy import DeviceTask
+from legendfl.strategies import build_strategy, get_entry, strategy_names
+from legendfl.strategies.fedlora import FedLoRA
+from legendfl.strategies.hetlora import HetLoRA
+from legendfl.strategies.legend import Legend
+from legendfl.strategies.lora_base import LoraStrategy
+from legendfl.strategies.registry import register_strategy, unregister
+
+
+def test_every_strategy_and_preset_is_registered_with_its_class_and_fixed_options():
+    names = strategy_names()
+    for name in ("legend", "legend-no-depth", "legend-no-rank", "legend-literal", "fedlora", "fedlora-layers-d",
+                 "fedlora-rank-rand", "fedlora-depth-<...>", "hetlora", "fedadapter", "full"):
+        assert name in names
+    assert get_entry("legend-no-depth").cls is Legend and get_entry("legend-no-depth").fixed == {"adaptive_depth": False}
+    depth3 = get_entry("fedlora-depth-3")
+    assert depth3.cls is FedLoRA and depth3.options().pretest == "depth-3"
+    with pytest.raises(ValueError, match="pretest must be one of"):
+        get_entry("fedlora-depth-x")
+    with pytest.raises(ValueError, match="strategy must be one of"):
+        get_entry("fedavg")
+
+
+def test_a_preset_reads_its_base_section_and_fixes_its_own_options():
+    s = build_strategy("legend-no-rank", {"legend": {"rank_step": 2, "rank_shape": "increasing", "ema": 0.5}}, seed=1)
+    assert isinstance(s, Legend) and s.name == "legend-no-rank"
+    assert s.options.rank_shape == "uniform" and s.options.rank_step == 2 and s.estimator.ema == 0.5
+    assert build_strategy("fedlora-layers-d").name == "fedlora-layers-d"
+
+
+def test_config_file_then_flags_with_sections_dotted_flags_and_old_flat_names(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text("""rounds = 5
+lr = 1e-3
+ema = 0.5                 # an old flat name: LEGEND's and HetLoRA's rho
+hetlora_r_max = 12        # an old flat name
+[strategy]
+name = "hetlora"
+[strategy.hetlora]
+r_min = 2
+gamma = 0.8
+""")
+    ns = make_parser().parse_args(["run", "--config", str(path), "--rounds", "3", "--hetlora.r-min", "3",
+                                   "--hetlora-gamma", "0.7", "--max-grad-norm", "none", "--bf16", "false"])
+    cfg = build_config(ns)
+    assert cfg.strategy == "hetlora" and cfg.rounds == 3 and cfg.lr == 1e-3  # flag over file; file over default
+    opts = cfg.strategy_options_resolved()
+    assert (opts.r_min, opts.r_max, opts.gamma, opts.ema) == (3, 12, 0.7, 0.5)
+    assert cfg.strategy_options["legend"]["ema"] == 0.5
+    assert cfg.max_grad_norm is None and cfg.bf16 is False
+    train = cfg.train_config()
+    assert type(train).__name__ == "TrainConfig" and train.max_grad_norm is None and train.seed == cfg.seed
+    # a run's config.json reads back to the same configuration
+    again = RunConfig(**json.loads(json.dumps(cfg.to_json())))
+    assert again.strategy_options_resolved() == opts and again.to_json() == cfg.to_json()
+    strategy = cfg.build_strategy()
+    assert isinstance(strategy, HetLoRA) and strategy.r_min == 3 and strategy.penalty.gamma == 0.7
+
+
+def test_bad_options_name_the_strategy_and_field(tmp_path):
+    for values, message in [({"hetlora.r_min": 9, "hetlora.r_max": 4}, "hetlora.r_min (9) must be <= hetlora.r_max"),
+                            ({"strategy": {"name": "legend", "legend": {"lcd": "greedy"}}}, "legend.lcd must be one of"),
+                            ({"strategy": {"legend": 3}}, "strategy.legend must be a table"),
+                            ({"fedlora.pretest": "layers-q"}, "pretest must be one of"),
+                            ({"fedadapter.width": 100}, "fedadapter.width must be <= 64")]:
+        with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            RunConfig.from_sources(values)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("roundz = 3\n")
+    from legendfl.config import load_config_file
+
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['roundz'\]"):
+        load_config_file(str(bad))
+
+
+# --- a toy strategy, written by following docs/architecture.md ------------------------------------------------
+@dataclass(frozen=True)
+class TopLayerOptions:
+    rank: int = option(2, "LoRA rank on the top layer", minimum=1, integer=True)
+
+    def __post_init__(self) -> None:
+        validate(self, "toy-top-layer.")
+
+
+class TopLayerOnly(LoraStrategy):
+    """Toy: every device trains LoRA on the last layer only; FedAvg."""
+
+    Options = TopLayerOptions
+
+    def make_global_layout(self, spec):
+        return LoraLayout({spec.num_layers - 1: self.options.rank}, spec.num_layers)
+
+    def configure_round(self, rnd: int, device_ids: list[int]) -> dict[int, DeviceTask]:
+        return {d: self.task(rnd, d, self.global_layout) for d in device_ids}
+
+
+@pytest.fixture
+def toy_strategy():
+    register_strategy("toy-top-layer", help="toy: LoRA on the top layer only")(TopLayerOnly)
+    yield "toy-top-layer"
+    unregister("toy-top-layer")
+
+
+def test_a_toy_strategy_registered_from_a_test_file_runs_end_to_end(tmp_path, toy_strategy):
+    from legendfl.metrics.summary import read_records
+    from legendfl.runner import run
+
+    cfg = RunConfig.from_sources({"strategy": toy_strategy, "toy-top-layer.rank": 3, "num_devices": 2, "rounds": 2,
+                                  "max_local_steps": 2, "max_examples_per_device": 32, "max_dev_examples": 32,
+                                  "max_length": 32, "out_dir": str(tmp_path)})
+    summary = run(cfg)
+    records = read_records(tmp_path / "rounds.jsonl")
+    assert [r["strategy"] for r in records] == [toy_strategy] * 2 and summary["final_accuracy"] is not None
+    for rec in records:
+        assert {v["depth"] for v in rec["devices"].values()} == {1} and {tuple(v["ranks"]) for v in rec["devices"].values()} == {(3,)}
+    assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["layers_to_transform"] == [5]
+    with pytest.raises(ValueError, match="toy-top-layer.rank must be >= 1"):
+        RunConfig.from_sources({"strategy": toy_strategy, "toy-top-layer.rank": 0})

@@ -1,0 +1,108 @@
+"""Crash-safe resume: a run killed with SIGKILL (mid-training, or mid-write of its checkpoint) and resumed
+ends with the records, summary and adapter bytes of an uninterrupted run. One strategy of each family."""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import cli
+
+ROUNDS = 4
+ARGS = ["--num-devices", "3", "--rounds", str(ROUNDS), "--max-local-steps", "2", "--max-examples-per-device", "32",
+        "--max-dev-examples", "48", "--max-length", "32", "--validation-examples", "30", "--fedadapter.window", "2",
+        "--threads", "1"]
+WALL = {"wall_s", "wall_time_s", "plots"}
+
+
+def _clean(x):
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items() if k not in WALL}
+    if isinstance(x, list):
+        return [_clean(v) for v in x]
+    return x
+
+
+def _same_run(a: Path, b: Path) -> None:
+    ra = [_clean(json.loads(l)) for l in (a / "rounds.jsonl").read_text().splitlines()]
+    rb = [_clean(json.loads(l)) for l in (b / "rounds.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rb] == list(range(1, ROUNDS + 1))
+    assert ra == rb
+    assert _clean(json.loads((a / "summary.json").read_text())) == _clean(json.loads((b / "summary.json").read_text()))
+    adapter = a / "adapter" / "adapter_model.safetensors"
+    if adapter.exists():
+        assert adapter.read_bytes() == (b / "adapter" / "adapter_model.safetensors").read_bytes()
+    assert not (b / "checkpoint.pt").exists()  # a finished run needs no checkpoint
+
+
+def _lines(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    runs = {}
+
+    def get(strategy):
+        if strategy not in runs:
+            out = tmp_path_factory.mktemp(f"whole-{strategy}")
+            r = cli("run", "--strategy", strategy, *ARGS, "--out-dir", str(out), "--overwrite")
+            assert r.returncode == 0, r.stderr[-2000:]
+            runs[strategy] = out
+        return runs[strategy]
+
+    return get
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy,seed", [("legend", 1), ("hetlora", 2), ("fedadapter", 3)])
+def test_killed_mid_training_and_resumed_equals_an_uninterrupted_run(tmp_path, uninterrupted, strategy, seed):
+    gen = random.Random(seed)
+    k = gen.randint(2, ROUNDS - 1)  # the round during which the run is killed
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "legendfl", "run", "--strategy", strategy, *ARGS, "--out-dir", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while _lines(out / "rounds.jsonl") < k - 1 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(gen.uniform(0.0, 0.4))  # somewhere inside round k (training, evaluation or writing)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(60)
+    assert proc.returncode == -signal.SIGKILL and not (out / "summary.json").exists()
+    r = cli("run", "--resume", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "resuming" in r.stdout
+    _same_run(uninterrupted(strategy), out)
+
+
+@pytest.mark.slow
+def test_killed_while_writing_its_checkpoint_and_resumed_equals_an_uninterrupted_run(tmp_path, uninterrupted):
+    out = tmp_path / "torn"
+    env = {**os.environ, "LEGENDFL_FAILPOINT": "checkpoint-write:3"}  # SIGKILL halfway through round 3's checkpoint
+    r = subprocess.run([sys.executable, "-m", "legendfl", "run", "--strategy", "legend", *ARGS, "--out-dir", str(out)],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == -signal.SIGKILL
+    assert _lines(out / "rounds.jsonl") == 3  # round 3's record was written, its checkpoint torn
+    assert (out / ".checkpoint.pt.tmp").exists()
+    r = cli("run", "--resume", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "after round 2" in r.stdout  # the last whole checkpoint; round 3 is made again
+    _same_run(uninterrupted("legend"), out)
+
+
+def test_a_second_run_into_the_same_folder_is_refused_and_resume_checks_its_input(tmp_path):
+    (tmp_path / "rounds.jsonl").write_text("{}\n")
+    r = cli("run", "--rounds", "1", "--out-dir", str(tmp_path), timeout=120)
+    assert r.returncode == 2 and "--overwrite" in r.stderr and "out_dir" in r.stderr and "Traceback" not in r.stderr
+    assert (tmp_path / "rounds.jsonl").read_text() == "{}\n"  # nothing lost
+    r = cli("run", "--resume", str(tmp_path), timeout=120)
+    assert r.returncode == 2 and "no checkpoint.pt" in r.stderr
+    r = cli("run", "--resume", str(tmp_path), "--rounds", "3", timeout=120)
+    assert r.returncode == 2 and "drop --rounds" in r.stderr
+    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    r = cli("run", "--resume", str(tmp_path), timeout=120)
+    assert r.returncode == 2 and "is not a legendfl checkpoint" in r.stderr
