@@ -41,8 +41,7 @@ def main() -> None:
     for workers in (False, True):
         out = Path(ns.out) / ("workers" if workers else "per-message")
         t0 = time.perf_counter()
-        status = run_local(None, ns.nodes, out, options=OPTIONS.format(rounds=ns.rounds), workers=workers,
-                           progress=lambda line: None)
+        status = run_local(None, ns.nodes, out, options=OPTIONS.format(rounds=ns.rounds), workers=workers)
         wall = time.perf_counter() - t0
         records = [json.loads(line) for line in (out / "run" / "rounds.jsonl").read_text().splitlines()]
         for rec in records:
