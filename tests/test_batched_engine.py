@@ -164,27 +164,28 @@ def test_run_with_either_engine_gives_the_same_records(tmp_path):
 
 
 def test_stacked_lora_deltas_equal_each_devices_own_and_keep_gradients_apart():
-    """The batched matmul path (devices with equal rows, ranks zero-padded) against per-device LoRA by hand."""
+    """The batched matmul path (devices with equal rows, ranks zero-padded) against per-device LoRA by hand, in
+    float64 so that the comparison checks the algebra, not one CPU's fp32 summation order."""
     from legendfl.models.batched_lora import BatchedLoraLinear
     from legendfl.models.device_rows import DeviceRows, Segment
 
     gen = torch.Generator().manual_seed(0)
-    base = torch.nn.Linear(16, 12)
+    base = torch.nn.Linear(16, 12, dtype=torch.float64)
     rows = DeviceRows([0, 1, 2], [Segment(0, 0, 2, 5), Segment(1, 2, 4, 3), Segment(2, 4, 6, 5)])
     module = BatchedLoraLinear(base, rows, scaling=2.0, dropout=0.0)
-    pairs = [module.add(s, torch.randn(r, 16, generator=gen), torch.randn(12, r, generator=gen)) for s, r in enumerate((2, 4, 3))]
-    x = torch.randn(6, 5, 16, generator=gen)
+    pairs = [module.add(s, torch.randn(r, 16, generator=gen, dtype=torch.float64), torch.randn(12, r, generator=gen, dtype=torch.float64)) for s, r in enumerate((2, 4, 3))]
+    x = torch.randn(6, 5, 16, generator=gen, dtype=torch.float64)
     assert module.stackable(x)
     out = module(x)
     expected = torch.cat([base(x[2 * s:2 * s + 2]) + 2.0 * (x[2 * s:2 * s + 2] @ a.T @ b.T) for s, (a, b) in enumerate(pairs)])
-    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
-    weights = torch.randn(out.shape, generator=gen)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    weights = torch.randn(out.shape, generator=gen, dtype=torch.float64)
     (out * weights).sum().backward()
     got = [(a.grad.clone(), b.grad.clone()) for a, b in pairs]
     for a, b in pairs:
         a.grad = b.grad = None
     (expected * weights).sum().backward()
     for (ga, gb), (a, b) in zip(got, pairs):
-        torch.testing.assert_close(ga, a.grad, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(gb, b.grad, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(ga, a.grad, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(gb, b.grad, rtol=1e-12, atol=1e-12)
     assert pairs[1][0].shape == (4, 16) and pairs[0][0].grad.shape == (2, 16)  # each keeps its own rank

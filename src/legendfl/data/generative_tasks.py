@@ -68,10 +68,10 @@ def _mmlu(split: str) -> list[tuple[str, str, int]]:
     return out
 
 
-def _instructions(path: str, prompt_field: str, response_field: str) -> list[tuple[str, str, int]]:
+def _instructions(path: str, prompt_field: str, response_field: str, field: str = "data_file") -> list[tuple[str, str, int]]:
     from .tasks import DataError, _read_rows
 
-    rows = _read_rows(Path(path))
+    rows = _read_rows(Path(path), field)
     for field, what in ((prompt_field, "prompt_field"), (response_field, "response_field")):
         if field not in rows[0]:
             raise DataError(f"{what} {field!r} is not a field of {path}; fields present: {sorted(map(str, rows[0]))}")
@@ -87,7 +87,7 @@ def load_instructions(data_file: str, dev_file: str | None = None, prompt_field:
     """A user's prompt/response file; without ``dev_file`` a seeded 10% is held out for evaluation."""
     train = _instructions(data_file, prompt_field, response_field)
     if dev_file:
-        dev = _instructions(dev_file, prompt_field, response_field)
+        dev = _instructions(dev_file, prompt_field, response_field, "dev_file")
     else:
         order = rng(seed, "validation", 2).permutation(len(train))
         cut = max(1, round(0.1 * len(train)))
