@@ -1,21 +1,27 @@
 """The batched engine gives every device the tensors the sequential peft path gives it, whoever shares its group.
 
-Measured on MiniLM (4 devices, 2-5 AdamW steps): a device batched alone equals peft bit for bit in fp32; batched
-together with others (stacked and padded to the widest device) the uploaded tensors differ from peft's by at most
-2.8e-5 relative (norm) in fp32, which is float rounding: the same comparison in float64 gives 4e-14.
+Measured on MiniLM (4 devices in two shared passes, 2-5 AdamW steps, fp32): a device batched alone equals peft bit
+for bit. Batched together, a device's rows are right-padded to the widest device of its pass; that padding alone
+moves fp32 results (peft itself, with its batches padded to the same widths, differs from unpadded peft by up to
+1.1e-4 relative after 5 steps: AdamW normalises rounding noise in near-zero gradient entries into lr-sized steps).
+So the engine is compared with peft run on the *same padded batches*: 1.3e-6 relative with dropout off (the
+issue's 1e-5 bound); in float64 everything agrees to 1e-10, padding included.
 """
 import dataclasses
+from contextlib import contextmanager
 
 import pytest
 import torch
 
+import legendfl.models.batched_training as batched_training
 from legendfl.core.hooks import RankTailPenalty
 from legendfl.core.lora_layout import LoraLayout
 from legendfl.core.strategy import DeviceTask, lora_key
 from legendfl.core.training import TrainConfig
+from legendfl.models.batched_lora import BatchedLoraLinear
 from legendfl.models.batched_training import plan_groups, train_batched
 from legendfl.models.lora_method import LoraMethod
-from legendfl.models.trainer import local_batches
+from legendfl.models.trainer import TokenizedData, local_batches
 
 FP32 = TrainConfig(batch_size=8, max_local_steps=5, bf16=False, seed=3)
 
@@ -34,10 +40,13 @@ def _global_params(backbone, layout, seed):
 
 
 def _tasks(backbone, rnd=2):
+    """Two pairs of devices that share passes (same shallowest LoRA layer): devices 0 and 1 on the top two layers
+    with different ranks (equal rows: the stacked matmul path), devices 2 and 3 on all layers and on layers 0, 3,
+    5 (layers only one of them has: the per-device path)."""
     L = backbone.num_layers
     ranks = [5, 6, 7, 9, 10, 11]
-    layouts = [LoraLayout.top(2, ranks), LoraLayout.top(L, ranks), LoraLayout.uniform([1, 3, 5], 3, L),
-               LoraLayout.top(1, [8] * L)]
+    layouts = [LoraLayout.top(2, ranks), LoraLayout.top(2, [8] * L), LoraLayout.top(L, ranks),
+               LoraLayout.uniform([0, 3, 5], 3, L)]
     lrs = [1e-3, 2e-3, 5e-4, 3e-3]
     terms = [(), (), (RankTailPenalty(gamma=0.5, strength=0.1),), ()]
     return [DeviceTask(device_id=d, round=rnd, params=_global_params(backbone, lay, d), layout=lay, lr=lr, local_terms=t)
@@ -48,11 +57,35 @@ def _tasks(backbone, rnd=2):
 PARTITIONS = {0: list(range(0, 40)), 1: list(range(40, 140)), 2: list(range(140, 152)), 3: list(range(160, 192))}
 
 
+@pytest.fixture
+def shared_passes(monkeypatch):
+    """Devices of one shallowest layer share a pass however much padding that takes (on a CPU the engine would cut
+    a pass padded by more than 25%), and the stacked matmul path is counted."""
+    monkeypatch.setattr(batched_training, "CPU_MAX_PADDING", None)
+    calls = []
+    stacked = BatchedLoraLinear.stacked_delta
+    monkeypatch.setattr(BatchedLoraLinear, "stacked_delta", lambda self, x: calls.append(1) or stacked(self, x))
+    return calls
+
+
+@contextmanager
+def _dropout_off(model):
+    modules = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    ps = [m.p for m in modules]
+    for m in modules:
+        m.p = 0.0
+    try:
+        yield
+    finally:
+        for m, p in zip(modules, ps):
+            m.p = p
+
+
 def _relative(a, b):
     return float((a - b).norm() / b.norm().clamp_min(1e-12))
 
 
-def _assert_same(batched, sequential, tasks, tol):
+def _assert_same(batched, sequential, tasks, tol, same_work=True):
     for task in tasks:
         b, s = batched[task.device_id], sequential[task.device_id]
         assert set(b.params) == set(s.params)
@@ -62,18 +95,56 @@ def _assert_same(batched, sequential, tasks, tol):
             if moved.norm() > 0:  # the local update itself, not only the tensor it was added to
                 assert _relative(b.params[key] - task.params[key], moved) <= 100 * tol, (task.device_id, key)
         assert (b.num_examples, b.num_tokens, b.num_steps) == (s.num_examples, s.num_tokens, s.num_steps)
-        assert (b.forward_flops, b.backward_flops) == (s.forward_flops, s.backward_flops)
-        assert b.work == s.work  # the cost model prices the same work
+        if same_work:  # (peft on padded batches counts the padding's FLOPs; the engine counts a device's own width)
+            assert (b.forward_flops, b.backward_flops) == (s.forward_flops, s.backward_flops)
+            assert b.work == s.work  # the cost model prices the same work
         assert b.train_loss == pytest.approx(s.train_loss, rel=1e-5)
         assert b.metrics.keys() == s.metrics.keys()
         for k in s.metrics:
             assert b.metrics[k] == pytest.approx(s.metrics[k], rel=1e-4)
 
 
+def test_batched_round_equals_sequential_peft_on_the_same_padded_batches_in_fp32(backbone, sst2_small, monkeypatch,
+                                                                                 shared_passes):
+    """The issue's bound, dropout off: 1e-5 relative against peft run on the batches as the engine padded them."""
+    train, _ = sst2_small
+    cfg = dataclasses.replace(FP32, lora_dropout=0.0)
+    tasks = _tasks(backbone)
+    widths = {}
+    train_pass = batched_training._train_pass
+
+    def recording_pass(model, data, indices, slots, *args, **kwargs):
+        for idx in indices:
+            widths[tuple(idx.tolist())] = max(int(data.lengths[i].max()) for i in indices)
+        return train_pass(model, data, indices, slots, *args, **kwargs)
+
+    monkeypatch.setattr(batched_training, "_train_pass", recording_pass)
+    batch = TokenizedData.batch
+
+    def padded_as_batched(self, indices):
+        out = batch(self, indices)
+        extra = widths[tuple(indices.tolist())] - out["input_ids"].shape[1]
+        for key in ("input_ids", "attention_mask", "token_type_ids"):
+            if key in out:
+                out[key] = torch.nn.functional.pad(out[key], (0, extra), value=self.pad_id if key == "input_ids" else 0)
+        return out
+
+    with _dropout_off(backbone.model):
+        together = train_batched(backbone, tasks, train, PARTITIONS, cfg, max_batch_tokens=10**9)
+        assert shared_passes and any(w > int(train.lengths[list(k)].max()) for k, w in widths.items())  # padded
+        with monkeypatch.context() as m:
+            m.setattr(TokenizedData, "batch", padded_as_batched)
+            sequential_padded = {t.device_id: LoraMethod().train(t, backbone, train, PARTITIONS[t.device_id], cfg)
+                                 for t in tasks}
+        sequential = {t.device_id: LoraMethod().train(t, backbone, train, PARTITIONS[t.device_id], cfg) for t in tasks}
+    _assert_same(together, sequential_padded, tasks, tol=1e-5, same_work=False)
+    _assert_same(together, sequential, tasks, tol=1e-3)  # what padding alone does to fp32 (see the module doc)
+
+
 @pytest.mark.parametrize("lora_dropout", [0.0, 0.1])
-def test_batched_round_equals_sequential_peft_in_fp32(backbone, sst2_small, lora_dropout):
+def test_batched_round_equals_sequential_peft_in_fp32(backbone, sst2_small, lora_dropout, shared_passes):
     """Devices of different depths, ranks, layer sets, data sizes, learning rates and a HetLoRA penalty; the
-    model's own dropout (0.1) is on, drawn per device, and so is LoRA dropout in the second case."""
+    model's own dropout (0.1) is on, drawn per device at its own width, and so is LoRA dropout in the second case."""
     train, _ = sst2_small
     cfg = dataclasses.replace(FP32, lora_dropout=lora_dropout)
     tasks = _tasks(backbone)
@@ -81,14 +152,16 @@ def test_batched_round_equals_sequential_peft_in_fp32(backbone, sst2_small, lora
     assert len({r.num_steps for r in sequential.values()}) > 1
     alone = train_batched(backbone, tasks, train, PARTITIONS, cfg, max_batch_tokens=1)
     _assert_same(alone, sequential, tasks, tol=1e-6)  # the same arithmetic as peft's, shape for shape
+    assert not shared_passes
     batched = train_batched(backbone, tasks, train, PARTITIONS, cfg, max_batch_tokens=10**9)
-    _assert_same(batched, sequential, tasks, tol=1e-4)  # stacked and padded: fp32 rounding only (see the doc)
+    assert bool(shared_passes) == (lora_dropout == 0.0)  # LoRA dropout takes the per-device path
+    _assert_same(batched, sequential, tasks, tol=1e-3)  # padded: fp32 rounding only (see the module doc)
     # the shared model is left as it was: a sequential run afterwards gives the same tensors again
     again = LoraMethod().train(tasks[1], backbone, train, PARTITIONS[1], cfg)
     assert all(torch.equal(again.params[k], sequential[1].params[k]) for k in again.params)
 
 
-def test_batched_round_equals_sequential_peft_in_float64(backbone, sst2_small):
+def test_batched_round_equals_sequential_peft_in_float64(backbone, sst2_small, shared_passes):
     """In float64 rounding vanishes: stacking devices and padding them to the widest changes nothing."""
     train, _ = sst2_small
     tasks = _tasks(backbone)
@@ -98,11 +171,12 @@ def test_batched_round_equals_sequential_peft_in_float64(backbone, sst2_small):
         batched = train_batched(backbone, tasks, train, PARTITIONS, FP32, max_batch_tokens=10**9)
     finally:
         backbone.model.float()
-    assert next(iter(sequential[0].params.values())).dtype == torch.float64
+    assert next(iter(sequential[0].params.values())).dtype == torch.float64 and shared_passes
     _assert_same(batched, sequential, tasks, tol=1e-10)
 
 
-def test_a_devices_result_does_not_depend_on_who_shares_its_group(backbone, sst2_small):
+def test_a_devices_result_does_not_depend_on_who_shares_its_group(backbone, sst2_small, shared_passes):
+    """Up to fp32 padding rounding (see the module doc): alone, with all, or with one other device."""
     train, _ = sst2_small
     tasks = _tasks(backbone)
     batches = {t.device_id: local_batches(PARTITIONS[t.device_id], FP32, FP32.seed, t.round, t.device_id, train.lengths)
@@ -111,8 +185,8 @@ def test_a_devices_result_does_not_depend_on_who_shares_its_group(backbone, sst2
     together = train_batched(backbone, tasks, train, PARTITIONS, FP32, max_batch_tokens=10**9)
     alone = train_batched(backbone, tasks, train, PARTITIONS, FP32, max_batch_tokens=1)
     pairs = train_batched(backbone, tasks[::-1][:2], train, PARTITIONS, FP32, max_batch_tokens=10**9)
-    _assert_same(alone, together, tasks, tol=1e-4)
-    _assert_same(pairs, together, tasks[::-1][:2], tol=1e-4)
+    _assert_same(alone, together, tasks, tol=1e-3)
+    _assert_same(pairs, together, tasks[::-1][:2], tol=1e-3)
 
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])
