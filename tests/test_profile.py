@@ -23,14 +23,15 @@ def test_profile_entry_predicts_a_fresh_measurement_of_depth_cost(tmp_path, back
     assert profile is not None and fleet.devices[0].modes_gflops[0] == pytest.approx(profile.reference_gflops)
     L = backbone.num_layers
     predicted = profile.batch_ms(L, L) / profile.batch_ms(1, L)
-    # a fresh measurement, same shapes (batch 16 x 64, rank 8, bf16 autocast); depths alternate, so a
-    # passing slowdown of the machine falls on both
+    # a fresh measurement, same shapes (batch 16 x 64, rank 8, bf16 autocast); depths alternate, and the least
+    # disturbed of five repetitions counts: on this shared 2-core VM one repetition can run 20% slow (measured
+    # 267-316 ms for the same depth-6 batches), which a median of three still caught now and then
     batches = fixed_batches(TokenizedData(backbone.tokenizer, sst2.train[:2000], 64), 16, 64, 7, seed=1)
     times = {1: [], L: []}
-    for _ in range(3):
+    for _ in range(5):
         for k in (1, L):
             times[k].append(time_layout(backbone, LoraLayout.top(k, [8] * L), batches)["step_ms"])
-    fresh = {k: sorted(v)[1] for k, v in times.items()}
+    fresh = {k: min(v) for k, v in times.items()}
     assert predicted == pytest.approx(fresh[L] / fresh[1], rel=0.15)
     assert predicted > 1.2  # depth costs something on this CPU too
 
