@@ -88,6 +88,7 @@ def test_user_tsv_with_string_labels_and_four_classes(tmp_path):
     (["--strategy", "fedavg"], "strategy must be one of"),
     (["--num-devices", "100000"], "num_devices (100000) must not exceed"),
     (["--data-file", "MISSING"], "data_file 'MISSING' does not exist"),
+    (["--data-file", "COLS", "--text-columns", "text", "--dev-file", "MISSING"], "dev_file 'MISSING' does not exist"),
     (["--data-file", "COLS", "--text-columns", "sentence"], "column 'sentence'"),
     (["--data-file", "EMPTY"], "is empty"),
 ])

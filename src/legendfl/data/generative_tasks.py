@@ -68,10 +68,10 @@ def _mmlu(split: str) -> list[tuple[str, str, int]]:
     return out
 
 
-def _instructions(path: str, prompt_field: str, response_field: str, field: str = "data_file") -> list[tuple[str, str, int]]:
+def _instructions(path: str, prompt_field: str, response_field: str, setting: str = "data_file") -> list[tuple[str, str, int]]:
     from .tasks import DataError, _read_rows
 
-    rows = _read_rows(Path(path), field)
+    rows = _read_rows(Path(path), setting)
     for field, what in ((prompt_field, "prompt_field"), (response_field, "response_field")):
         if field not in rows[0]:
             raise DataError(f"{what} {field!r} is not a field of {path}; fields present: {sorted(map(str, rows[0]))}")

@@ -54,15 +54,15 @@ def _open_text(path: Path) -> io.TextIOBase:
     return open(path, encoding="utf-8", newline="")
 
 
-def _read_rows(path: Path, field: str = "data_file") -> list[dict]:
+def _read_rows(path: Path, setting: str = "data_file") -> list[dict]:
     """Rows of a CSV/TSV (header line required), JSON (list of objects, or id -> object) or JSONL file;
-    errors name ``field``, the setting that gave the path."""
+    errors name ``setting``, the setting that gave the path."""
     if not path.exists():
-        raise DataError(f"{field} {str(path)!r} does not exist")
+        raise DataError(f"{setting} {str(path)!r} does not exist")
     suffixes = [s for s in path.suffixes if s != ".gz"]
     kind = suffixes[-1].lstrip(".").lower() if suffixes else ""
     if kind not in ("csv", "tsv", "jsonl", "json"):
-        raise DataError(f"{field} {str(path)!r}: extension must be one of .csv, .tsv, .json, .jsonl (optionally .gz)")
+        raise DataError(f"{setting} {str(path)!r}: extension must be one of .csv, .tsv, .json, .jsonl (optionally .gz)")
     try:
         with _open_text(path) as fh:
             if kind in ("csv", "tsv"):
@@ -74,11 +74,11 @@ def _read_rows(path: Path, field: str = "data_file") -> list[dict]:
                 rows = list(data.values()) if isinstance(data, dict) else list(data) if isinstance(data, list) else [data]
     except (UnicodeDecodeError, json.JSONDecodeError, csv.Error, OSError, EOFError) as err:
         reason = "it is not UTF-8 text" if isinstance(err, UnicodeDecodeError) else str(err).splitlines()[0][:120]
-        raise DataError(f"{field} {str(path)!r} cannot be read as {kind.upper()}: {reason}") from None
+        raise DataError(f"{setting} {str(path)!r} cannot be read as {kind.upper()}: {reason}") from None
     if any(not isinstance(r, dict) for r in rows):
-        raise DataError(f"{field} {str(path)!r}: every row must be an object of column -> value")
+        raise DataError(f"{setting} {str(path)!r}: every row must be an object of column -> value")
     if not rows:
-        raise DataError(f"{field} {str(path)!r} is empty")
+        raise DataError(f"{setting} {str(path)!r} is empty")
     return rows
 
 
