@@ -37,6 +37,13 @@ def _table(value: Any, where: str, allowed: set[str]) -> dict:
     return value
 
 
+def _tables(value: Any, name: str, allowed: set[str], what: str) -> list[tuple[str, dict]]:
+    """A non-empty list of tables, each checked by :func:`_table`: (its name, e.g. ``device_types[1]``, table)."""
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"fleet {name} must be a non-empty list of tables ({what})")
+    return [(f"{name}[{i}]", _table(t, f"{name}[{i}]", allowed)) for i, t in enumerate(value)]
+
+
 def check_fleet(cfg: dict) -> None:
     _table(cfg, "file", TOP)
     for key in ("name", "description"):
@@ -54,12 +61,8 @@ def check_fleet(cfg: dict) -> None:
         _number(cfg, "best_phone_gflops", "")
         _number(cfg, "min_kbps", "", required=False)
         return
-    types = cfg.get("device_types")
-    if not isinstance(types, list) or not types:
-        raise ValueError("fleet device_types must be a non-empty list of tables ([[device_types]] with name, count, modes)")
-    for i, t in enumerate(types):
-        where = f"device_types[{i}]"
-        _table(t, where, DEVICE_TYPE)
+    for where, t in _tables(cfg.get("device_types"), "device_types", DEVICE_TYPE,
+                            "[[device_types]] with name, count, modes"):
         if not isinstance(t.get("name"), str) or not t["name"]:
             raise ValueError(f"fleet {where}.name must be a non-empty string, got {t.get('name')!r}")
         _number(t, "count", where, integer=True)
@@ -72,12 +75,7 @@ def check_fleet(cfg: dict) -> None:
     for key in ("min_mbps", "max_mbps"):
         _number(net, key, "network", required=False)
     _number(net, "relative_std", "network", exclusive=False, required=False)
-    groups = net.get("groups")
-    if not isinstance(groups, list) or not groups:
-        raise ValueError("fleet network.groups must be a non-empty list of tables (distance_m, uplink_mbps, downlink_mbps)")
-    for i, g in enumerate(groups):
-        where = f"network.groups[{i}]"
-        _table(g, where, GROUP)
+    for where, g in _tables(net.get("groups"), "network.groups", GROUP, "distance_m, uplink_mbps, downlink_mbps"):
         _number(g, "uplink_mbps", where)
         _number(g, "downlink_mbps", where)
         _number(g, "distance_m", where, exclusive=False, required=False)

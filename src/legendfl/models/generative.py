@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..data.generative_tasks import LETTERS, gsm8k_prompt, mmlu_prompt  # noqa: F401  (the prompt formats)
+from .trainer import right_padded
 
 IGNORE = -100  # label of tokens outside the loss
 
@@ -81,16 +82,11 @@ class CausalLMData:
         return len(self.input_ids)
 
     def batch(self, indices) -> dict[str, torch.Tensor]:
-        width = int(self.lengths[indices].max())
-        ids = torch.full((len(indices), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(indices), width), dtype=torch.long)
-        labels = torch.full((len(indices), width), IGNORE, dtype=torch.long)
+        ids, mask = right_padded(self.input_ids, indices, self.pad_id)
+        labels = torch.full_like(ids, IGNORE)
         for row, i in enumerate(indices):
-            seq = torch.tensor(self.input_ids[i])
-            n, start = len(seq), self.answer_start[i]
-            ids[row, :n] = seq
-            mask[row, :n] = 1
-            labels[row, start:n] = seq[start:]
+            start, n = self.answer_start[i], len(self.input_ids[i])
+            labels[row, start:n] = ids[row, start:n]
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 

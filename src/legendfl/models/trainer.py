@@ -22,6 +22,18 @@ from ..core.flops import BatchFlops
 from .device_rows import DeviceRows, Segment, device_dropout
 
 
+def right_padded(sequences: list[list[int]], indices, fill: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``indices`` of ``sequences``, right-padded with ``fill`` to the longest, and their attention mask."""
+    width = max(len(sequences[i]) for i in indices)
+    out = torch.full((len(indices), width), fill, dtype=torch.long)
+    mask = torch.zeros((len(indices), width), dtype=torch.long)
+    for row, i in enumerate(indices):
+        n = len(sequences[i])
+        out[row, :n] = torch.tensor(sequences[i], dtype=torch.long)
+        mask[row, :n] = 1
+    return out, mask
+
+
 class TokenizedData:
     """A tokenised split: token ids (and token type ids) per example, and labels; padding per batch."""
 
@@ -39,19 +51,10 @@ class TokenizedData:
         return len(self.input_ids)
 
     def batch(self, indices) -> dict[str, torch.Tensor]:
-        width = int(self.lengths[indices].max())
-        ids = torch.full((len(indices), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(indices), width), dtype=torch.long)
-        types = torch.zeros((len(indices), width), dtype=torch.long) if self.token_type_ids is not None else None
-        for row, i in enumerate(indices):
-            n = self.lengths[i]
-            ids[row, :n] = torch.tensor(self.input_ids[i])
-            mask[row, :n] = 1
-            if types is not None:
-                types[row, :n] = torch.tensor(self.token_type_ids[i])
+        ids, mask = right_padded(self.input_ids, indices, self.pad_id)
         out = {"input_ids": ids, "attention_mask": mask, "labels": torch.from_numpy(self.labels[indices])}
-        if types is not None:
-            out["token_type_ids"] = types
+        if self.token_type_ids is not None:
+            out["token_type_ids"] = right_padded(self.token_type_ids, indices, 0)[0]
         return out
 
 
