@@ -219,8 +219,9 @@ def _train_group(backbone: Backbone, tasks: list[DeviceTask], data, batches: lis
                     torch.nn.utils.clip_grad_norm_(slots[i].trainable(), cfg.max_grad_norm)
                 opts[i].step()
                 opts[i].zero_grad(set_to_none=True)
-                stats[i]["bwd_s"] += time.perf_counter() - t0
-                stats[i]["share"] += time.perf_counter() - t0
+                elapsed = time.perf_counter() - t0
+                stats[i]["bwd_s"] += elapsed
+                stats[i]["share"] += elapsed
         model.eval()
         results = []
         overhead = (time.perf_counter() - start - sum(s["share"] for s in stats)) / n
