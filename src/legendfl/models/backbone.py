@@ -211,6 +211,21 @@ def _output_projection(model: nn.Module, task_type: str) -> int:
     return int(head.weight.numel()) if head is not None else 0
 
 
+def peek_num_layers(name: str) -> int | None:
+    """The model's number of blocks from its config alone (no weights), or None where that is not cheap to know
+    (a GGUF file, a hub id without a reachable hub, a config without ``num_hidden_layers``)."""
+    try:
+        path = resolve_model_path(name)
+        if not (Path(path) / "config.json").exists():
+            return None
+        from transformers import AutoConfig
+
+        layers = getattr(AutoConfig.from_pretrained(path), "num_hidden_layers", None)
+    except (ModelError, OSError, ValueError):
+        return None
+    return layers if isinstance(layers, int) and layers > 0 else None
+
+
 def load_backbone(name: str = DEFAULT_MODEL, num_labels: int = 2, seed: int = 0, device: str = "cpu",
                   task_type: str = "classification") -> Backbone:
     """Load tokenizer and model; freeze it; discover blocks and head.
@@ -232,15 +247,16 @@ def load_backbone(name: str = DEFAULT_MODEL, num_labels: int = 2, seed: int = 0,
     torch.manual_seed(seed)  # the new head's initialisation is part of the run's seed
     found = gguf_file(path)
     gguf = {"gguf_file": found} if found else {}  # a GGUF file: dequantised to torch
-    tokenizer = AutoTokenizer.from_pretrained(path, **gguf)
+    # the config is read once and handed on: from a GGUF file every read parses the whole file again
     config = AutoConfig.from_pretrained(path, **gguf)
+    tokenizer = AutoTokenizer.from_pretrained(path, config=config, **gguf)
     attention = attention_implementation(config)
     if task_type == "causal_lm":
         architectures = getattr(config, "architectures", None) or []
         if not gguf and not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
             raise ModelError(f"a generative task needs a decoder (a causal LM such as Llama, Qwen, SmolLM or GPT-2); "
                              f"model {name!r} is {architectures or 'not a causal LM'}")
-        model = AutoModelForCausalLM.from_pretrained(path, **gguf, **attention)
+        model = AutoModelForCausalLM.from_pretrained(path, config=config, **gguf, **attention)
         if name in SMOLLM2_ALIASES:  # its GGUF tokenizer prepends <|im_start|> and calls it the end token
             tokenizer.add_bos_token = False
             tokenizer.eos_token, tokenizer.pad_token = "<|im_end|>", "<|endoftext|>"
@@ -249,7 +265,7 @@ def load_backbone(name: str = DEFAULT_MODEL, num_labels: int = 2, seed: int = 0,
             tokenizer.pad_token = tokenizer.eos_token
     else:
         model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, ignore_mismatched_sizes=True,
-                                                                   **attention)
+                                                                   **attention)  # num_labels changes the config
     if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
     for p in model.parameters():

@@ -20,7 +20,7 @@ from ..core.training import TrainConfig
 from ..data.partition import partition_stats
 from ..data.run_data import is_generative, load_run_task, run_partitions, server_validation
 from ..data.tasks import TaskData
-from ..models.backbone import Backbone, load_backbone
+from ..models.backbone import Backbone, load_backbone, peek_num_layers
 from ..models.generative import CausalLMData, GenerativeSplit
 from ..models.batched_training import batched_applies, train_batched
 from ..models.methods import get_method
@@ -45,6 +45,10 @@ class RunContext:
     # --- construction ---------------------------------------------------------------------------------------
     @staticmethod
     def _model(cfg: RunConfig, num_labels: int, threads: int | None = None) -> Backbone:
+        check = getattr(cfg.strategy_options_resolved(), "check_num_layers", None)
+        layers = peek_num_layers(cfg.model) if check is not None else None
+        if layers is not None:  # options that cannot fit the model are refused before its weights load
+            check(layers)
         threads = threads or cfg.threads
         if threads:
             torch.set_num_threads(threads)

@@ -72,6 +72,13 @@ class LegendOptions:
         if self.fixed_depths is not None and len(self.fixed_depths) != cfg.num_devices:
             raise ValueError(f"legend.fixed_depths must list one depth per device ({cfg.num_devices}), got {self.fixed_depths!r}")
 
+    def check_num_layers(self, num_layers: int) -> None:
+        """Checks against the model's layer count (called before the model's weights load, where it is known)."""
+        if self.initial_depth is not None and not 1 <= self.initial_depth <= num_layers:
+            raise ValueError(f"legend.initial_depth must be in [1, {num_layers}], got {self.initial_depth}")
+        if self.fixed_depths is not None and not all(1 <= k <= num_layers for k in self.fixed_depths):
+            raise ValueError(f"legend.fixed_depths must be in [1, {num_layers}], got {self.fixed_depths}")
+
 
 @register_strategy("legend", help="LEGEND: adaptive LoRA depth (LCD) and a rank distribution rising to the output")
 class Legend(LoraStrategy):
@@ -103,10 +110,7 @@ class Legend(LoraStrategy):
         budget = o.rank_budget if o.rank_budget is not None else self.lora_rank * L
         self.ranks = (rank_distribution(L, budget, o.rank_step) if o.rank_shape == "increasing"
                       else uniform_distribution(L, budget))
-        if o.initial_depth is not None and not 1 <= o.initial_depth <= L:
-            raise ValueError(f"legend.initial_depth must be in [1, {L}], got {o.initial_depth}")
-        if o.fixed_depths is not None and not all(1 <= k <= L for k in o.fixed_depths):
-            raise ValueError(f"legend.fixed_depths must be in [1, {L}], got {o.fixed_depths}")
+        o.check_num_layers(L)
         # b of eq. 15: bytes of one layer's LoRA at unit rank (fp32)
         self.budgets.bytes_per_rank = float(spec.bytes_per_param * sum(i + o for i, o in spec.linear_modules.values()))
         return LoraLayout.top(L, self.ranks)
