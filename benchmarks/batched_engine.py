@@ -28,15 +28,16 @@ SHAPES = {"minilm-shape": dict(hidden_size=384, num_hidden_layers=6, num_attenti
           "mpnet-shape": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)}
 
 
-def random_model(shape: str, folder: Path) -> str:
-    """A random-weight BERT of the given shapes with MiniLM's tokenizer, saved as a local model folder."""
+def random_model(shape: str, folder: Path, tokenizer_path: str | None = None) -> str:
+    """A random-weight BERT of the given shapes with MiniLM's tokenizer (or the one in ``tokenizer_path``, where
+    the packaged model cannot travel), saved as a local model folder."""
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
     from legendfl.models.backbone import resolve_model_path
 
     torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or resolve_model_path("minilm"))
     model = BertForSequenceClassification(BertConfig(vocab_size=len(tokenizer), num_labels=2, **SHAPES[shape]))
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -51,7 +52,8 @@ def one_run(engine: str, devices: int, args, model: str, out: Path) -> dict:
     start = time.perf_counter()
     subprocess.run(cmd, check=True)
     records = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
-    timed = [r["wall_s"] for r in records[:-1]]  # the last round also evaluates
+    # the last round also evaluates (64 examples); with --rounds 1 that round is timed, evaluation included
+    timed = [r["wall_s"] for r in records[:-1]] or [records[-1]["wall_s"]]
     return {"engine": engine, "devices": devices, "round_wall_s": timed, "median_round_s": statistics.median(timed),
             "virtual_time_s": records[-1]["virtual_time_s"], "traffic_bytes": records[-1]["traffic_bytes"],
             "process_s": time.perf_counter() - start}
@@ -60,30 +62,32 @@ def one_run(engine: str, devices: int, args, model: str, out: Path) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--devices", type=int, nargs="+", default=[10, 80])
-    p.add_argument("--rounds", type=int, default=3, help="rounds per run (the last one evaluates and is not timed)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds per run (the last one evaluates and is not timed, unless it is the only one)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--random-weights", choices=sorted(SHAPES), help="time a random-weight BERT of these shapes")
+    p.add_argument("--tokenizer", help="with --random-weights: a saved tokenizer folder (default: packaged MiniLM's)")
+    p.add_argument("--engines", nargs="+", default=["sequential", "batched"], choices=("sequential", "batched"))
     p.add_argument("--json", help="write the results here too")
     p.add_argument("extra", nargs="*", help="more `legendfl run` flags, after --")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        model = random_model(args.random_weights, Path(tmp) / "model") if args.random_weights else "minilm"
+        model = random_model(args.random_weights, Path(tmp) / "model", args.tokenizer) if args.random_weights else "minilm"
         rows = []
         for devices in args.devices:
-            for engine in ("sequential", "batched"):
+            for engine in args.engines:
                 rows.append(one_run(engine, devices, args, model, Path(tmp) / f"{engine}-{devices}"))
                 print(json.dumps(rows[-1]), flush=True)
+                if args.json:  # as each run ends: a later run that is stopped loses nothing
+                    Path(args.json).write_text(json.dumps(rows, indent=1))
     print(f"\nmachine: {platform.processor() or platform.machine()}, device {args.device}, model "
           f"{args.random_weights or 'minilm'}, {args.rounds - 1} timed rounds per run\n")
     print("| devices | sequential s/round | batched s/round | speed-up | same virtual time and traffic |")
     print("|---|---|---|---|---|")
-    for devices in args.devices:
+    for devices in args.devices if len(args.engines) == 2 else []:
         s, b = (next(r for r in rows if r["devices"] == devices and r["engine"] == e) for e in ("sequential", "batched"))
         same = abs(s["virtual_time_s"] - b["virtual_time_s"]) < 1e-6 * s["virtual_time_s"] and s["traffic_bytes"] == b["traffic_bytes"]
         print(f"| {devices} | {s['median_round_s']:.1f} | {b['median_round_s']:.1f} | "
               f"{s['median_round_s'] / b['median_round_s']:.2f}x | {'yes' if same else 'NO'} |")
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":
