@@ -80,10 +80,12 @@ def main() -> None:
                 if args.json:  # as each run ends: a later run that is stopped loses nothing
                     Path(args.json).write_text(json.dumps(rows, indent=1))
     print(f"\nmachine: {platform.processor() or platform.machine()}, device {args.device}, model "
-          f"{args.random_weights or 'minilm'}, {args.rounds - 1} timed rounds per run\n")
+          f"{args.random_weights or 'minilm'}, {max(args.rounds - 1, 1)} timed rounds per run\n")
+    if set(args.engines) != {"sequential", "batched"}:
+        return  # a table of speed-ups needs both engines
     print("| devices | sequential s/round | batched s/round | speed-up | same virtual time and traffic |")
     print("|---|---|---|---|---|")
-    for devices in args.devices if len(args.engines) == 2 else []:
+    for devices in args.devices:
         s, b = (next(r for r in rows if r["devices"] == devices and r["engine"] == e) for e in ("sequential", "batched"))
         same = abs(s["virtual_time_s"] - b["virtual_time_s"]) < 1e-6 * s["virtual_time_s"] and s["traffic_bytes"] == b["traffic_bytes"]
         print(f"| {devices} | {s['median_round_s']:.1f} | {b['median_round_s']:.1f} | "

@@ -14,12 +14,13 @@ import argparse
 import json
 import platform
 import time
+import tomllib
 
 import torch
 
 from legendfl.core.lora_layout import LoraLayout
 from legendfl.data.tasks import load_task
-from legendfl.fleet.profiles import LatencyProfile, REQUIRED
+from legendfl.fleet.profiles import LatencyProfile, device_type_entry
 from legendfl.models.backbone import load_backbone
 from legendfl.models.profiling import fixed_batches, measure_profile, time_layout
 from legendfl.models.trainer import TokenizedData
@@ -41,8 +42,9 @@ def main() -> None:
     for trial in range(args.trials):
         start = time.perf_counter()
         m = measure_profile(backbone, data, 16, 64, 8, args.batches, seed=trial)
-        profile = LatencyProfile.from_table({k: m[k] for k in REQUIRED if k in m} | {
-            k: m[k] for k in ("backward_ms_per_frozen_layer", "step_ms")}, "profile")
+        # the profile as a user gets it: the entry `legendfl profile` writes, read back as a fleet file reads it
+        entry = tomllib.loads(device_type_entry("this machine", m))["device_types"][0]["profile"]
+        profile = LatencyProfile.from_table(entry, "profile")
         predicted = profile.batch_ms(L, L) / profile.batch_ms(1, L)
         batches = fixed_batches(data, 16, 64, 7, seed=1000 + trial)
         times = {1: [], L: []}
