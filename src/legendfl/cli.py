@@ -40,6 +40,13 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"must be true or false, got {text!r}")
 
 
+def _parse_bool_or_word(text: str) -> bool | str:
+    try:
+        return _parse_bool(text)
+    except argparse.ArgumentTypeError:
+        return text
+
+
 def _add_field_flag(parser: argparse.ArgumentParser, flag: str, dest: str, f: dataclasses.Field, hint, help_prefix: str = "") -> None:
     args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else ()
     optional = type(None) in args
@@ -49,6 +56,10 @@ def _add_field_flag(parser: argparse.ArgumentParser, flag: str, dest: str, f: da
     if typing.get_origin(base) is list:
         item = (typing.get_args(base) or (str,))[0]
         parser.add_argument(flag, nargs="+", type=item, dest=dest, default=argparse.SUPPRESS, help=help_text)
+    elif base is bool and str in args:  # true, false or a word (e.g. bf16 "auto"); the config checks the choices
+        words = "/".join(str(c).lower() for c in f.metadata.get("choices", (True, False)))
+        parser.add_argument(flag, type=_parse_bool_or_word, dest=dest, default=argparse.SUPPRESS, metavar=f"{{{words}}}",
+                            help=help_text)
     elif base is bool:
         parser.add_argument(flag, type=_parse_bool, dest=dest, default=argparse.SUPPRESS, metavar="{true,false}", help=help_text)
     else:

@@ -23,7 +23,10 @@ class TrainConfig:
     max_grad_norm: float | None = option(1.0, "gradient clipping by global norm (None: off)", minimum=0.0, exclusive_minimum=True)
     lora_scaling: float = option(2.0, "LoRA alpha / r, held equal on every layer and rank", minimum=0.0, exclusive_minimum=True)
     lora_dropout: float = option(0.0, "dropout on the LoRA input during local training", minimum=0.0, maximum=1.0)
-    bf16: bool = option(True, "bf16 autocast for local training (evaluation stays fp32)", choices=(True, False))
+    bf16: bool | str = option("auto", "bf16 autocast for local training (evaluation stays fp32); 'auto': where the "
+                              "hardware computes bf16 natively (a CUDA GPU that supports it, a CPU with AVX512-BF16 or "
+                              "AMX), since elsewhere it is emulated and several times slower than fp32",
+                              choices=(True, False, "auto"))
     group_by_length: bool = option(True, "batch examples of similar length together (less padding, same examples)",
                                    choices=(True, False))
     seed: int = option(0, "seed of every random choice (partition, fleet, batches, dropout, init)", integer=True)

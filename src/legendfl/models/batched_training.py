@@ -35,7 +35,7 @@ from .batched_lora import batchable_head, inject_batched
 from .device_rows import DeviceRows, Segment, device_dropout
 from .local_terms import implement
 from .methods import get_method
-from .trainer import local_batches
+from .trainer import autocast_bf16, local_batches
 
 IGNORE_INDEX = -100
 CPU_MAX_PADDING = 0.25  # on a CPU padded tokens cost compute: cut a pass rather than pad it by more than this
@@ -156,7 +156,7 @@ def _train_pass(model, data, indices: list[np.ndarray], slots: list[int], rows: 
         rows.segments.append(Segment(i, at, at + len(part["input_ids"]), w))
         at += len(part["input_ids"])
     t0 = time.perf_counter()
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16(cfg.bf16, device)):
         logits = model(**batch).logits
         device_losses = [_device_loss(logits[g.start:g.stop], labels[g.start:g.stop], causal) for g in rows.segments]
     total = torch.zeros((), device=device)
