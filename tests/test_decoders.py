@@ -14,7 +14,7 @@ from legendfl.models.generative import (CausalLMData, final_number, gsm8k_correc
                                         mmlu_choice, mmlu_prompt)
 from legendfl.models.lora import export_adapter, lora_adapter
 from legendfl.models.methods import get_method
-from legendfl.strategies.legend import Legend
+from legendfl.strategies.legend import Legend, LegendOptions
 
 
 @pytest.fixture(scope="module", params=["llama", "gpt2"])
@@ -71,9 +71,9 @@ def test_a_decoder_lora_task_trains_uploads_lora_only_and_exports_for_plain_peft
     from peft import PeftModel
 
     kind, dec = decoder
-    strategy = Legend(seed=0, lora_rank=4)  # psi = 16 over 4 layers: ranks 2, 3, 5, 6
+    strategy = Legend(LegendOptions(initial_depth=2), seed=0, lora_rank=4)  # psi = 16 over 4 layers: ranks 2, 3, 5, 6
     strategy.initialize(dec.spec, [0, 1])
-    task = strategy.configure_round(1, [0, 1])[0]  # depth ceil(4/2) = 2, rising ranks
+    task = strategy.configure_round(1, [0, 1])[0]  # depth 2, rising ranks
     data = CausalLMData(dec.tokenizer, [(mmlu_prompt(f"Pick {i}?", ["a", "b", "c", "d"]), " B") for i in range(16)], 64)
     result = get_method("lora").train(task, dec, data, list(range(16)), TrainConfig(batch_size=4, max_local_steps=3, bf16=False))
     assert set(result.params) == set(task.params) and all(".lora_" in k for k in result.params)

@@ -61,12 +61,20 @@ def test_profile_model_reproduces_the_papers_fig4a_line():
     # the FLOP model on the same work: backward priced like forward, depth 12 costs under 2x depth 1
     flops = {k: device_timing(state, _batch_work(spec, LoraLayout.top(k, [8] * 12), 1, 4, 64), "flops").compute_s for k in (1, 12)}
     assert flops[12] / flops[1] < 2.0
-    # a mode 100x slower takes 100x longer; a frozen layer traversed by backward costs a trained layer's time
+    # a mode 100x slower takes 100x longer
     slow = DeviceRoundState(agx.device_id, 1, 0, 20.0, 10.0, 10.0, agx.profile)
     assert device_timing(slow, _batch_work(spec, LoraLayout.top(1, [8] * 12), 1, 4, 64)).compute_s == pytest.approx(ms[1] / 10)
-    shallow = LoraLayout.uniform([0], 8, 12)  # LoRA at layer 0 only: backward traverses all 12 layers
-    # (less the 11 other layers' LoRA pairs, 1.4% of the work)
-    assert 1000 * device_timing(state, _batch_work(spec, shallow, 1, 4, 64)).compute_s == pytest.approx(ms[12], rel=0.02)
+    # Fig. 3b's layouts (4 LoRA layers each): a frozen layer the backward traverses costs F = 2.576 ms, the
+    # least-squares fit to the figure's S / D = 1.6 and M / D = 1.2 (jetson.toml); by hand, 36.8 ms for D,
+    # 36.8 + 8F for S (layers 0-3 trained, 4-11 traversed), 36.8 + 4F for M
+    layers = {name: 1000 * device_timing(state, _batch_work(spec, LoraLayout.uniform(idx, 8, 12), 1, 4, 64)).compute_s
+              for name, idx in (("A", range(12)), ("S", range(4)), ("M", range(4, 8)), ("D", range(8, 12)))}
+    F = 36.8 * (8 * 0.6 + 4 * 0.2) / (8 ** 2 + 4 ** 2)
+    assert F == pytest.approx(2.576) and agx.profile.backward_ms_per_frozen_layer == pytest.approx(F)
+    # (the LoRA pairs' own forward and backward add about 1%: tolerances of 2%)
+    assert layers["D"] == pytest.approx(36.8, rel=0.02) and layers["A"] / layers["D"] == pytest.approx(2.09, rel=0.02)
+    assert layers["S"] - layers["D"] == pytest.approx(8 * F, rel=1e-6) and layers["M"] - layers["D"] == pytest.approx(4 * F, rel=1e-6)
+    assert layers["S"] / layers["D"] == pytest.approx(1.56, abs=0.02) and layers["M"] / layers["D"] == pytest.approx(1.28, abs=0.02)
     # full fine-tuning: the trained-layer backward plus the weight gradients (one more forward) on every layer
     full = 1000 * device_timing(state, _batch_work(spec, None, 1, 4, 64, full=True)).compute_s
     assert full == pytest.approx(12 * 1.4 + 12 * (5.0 + 1.4), rel=0.01)
@@ -164,3 +172,31 @@ def test_fleet_inspection_shows_the_paper_ratio():
     assert "devices: 80" in text and "ratio 100.0x" in text and "tx2" in text
     phones = load_fleet("phones", 12, seed=0)
     assert len(phones) == 12 and len({d.kind for d in phones.devices}) > 3
+
+
+def test_adapter_backward_prices_what_backpropagation_traverses_by_hand():
+    """A bottleneck adapter sits at its block's output: the gradient its parameters need never enters that
+    block's frozen weights. Adapters in the top 3 of 12 blocks: the backward runs through 2 blocks in full
+    (and through all 3 adapters); LoRA in the same 3 blocks runs through all 3 (core/flops.py)."""
+    from legendfl.core.flops import batch_work
+    from legendfl.core.lora_layout import AdapterLayout
+    from legendfl.core.strategy import DeviceTask
+    from legendfl.fleet.devices import DeviceRoundState
+    from legendfl.models.bottleneck import BottleneckMethod
+
+    spec = _roberta_base_spec()
+    task = DeviceTask(0, 1, {}, None, "adapter", adapter=AdapterLayout(3, 16))
+    assert BottleneckMethod().shape(task, None, 12) == (2, 2, 0)
+    adapter = 1e6  # one adapter's forward FLOPs on the batch
+    w = batch_work(spec, None, 4, 64, extra_forward_per_layer={layer: adapter for layer in (9, 10, 11)})
+    assert w.backward == pytest.approx(2 * w.layer_forward + 2 * 3 * adapter)  # (spec has no head)
+    lora = batch_work(spec, LoraLayout.uniform([9, 10, 11], 8, 12), 4, 64)
+    assert lora.backward == pytest.approx(3 * lora.layer_forward + 2 * lora.trainable_forward)
+    # the profile model (jetson reference device, RoBERTa-base, 4 x 64): 16.8 ms forward + 2 trained layers x 5 ms,
+    # plus the adapters' own forward and backward (priced as trainable modules)
+    agx = next(d for d in load_fleet("jetson", 80, seed=0).devices if d.kind == "agx-xavier")
+    state = DeviceRoundState(agx.device_id, 1, 0, agx.modes_gflops[0], 10.0, 10.0, agx.profile)
+    work = DeviceWork(w.forward, w.backward, 0, 0, 2, 0, 0, 1, w.layer_forward, w.trainable_forward, 2, 12)
+    per_flop = 1.4 / w.layer_forward  # ms per FLOP of a layer's forward
+    expected = 16.8 + per_flop * 3 * adapter + 2 * 5.0 + (5.0 / 1.4) * per_flop * 3 * adapter
+    assert 1000 * device_timing(state, work).compute_s == pytest.approx(expected, rel=1e-6)

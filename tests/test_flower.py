@@ -173,7 +173,7 @@ def test_a_node_killed_after_round_one_is_recorded_missing(federation):
     assert any(word in records[1]["missing"][0]["reason"] for word in ("no reply", "error", "offline"))
     assert sorted(records[1]["devices"]) == ["0", "1"]
     assert records[1]["accuracy"] is not None  # the round aggregated who answered and the run went on
-    assert {v["depth"] for v in records[0]["devices"].values()} == {3}  # ceil(L/2) before any report
+    assert {v["depth"] for v in records[0]["devices"].values()} == {6}  # all L layers before any report
     for entry in records[1]["devices"].values():  # LCD predicted each device's time from measured reports
         assert entry["predicted_time_s"] > 0 and 1 <= entry["depth"] <= 6
 

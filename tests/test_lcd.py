@@ -1,10 +1,12 @@
 """Property tests of LEGEND's configuration algorithm (Algorithm 1) over random fleets."""
 
+import math
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from legendfl.strategies.capacity import CapacityEstimator, CapacityReport, DeviceEstimate
+from legendfl.strategies.capacity import CapacityEstimator, CapacityReport, DeviceEstimate, capacity_report
 from legendfl.strategies.lcd import Budgets, configure_depths, rank_distribution
 
 estimate = st.builds(DeviceEstimate, st.floats(0.001, 50.0), st.floats(0.0001, 5.0), st.floats(0.01, 100.0))
@@ -34,14 +36,18 @@ def test_rank_distribution_paper_example_and_errors():
 
 
 @settings(max_examples=300, deadline=None)
-@given(fleet=fleets, L=st.integers(1, 24))
-def test_depths_in_range_monotone_fastest_gets_L(fleet, L):
+@given(fleet=fleets, L=st.integers(1, 24), variant=st.sampled_from(["literal", "interpolated"]))
+def test_depths_in_range_monotone_and_the_gap_spans_them(fleet, L, variant):
     ranks = rank_distribution(L, 8 * L, 0 if L > 12 else 1)
-    d = configure_depths(fleet, ranks, variant="literal")
+    d = configure_depths(fleet, ranks, variant=variant)
     assert all(1 <= k <= L for k in d.depths.values())
     speed = d.full_depth_times
     fastest = min(speed, key=speed.get)
-    assert d.depths[fastest] == L
+    t_h, t_min, k = max(speed.values()), min(speed.values()), d.depth_gap
+    if variant == "interpolated":
+        assert d.depths[fastest] == L
+    else:  # as printed: L - k^h + ceil(k^h (t^h - t_min) / t^h)
+        assert d.depths[fastest] == (L if k == 0 else L - k + math.ceil(k * (t_h - t_min) / t_h - 1e-12))
     slowest = max(speed, key=speed.get)
     assert d.depths[slowest] == L - d.depth_gap and 0 <= d.depth_gap <= L - 1
     for a in fleet:
@@ -73,10 +79,12 @@ def test_budgets_never_violated(fleet, L, comp, comm, eps):
 def test_depth_gap_follows_the_spread_by_hand():
     # t_i at full depth (L = 4, ranks [1,2,3,4], sum 10): fwd + 4 mu + 10 beta
     est = {0: DeviceEstimate(1.0, 0.0, 6.0), 1: DeviceEstimate(1.0, 0.0, 1.0), 2: DeviceEstimate(0.5, 0.0, 3.0)}
-    # full times: 10, 5, 5 -> gap = ceil(4 * 5/10) = 2; depths: 4 - ceil(2*(t-5)/5)
+    # full times: 10, 5, 5 -> gap = ceil(4 * 5/10) = 2; as printed: 4 - 2 + ceil(2 (10 - t) / 10) -> 2, 3, 3
     d = configure_depths(est, [1, 2, 3, 4], variant="literal")
-    assert d.depth_gap == 2 and d.depths == {0: 2, 1: 4, 2: 4}
+    assert d.depth_gap == 2 and d.depths == {0: 2, 1: 3, 2: 3}
     assert d.predicted_times[0] == pytest.approx(6 + 2 * 1.0)
+    # the interpolated reading: 4 - ceil(2 (t - 5) / 5) -> 2, 4, 4
+    assert configure_depths(est, [1, 2, 3, 4], variant="interpolated").depths == {0: 2, 1: 4, 2: 4}
 
 
 @settings(max_examples=300, deadline=None)
@@ -106,14 +114,43 @@ def test_fill_stays_within_the_round_and_never_lowers_line3(fleet, L, comp, comm
 def test_fill_by_hand_gives_idle_devices_more_layers():
     # L = 4, ranks [1,2,3,4]; device 0 slow (forward 6, mu 1), devices 1, 2 fast
     est = {0: DeviceEstimate(1.0, 0.0, 6.0), 1: DeviceEstimate(1.0, 0.0, 1.0), 2: DeviceEstimate(3.0, 0.0, 1.0)}
-    # full times 10, 5, 13 -> gap ceil(4 * 8/13) = 3; line 3: 4 - ceil(3 (t - 5) / 8) -> 0: 2, 1: 4, 2: 1
+    # full times 10, 5, 13 -> gap ceil(4 * 8/13) = 3; line 3 as printed: 1 + ceil(3 (13 - t) / 13) -> 0: 2, 1: 3, 2: 1
     lit = configure_depths(est, [1, 2, 3, 4], variant="literal")
-    assert lit.depths == {0: 2, 1: 4, 2: 1}
-    # predicted at line 3: 0: 6 + 2 = 8, 1: 5, 2: 1 + 3 = 4 -> t^h = 8; device 2 fills to depth 2 (7 <= 8), not 3 (10)
+    assert lit.depths == {0: 2, 1: 3, 2: 1}
+    assert configure_depths(est, [1, 2, 3, 4], variant="interpolated").depths == {0: 2, 1: 4, 2: 1}  # 4 - ceil(3 (t - 5) / 8)
+    # predicted at line 3: 0: 6 + 2 = 8, 1: 1 + 3 = 4, 2: 1 + 3 = 4 -> t^h = 8; device 1 fills to 4 (5 <= 8),
+    # device 2 to depth 2 (7 <= 8), not 3 (10)
     fill = configure_depths(est, [1, 2, 3, 4])
     assert fill.round_time == 8 and fill.depths == {0: 2, 1: 4, 2: 2}
     with pytest.raises(ValueError, match="lcd must be one of"):
         configure_depths(est, [1, 2, 3, 4], variant="greedy")
+
+
+def test_completion_time_predicts_every_term_the_clock_charges_by_hand():
+    """capacity.py: eq. 12 plus the download of the device's LoRA and the head's transfers, from what the
+    device measured; a device at depth 2 (ranks 3 + 4 = 7) on a 1 MB/s link both ways."""
+    from legendfl.core.strategy import DeviceResult
+    from legendfl.core.work import DeviceTiming, DeviceWork
+    from legendfl.fleet.cost_model import MEGABIT
+
+    rank_bytes, head = 1000, 500  # bytes of one layer's LoRA at unit rank; of the head
+    lora = 7 * rank_bytes
+    work = DeviceWork(0, 0, download_bytes=lora + head, upload_bytes=lora + head, trained_depth=2, rank_sum=7,
+                      lora_upload_bytes=lora, lora_download_bytes=lora)
+    mbps = 8.0  # 1 MB/s
+    timing = DeviceTiming(download_s=(lora + head) / (mbps * MEGABIT), forward_s=3.0, backward_s=4.0,
+                          upload_s=(lora + head) / (mbps * MEGABIT))
+    report = capacity_report(DeviceResult(0, 1, {}, num_examples=1, work=work, timing=timing))
+    assert report.backward_time_per_layer == pytest.approx(2.0)
+    assert report.upload_time_per_rank == pytest.approx(rank_bytes / 1e6)
+    assert report.download_time_per_rank == pytest.approx(rank_bytes / 1e6)
+    assert report.fixed_transfer_time == pytest.approx(2 * head / 1e6)
+    est = CapacityEstimator(0.8)
+    e = est.update(0, report)
+    # predicted at the same depth: exactly what the clock charged
+    assert e.completion_time(2, 7) == pytest.approx(timing.total_s)
+    # at depth 4 (ranks 1 + 2 + 3 + 4 = 10): forward 3, backward 4 x 2, transfers (10 x 1000 + 500) B each way
+    assert e.completion_time(4, 10) == pytest.approx(3.0 + 8.0 + 2 * (10 * rank_bytes + head) / 1e6)
 
 
 def test_capacity_moving_average():

@@ -26,11 +26,14 @@ def _result(dev, rnd, layers, value, forward, backward, upload, rank_sum):
 
 
 def test_legend_configures_depths_from_measurements_and_aggregates_layerwise_by_hand():
-    s = Legend(LegendOptions(rank_budget=16), seed=0, lora_rank=2)
+    default = Legend(LegendOptions(rank_budget=16), seed=0, lora_rank=2)
+    default.initialize(_spec(), [0, 1, 2])  # before any report: all L layers, FedLoRA's configuration
+    assert {d: t.layout.depth for d, t in default.configure_round(1, [0, 1, 2]).items()} == {0: 4, 1: 4, 2: 4}
+    s = Legend(LegendOptions(rank_budget=16, initial_depth=2), seed=0, lora_rank=2)
     s.initialize(_spec(), [0, 1, 2])
     assert s.ranks == [2, 3, 5, 6]  # r0 = (16 - 6) // 4 = 2, step 1, remainder 2 to the top layers
     tasks = s.configure_round(1, [0, 1, 2])
-    assert {d: t.layout.depth for d, t in tasks.items()} == {0: 2, 1: 2, 2: 2}  # ceil(L/2) before any report
+    assert {d: t.layout.depth for d, t in tasks.items()} == {0: 2, 1: 2, 2: 2}  # initial_depth before any report
     assert set(tasks[0].params) == {"2.q.lora_A", "2.q.lora_B", "3.q.lora_A", "3.q.lora_B", "head.w"}
     # device d trained layers 2 and 3 (rank sum 5 + 6 = 11); its measurements: forward f, backward b, upload u
     speeds = {0: (1.0, 2.0, 1.1), 1: (2.0, 4.0, 2.2), 2: (4.0, 8.0, 4.4)}

@@ -5,10 +5,13 @@ Per token (one multiply-add = 2 FLOPs), for a batch padded to ``seq_len``:
 - forward of one transformer layer: ``2 * sum(in*out)`` over its linear modules plus attention scores and
   mixing ``4 * seq_len * hidden``;
 - forward of a LoRA pair of rank r on an (in, out) module: ``2 * r * (in + out)``;
-- backward: nothing below the shallowest LoRA layer (no gradient is computed there). Each layer from the
-  shallowest LoRA layer up to the output propagates activation gradients through its frozen weights,
-  which costs about one forward of that layer; each LoRA pair costs twice its forward (gradient of its
-  input and of its weights). Full fine-tuning costs two forwards per layer (inputs and weights).
+- backward: nothing below the shallowest trained module (no gradient is computed there). Each layer whose
+  frozen weights lie above a trained module propagates activation gradients through them, which costs
+  about one forward of that layer: for LoRA every layer from the shallowest LoRA layer up to the output;
+  for a bottleneck adapter at a block's output (``adapters_at_block_output``) the layers *above* its
+  block, since the gradient its parameters need never enters the frozen weights of its own block. Each
+  trained module costs twice its forward (gradient of its input and of its weights). Full fine-tuning
+  costs two forwards per layer (inputs and weights).
 - the head: twice its forward in backward. A decoder's frozen LM head (``ModelSpec.output_projection``)
   projects every token: ``2 * vocab * hidden`` per token forward, and as much again in backward (the gradient
   of its input; its weights are frozen) whenever anything is trained. Embeddings are lookups, not counted.
@@ -53,7 +56,9 @@ def batch_work(spec: ModelSpec, layout: LoraLayout | None, sequences: int, seq_l
     """FLOPs of one training batch of ``sequences`` x ``seq_len`` padded tokens (see the module doc).
 
     ``layout`` None with ``full=False`` means inference only (no backward). ``extra_forward_per_layer``
-    adds per-layer forward FLOPs of other trainable modules (e.g. adapters), counted like LoRA.
+    adds per-layer forward FLOPs of bottleneck adapters at the output of those blocks: counted like LoRA,
+    except that the backward traverses only the frozen layers above the lowest adapted block
+    (:func:`traversed_layers`).
     """
     tokens = sequences * seq_len
     per_layer = layer_forward_flops(spec, tokens, seq_len)
@@ -71,9 +76,16 @@ def batch_work(spec: ModelSpec, layout: LoraLayout | None, sequences: int, seq_l
         trained[layer] = trained.get(layer, 0.0) + extra
     forward += sum(trained.values())
     if trained:
-        depth = spec.num_layers - min(trained)
+        depth = traversed_layers(spec.num_layers, layout.ranks if layout is not None else (), extra_forward_per_layer or ())
         backward = depth * per_layer + 2.0 * sum(trained.values()) + 2.0 * head_forward_flops(spec, sequences) + output
     return BatchFlops(forward, backward, per_layer, sum(trained.values()))
+
+
+def traversed_layers(num_layers: int, lora_layers, adapter_layers) -> int:
+    """Layers whose frozen weights the backward pass traverses: from the shallowest LoRA layer up, or from
+    the block above the shallowest output adapter (its own block's weights get no gradient), whichever is lower."""
+    starts = [int(l) for l in lora_layers] + [int(l) + 1 for l in adapter_layers]
+    return num_layers - min(starts) if starts else 0
 
 
 def batch_flops(spec: ModelSpec, layout: LoraLayout | None, sequences: int, seq_len: int,

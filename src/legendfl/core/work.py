@@ -22,15 +22,16 @@ class DeviceWork:
     backward_flops: float
     download_bytes: int
     upload_bytes: int
-    trained_depth: int = 0  # layers from the shallowest trained one up to the output (the backward's length)
+    trained_depth: int = 0  # layers whose frozen weights the backward traverses (its length; core.flops.traversed_layers)
     rank_sum: int = 0  # sum of LoRA ranks over the layers it uploads
     lora_upload_bytes: int = 0  # the LoRA part of upload_bytes
     steps: int = 0  # local optimizer steps
     layer_forward_flops: float = 0.0  # one frozen layer's forward FLOPs, summed over the round's batches
     trainable_forward_flops: float = 0.0  # forward FLOPs of the trained modules (LoRA pairs, adapters)
-    trained_layers: int = 0  # layers holding trained modules (<= trained_depth)
+    trained_layers: int = 0  # traversed layers that hold trained modules (<= trained_depth)
     num_layers: int = 0
     full: bool = False  # every weight trained (full fine-tuning)
+    lora_download_bytes: int = 0  # the LoRA (per-layer) part of download_bytes
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -53,8 +53,7 @@ def profile_compute(profile: LatencyProfile, gflops: float, work: DeviceWork) ->
     else:
         traversed_frozen = max(0, work.trained_depth - work.trained_layers)
         backward = unit * (trained * (work.trained_layers * lf + tf) + frozen * traversed_frozen * lf)
-    if work.trained_depth or work.full:
-        backward += profile.step_ms / 1000.0 * work.steps
+    backward += profile.step_ms / 1000.0 * work.steps  # every local step ends in an optimizer step
     return slow * forward, slow * backward
 
 

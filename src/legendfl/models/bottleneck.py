@@ -18,7 +18,7 @@ import torch
 from ..core.strategy import DeviceResult, DeviceTask, Tensors
 from ..core.training import TrainConfig
 from .backbone import Backbone, head_parameters
-from ..core.flops import BatchFlops, batch_work
+from ..core.flops import BatchFlops, batch_work, traversed_layers
 from .keys import BOTTLENECK_ADAPTER as NAME
 from .keys import adapter_key_of, adapter_regex, is_head_key
 from .methods import ClientMethod
@@ -104,4 +104,7 @@ class BottleneckMethod(ClientMethod):
         return _adapter_flops(backbone, task.adapter.depth, task.adapter.width)
 
     def shape(self, task: DeviceTask, result: DeviceResult, num_layers: int) -> tuple[int, int, int]:
-        return task.adapter.depth, task.adapter.depth, 0
+        # the adapter sits at its block's output: the backward of the lowest adapted block runs through its
+        # adapter only (priced with the trainable modules), the depth - 1 blocks above it in full
+        traversed = traversed_layers(num_layers, (), range(num_layers - task.adapter.depth, num_layers))
+        return traversed, traversed, 0

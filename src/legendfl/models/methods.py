@@ -84,10 +84,12 @@ class ClientMethod(ABC):
     def work(self, task: DeviceTask, result: DeviceResult, num_layers: int) -> DeviceWork:
         """The work the cost model prices: FLOPs done, the parts a latency profile prices, bytes really exchanged."""
         depth, layers, rank_sum = self.shape(task, result, num_layers)
-        per_layer = {k: v for k, v in result.params.items() if key_layer(k) is not None}  # LoRA or adapter tensors
+        def per_layer(params: Tensors) -> int:  # bytes of the LoRA or adapter tensors (not the head)
+            return tensors_bytes({k: v for k, v in params.items() if key_layer(k) is not None})
+
         return DeviceWork(result.forward_flops, result.backward_flops, task.download_bytes, result.upload_bytes,
-                          depth, rank_sum, tensors_bytes(per_layer), result.num_steps, result.layer_forward_flops,
-                          result.trainable_forward_flops, layers, num_layers, self.full)
+                          depth, rank_sum, per_layer(result.params), result.num_steps, result.layer_forward_flops,
+                          result.trainable_forward_flops, layers, num_layers, self.full, per_layer(task.params))
 
 
 _BUILTIN = {"lora": "legendfl.models.lora_method:LoraMethod",

@@ -6,6 +6,18 @@
 The forward time t-hat_i of eq. 12 is averaged the same way. First report: the estimate starts at the
 report itself (an average over zero history would otherwise start at 0 and call every new device fast).
 
+Where this departs from eq. 12, and why: eq. 12 predicts a device's round as forward + backward + the LoRA
+upload; the clock (``fleet/virtual_clock.py``, and any real round) also charges the **download** of the
+device's layers and the transfer of the parts that are not LoRA (the head, both ways). Left out, the
+predicted round time fell short of the realised one by 1.18-3.35x (1.72x on average, BENCHMARKS.md), and
+LCD's fill raised devices into time they did not have. So the estimate also averages, the same way, the
+download time of one layer's LoRA at unit rank (delta_i, from the download's LoRA share) and the time of
+the fixed transfers (phi_i), and a device's predicted completion is
+
+    t_i = phi_i + t-hat_i + k_i * mu_i + sum of ranks * (beta_i + delta_i)
+
+which is eq. 12 plus phi_i + sum of ranks * delta_i. The paper's own beta (upload per unit rank) is unchanged.
+
 Devices report generic measurements (``core.work``: the work done and the seconds of each phase); the
 report of section 4.3 is derived from them here (:func:`capacity_report`), so no runtime knows LEGEND.
 """
@@ -23,18 +35,30 @@ class CapacityReport:
     backward_time_per_layer: float  # mu-hat: backprop time of one LoRA layer over the round
     upload_time_per_rank: float  # beta-hat: upload time of one layer's LoRA at unit rank
     forward_time: float  # t-hat: forward propagation time over the round
+    download_time_per_rank: float = 0.0  # delta-hat: download time of one layer's LoRA at unit rank
+    fixed_transfer_time: float = 0.0  # phi-hat: download and upload time of what is not LoRA (the head)
+
+
+def _split(seconds: float, lora_bytes: int, total_bytes: int) -> tuple[float, float]:
+    """A transfer's seconds split by bytes: (the LoRA part, the rest)."""
+    if total_bytes <= 0:
+        return 0.0, seconds
+    lora = seconds * min(lora_bytes, total_bytes) / total_bytes
+    return lora, seconds - lora
 
 
 def capacity_report(result: DeviceResult) -> CapacityReport | None:
-    """mu-hat = backward seconds / trained depth; beta-hat = the LoRA share of the upload seconds / sum of
-    uploaded ranks; t-hat = forward seconds. ``None`` when the result carries no timing or work."""
+    """mu-hat = backward seconds / trained depth; beta-hat (delta-hat) = the LoRA share of the upload
+    (download) seconds / sum of the ranks; phi-hat = the seconds of the other bytes, both ways; t-hat =
+    forward seconds. ``None`` when the result carries no timing or work."""
     work, timing = result.work, result.timing
     if work is None or timing is None:
         return None
     per_layer = timing.backward_s / work.trained_depth if work.trained_depth else 0.0
-    lora_upload_s = timing.upload_s * work.lora_upload_bytes / work.upload_bytes if work.upload_bytes else 0.0
-    per_rank = lora_upload_s / work.rank_sum if work.rank_sum else 0.0
-    return CapacityReport(per_layer, per_rank, timing.forward_s)
+    lora_up, rest_up = _split(timing.upload_s, work.lora_upload_bytes, work.upload_bytes)
+    lora_down, rest_down = _split(timing.download_s, work.lora_download_bytes, work.download_bytes)
+    per_rank = (lambda s: s / work.rank_sum) if work.rank_sum else (lambda s: 0.0)
+    return CapacityReport(per_layer, per_rank(lora_up), timing.forward_s, per_rank(lora_down), rest_up + rest_down)
 
 
 @dataclass
@@ -43,10 +67,14 @@ class DeviceEstimate:
     upload_time_per_rank: float  # beta_i
     forward_time: float  # t-hat_i
     reports: int = 1
+    download_time_per_rank: float = 0.0  # delta_i
+    fixed_transfer_time: float = 0.0  # phi_i
 
     def completion_time(self, depth: int, rank_sum: int) -> float:
-        """Eq. 12: t_i = t-hat_i + k_i * mu_i + sum of ranks * beta_i."""
-        return self.forward_time + depth * self.backward_time_per_layer + rank_sum * self.upload_time_per_rank
+        """Eq. 12 plus the download and the fixed transfers (module doc):
+        t_i = phi_i + t-hat_i + k_i * mu_i + sum of ranks * (beta_i + delta_i)."""
+        return (self.fixed_transfer_time + self.forward_time + depth * self.backward_time_per_layer
+                + rank_sum * (self.upload_time_per_rank + self.download_time_per_rank))
 
 
 @dataclass
@@ -67,14 +95,18 @@ class CapacityEstimator:
     def update(self, device_id: int, report: CapacityReport) -> DeviceEstimate:
         old = self.estimates.get(device_id)
         if old is None:
-            est = DeviceEstimate(report.backward_time_per_layer, report.upload_time_per_rank, report.forward_time)
+            est = DeviceEstimate(report.backward_time_per_layer, report.upload_time_per_rank, report.forward_time, 1,
+                                 report.download_time_per_rank, report.fixed_transfer_time)
         else:
             rho = self.ema
+            avg = lambda prev, new: rho * prev + (1 - rho) * new  # noqa: E731
             est = DeviceEstimate(
-                rho * old.backward_time_per_layer + (1 - rho) * report.backward_time_per_layer,
-                rho * old.upload_time_per_rank + (1 - rho) * report.upload_time_per_rank,
-                rho * old.forward_time + (1 - rho) * report.forward_time,
+                avg(old.backward_time_per_layer, report.backward_time_per_layer),
+                avg(old.upload_time_per_rank, report.upload_time_per_rank),
+                avg(old.forward_time, report.forward_time),
                 old.reports + 1,
+                avg(old.download_time_per_rank, report.download_time_per_rank),
+                avg(old.fixed_transfer_time, report.fixed_transfer_time),
             )
         self.estimates[device_id] = est
         return est

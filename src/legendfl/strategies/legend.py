@@ -8,16 +8,20 @@ Each round the server
 4. aggregates layer-wise: each layer averaged over the devices that trained it (eq. 17); a layer no device
    trained keeps its value.
 
-First round, before any report: every device trains a conservative ``initial_depth`` (default ceil(L/2)) so
-that its first report comes from real work at moderate cost; from round 2 on LCD decides.
+First round, before any report: the paper does not say what a device trains before the server has any
+estimate (Algorithm 1 needs completion times). Every device trains ``initial_depth`` layers, by default all
+L: the configuration of FedLoRA and of LEGEND w/o LD, so LEGEND's first round costs what theirs does and
+it gets no head start, and each device's first report measures its backward over every layer. (Earlier
+versions used ceil(L/2), which the paper does not support and which made LEGEND's first round cheaper than
+its baselines'; BENCHMARKS.md's sensitivity table reports both.) From round 2 on LCD decides.
 
 Ablations (paper section 6.3), registered presets: ``legend-no-depth`` (every device trains all L layers
 with the rank distribution) and ``legend-no-rank`` (adaptive depth, uniform ranks with the same total
-budget psi); ``legend-literal`` runs Algorithm 1 as printed.
+budget psi); ``legend-literal`` runs Algorithm 1 as printed, ``legend-interpolated`` with line 3 read as
+earlier versions did (``strategies/lcd.py``).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -37,18 +41,19 @@ class LegendOptions:
                                    "budget allows it, else the steepest even rise from rank 1 that fits, for deep models)",
                                    minimum=0, integer=True)
     ema: float = option(0.8, "rho: moving-average weight of capacity estimates", minimum=0.0, maximum=1.0)
-    initial_depth: int | None = option(None, "LoRA depth of every device in round 1, before any report (default: ceil(L/2))",
-                                       minimum=1, integer=True)
+    initial_depth: int | None = option(None, "LoRA depth of every device in round 1, before any report (default: L, "
+                                       "FedLoRA's configuration: no head start)", minimum=1, integer=True)
     fixed_depths: list[int] | None = option(None, "pin each device's LoRA depth (one entry per device; for controlled "
                                             "experiments and runtime-equivalence checks); None: LCD decides")
     compute_budget: float | None = option(None, "C_i: per-device computing budget in units of c (None: unbounded)", minimum=0.0)
     comm_budget: float | None = option(None, "B_i: per-device upload budget in bytes per round (None: unbounded)", minimum=0.0)
     waiting_budget: float | None = option(None, "epsilon: bound on the predicted mean waiting time in seconds (None: off; "
-                                          "lcd 'literal' widens the depth gap to meet it, 'fill' only reports it)", minimum=0.0)
+                                          "lcd 'literal' and 'interpolated' widen the depth gap to meet it, 'fill' only reports it)", minimum=0.0)
     weighting: str = option("uniform", "layer-wise average: plain mean over the devices that trained a layer (eq. 17) "
                             "or weighted by their examples", choices=("uniform", "examples"))
-    lcd: str = option("fill", "Algorithm 1: 'fill' raises depths into idle time up to the round's predicted time, "
-                      "'literal' = lines 2-5 as printed (see strategies/lcd.py)", choices=LCD_VARIANTS)
+    lcd: str = option("fill", "Algorithm 1: 'fill' = lines 2-5 as printed, then depths raised into idle time up to "
+                      "the round's predicted time; 'literal' = lines 2-5 as printed; 'interpolated' = line 3 read as "
+                      "linear between fastest and slowest, no fill (see strategies/lcd.py)", choices=LCD_VARIANTS)
     adaptive_depth: bool = option(True, "decide depths with LCD (False: every device trains all L layers; the "
                                   "legend-no-depth ablation)", choices=(True, False))
     rank_shape: str = option("increasing", "rank distribution: rising towards the output (eq. 10) or uniform with the "
@@ -122,7 +127,7 @@ class Legend(LoraStrategy):
             return {d: L for d in device_ids}
         if o.fixed_depths is not None:
             return {d: o.fixed_depths[d] for d in device_ids}
-        first = o.initial_depth or math.ceil(L / 2)
+        first = o.initial_depth or L
         known = {d: self.estimator.estimates[d] for d in device_ids if self.estimator.known(d)}
         depths = {d: first for d in device_ids if d not in known}
         if known:
@@ -141,7 +146,8 @@ class Legend(LoraStrategy):
             out["depth_gap"] = self.last_decision.depth_gap
             out["predicted_mean_waiting_s"] = self.last_decision.mean_waiting
             out["over_budget"] = self.last_decision.over_budget
-            out["predicted_round_time_s"] = self.last_decision.round_time
+            # t^h after the fill: the round time LCD planned for; the record's round_time_s is the realised one
+            out["predicted_round_time_s"] = max(self.last_decision.predicted_times.values())
             out["lcd"] = self.options.lcd
             out["line3_depths"] = {str(d): k for d, k in sorted(self.last_decision.line3_depths.items())}
         return out
@@ -166,3 +172,5 @@ register_preset("legend-no-depth", "legend", "LEGEND w/o LD: every device trains
 register_preset("legend-no-rank", "legend", "LEGEND w/o RD: adaptive depth, uniform ranks with the same budget psi",
                 rank_shape="uniform")
 register_preset("legend-literal", "legend", "LEGEND with Algorithm 1 as printed (lines 2-5, no idle-time fill)", lcd="literal")
+register_preset("legend-interpolated", "legend", "LEGEND with Algorithm 1's line 3 read as linear between the fastest "
+                "and slowest device (earlier versions' 'literal'), no idle-time fill", lcd="interpolated")
