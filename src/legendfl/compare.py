@@ -11,9 +11,11 @@ speed-up = time_X / time_S to target; traffic reduction = 1 - traffic_S / traffi
 
 With ``seeds`` and/or ``cost_models`` (``compare_seeds``) every strategy runs once per seed (each seed
 re-draws partition, fleet assignment and trace, initialisation) into ``<out>/<cost model>/seed-<s>/``;
-the tables give means with 95% bootstrap intervals over seeds (``metrics.comparison``), with time to target
-by the sustained, interpolated rule next to the paper's first-touch rule, and a figure of the first
-strategy's speed-up against the target accuracy. Under every cost model after the first, a strategy whose
+the tables (``metrics.comparison``, protocol in ``metrics.protocol``) give time to a headline target
+declared by a grid rule that does not depend on where runs stop (sustained, interpolated crossing), the
+paper's rule next to it, accuracy at equal virtual time, a speed-up per grid target, and Student-t
+intervals on paired log ratios (the seeds' range with fewer than 5 seeds); a figure draws the first
+strategy's speed-up against the target accuracy with its interval band. Under every cost model after the first, a strategy whose
 decisions do not read device timings is re-timed from the first model's run (``retiming``), not re-trained.
 
 Compared names are registered strategies or presets (``legendfl strategies``): e.g. ``legend-no-depth``,
@@ -184,7 +186,7 @@ def compare_seeds(base: dict, strategies: list[str], out: Path, *, seeds: list[i
             md = comparison.markdown(result, f"{title}{label}, cost model {cost}: ")
             (folder / f"{label}.md").write_text(md)
             (folder / f"{label}.json").write_text(json.dumps(comparison.to_json(result), indent=1))
-            finals = [v["final_accuracy"] for per in result["per_seed"].values() for v in per.values()]
+            finals = [v["final_accuracy"] for per in result["per_seed"].values() for v in per["strategies"].values()]
             targets = [round(x, 4) for x in np.arange(np.floor(200 * min(finals) - 12) / 200, max(finals) + 1e-9, 0.005)]
             curves = comparison.speedup_curve(chosen, targets)
             plots.plot_speedup_vs_target(curves, names[0], folder / f"speedup_vs_target_{label}.png")

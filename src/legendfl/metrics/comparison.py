@@ -1,20 +1,24 @@
-"""Comparisons of strategies over seeds, from records alone: per-seed values, then mean and 95% CI.
+"""Comparisons of strategies over seeds, from records alone (the protocol of ``metrics.protocol``).
 
-In each seed the target is the paper's rule (the lowest final accuracy among the compared strategies in
-that seed) unless a target is given. Per strategy and seed: final accuracy; time and traffic to target by
-the sustained, interpolated rule and by the paper's first-touch rule (``summary.crossing``); mean waiting
-time over all rounds; mean round time. Ratios against the first strategy S are computed per seed, then
-averaged: speed-up = time_X / time_S, traffic reduction = 1 - traffic_S / traffic_X, waiting reduction =
-1 - waiting_S / waiting_X. Intervals: ``stats.bootstrap_ci`` over seeds.
+Per seed and strategy: final accuracy; accuracy at equal time and mean accuracy over the equal-time window
+(no target); time and traffic to the **headline target** (sustained, interpolated crossing; the target is
+declared by the grid rule of ``protocol.headline_target`` unless given); time to target by **the paper's
+rule** (the lowest final accuracy of that seed, first touch), kept for comparison with the paper's
+figures; mean waiting and round time; whether the run had plateaued. Ratios against the first strategy S
+are paired by seed: speed-up = time_X / time_S, traffic ratio = traffic_X / traffic_S (reduction by S =
+1 - 1 / ratio), waiting ratio likewise; summarised on the log scale (``stats.ratio_interval``). Values are
+summarised by ``stats.t_interval``. With fewer than 5 seeds both are ranges, and the tables say so.
 """
 from __future__ import annotations
 
-from .stats import Interval, bootstrap_ci
-from .summary import crossing, summarize
+from . import protocol
+from .records import time_field
+from .stats import MIN_SEEDS_FOR_CI, Interval, ratio_interval, t_interval
+from .summary import crossing
 
-VALUES = ("final_accuracy", "time_sustained_s", "time_first_s", "traffic_sustained_bytes", "traffic_first_bytes",
-          "mean_waiting_s", "mean_round_time_s")
-RATIOS = ("speedup_sustained", "speedup_first", "traffic_reduction", "waiting_reduction")
+VALUES = ("final_accuracy", "accuracy_equal_time", "mean_accuracy_equal_time", "time_headline_s",
+          "traffic_headline_bytes", "time_paper_s", "mean_waiting_s", "mean_round_time_s")
+RATIOS = ("speedup_headline", "speedup_paper", "traffic_ratio", "waiting_ratio")
 
 
 def final_accuracy(records: list[dict]) -> float:
@@ -25,69 +29,121 @@ def _ratio(x: float | None, ref: float | None) -> float | None:
     return x / ref if x is not None and ref else None
 
 
-def seed_values(runs: dict[str, list[dict]], target: float | None = None) -> tuple[float, dict[str, dict]]:
-    """One seed: the target and, per strategy, its values and its ratios against the first strategy."""
+def paper_target(runs: dict[str, list[dict]]) -> float:
+    """The paper's rule: the lowest final accuracy among the compared strategies."""
+    return min(final_accuracy(rec) for rec in runs.values())
+
+
+def seed_values(runs: dict[str, list[dict]], headline: float | None, target: float | None = None) -> dict:
+    """One seed: the paper's target and, per strategy, its values and its ratios against the first strategy."""
     if not runs:
         raise ValueError("runs must not be empty")
-    if target is None:
-        target = min(final_accuracy(rec) for rec in runs.values())
+    paper = paper_target(runs) if target is None else target
+    equal = protocol.equal_time(runs)
     out: dict[str, dict] = {}
     for name, rec in runs.items():
-        s = summarize(rec, target)
-        out[name] = {"final_accuracy": s["final_accuracy"], "time_sustained_s": s["time_to_target_sustained_s"],
-                     "time_first_s": s["time_to_target_s"], "traffic_sustained_bytes": s["traffic_to_target_sustained_bytes"],
-                     "traffic_first_bytes": s["traffic_to_target_bytes"], "mean_waiting_s": s["mean_waiting_s"],
-                     "mean_round_time_s": s["mean_round_time_s"]}
+        ev, key = protocol.evaluated(rec), time_field(rec)
+        out[name] = {
+            "final_accuracy": final_accuracy(rec),
+            "accuracy_equal_time": equal["accuracy"][name],
+            "mean_accuracy_equal_time": equal["mean_accuracy"][name],
+            "time_headline_s": crossing(ev, headline, key) if headline is not None else None,
+            "traffic_headline_bytes": crossing(ev, headline, "traffic_bytes") if headline is not None else None,
+            "time_paper_s": crossing(ev, paper, key, rule="first"),
+            "mean_waiting_s": sum(r["mean_waiting_s"] for r in rec) / len(rec),
+            "mean_round_time_s": sum(r["round_time_s"] for r in rec) / len(rec),
+            "plateaued": protocol.plateaued(rec),
+        }
     ref = out[next(iter(runs))]
     for v in out.values():
-        v["speedup_sustained"] = _ratio(v["time_sustained_s"], ref["time_sustained_s"])
-        v["speedup_first"] = _ratio(v["time_first_s"], ref["time_first_s"])
-        tr = _ratio(ref["traffic_sustained_bytes"], v["traffic_sustained_bytes"])
-        v["traffic_reduction"] = None if tr is None else 1 - tr
-        w = _ratio(ref["mean_waiting_s"], v["mean_waiting_s"])
-        v["waiting_reduction"] = None if w is None else 1 - w
-    return target, out
-
-
-def over_seeds(seeds: dict[int, dict[str, list[dict]]], target: float | None = None) -> dict:
-    """Per-seed tables and, per strategy and metric, the mean with its 95% bootstrap interval."""
-    per_seed = {seed: seed_values(runs, target) for seed, runs in seeds.items()}
-    names = list(next(iter(seeds.values())))
-    intervals = {name: {m: bootstrap_ci([per_seed[s][1][name][m] for s in per_seed]) for m in VALUES + RATIOS}
-                 for name in names}
-    return {"targets": {s: t for s, (t, _) in per_seed.items()}, "per_seed": {s: v for s, (_, v) in per_seed.items()},
-            "intervals": intervals, "reference": names[0], "seeds": list(seeds)}
-
-
-def markdown(result: dict, title: str = "") -> str:
-    """The table a reader wants: means with [95% CI] over seeds, ratios against the first strategy."""
-    ref, iv = result["reference"], result["intervals"]
-    targets = ", ".join(f"seed {s}: {100 * t:.2f}%" for s, t in result["targets"].items())
-    lines = [f"{title}{len(result['seeds'])} seeds; target per seed (lowest final accuracy unless set): {targets}", "",
-             "Means over seeds with [95% bootstrap CI]; (k/n) where only k of n seeds reached the target.", "",
-             f"| strategy | final accuracy (%) | time to target, sustained (s) | speed-up of {ref}, sustained | "
-             f"speed-up of {ref}, first touch | traffic to target (MB) | traffic reduction by {ref} | "
-             f"mean waiting (s) | waiting reduction by {ref} |", "|---|---|---|---|---|---|---|---|---|"]
-    for name, m in iv.items():
-        lines.append(" | ".join([
-            f"| {name}", m["final_accuracy"].format("{:.2f}", 100), m["time_sustained_s"].format("{:.1f}"),
-            m["speedup_sustained"].format("{:.2f}", suffix="x"), m["speedup_first"].format("{:.2f}", suffix="x"),
-            m["traffic_sustained_bytes"].format("{:.1f}", 1e-6), m["traffic_reduction"].format("{:.1f}", 100, "%"),
-            m["mean_waiting_s"].format("{:.2f}"), m["waiting_reduction"].format("{:.1f}", 100, "%")]) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def to_json(result: dict) -> dict:
-    return {**result, "intervals": {n: {k: v.to_json() for k, v in m.items()} for n, m in result["intervals"].items()}}
+        v["speedup_headline"] = _ratio(v["time_headline_s"], ref["time_headline_s"])
+        v["speedup_paper"] = _ratio(v["time_paper_s"], ref["time_paper_s"])
+        v["traffic_ratio"] = _ratio(v["traffic_headline_bytes"], ref["traffic_headline_bytes"])
+        v["waiting_ratio"] = _ratio(v["mean_waiting_s"], ref["mean_waiting_s"])
+    return {"paper_target": paper, "equal_time_s": equal["time_s"], "window_start_s": equal["window_start_s"],
+            "strategies": out}
 
 
 def speedup_curve(seeds: dict[int, dict[str, list[dict]]], targets: list[float]) -> dict[str, list[tuple[float, Interval]]]:
-    """The first strategy's sustained speed-up over each other one, as a function of the target accuracy."""
+    """The first strategy's sustained speed-up over each other one, per target (paired log-ratio intervals)."""
     names = list(next(iter(seeds.values())))
     ref = names[0]
     curves: dict[str, list[tuple[float, Interval]]] = {n: [] for n in names[1:]}
     for target in targets:
-        times = {s: {n: crossing(runs[n], target) for n in names} for s, runs in seeds.items()}
+        times = {s: {n: crossing(protocol.evaluated(runs[n]), target, time_field(runs[n])) for n in names}
+                 for s, runs in seeds.items()}
         for n in names[1:]:
-            curves[n].append((target, bootstrap_ci([_ratio(times[s][n], times[s][ref]) for s in seeds])))
+            curves[n].append((target, ratio_interval([_ratio(times[s][n], times[s][ref]) for s in seeds])))
     return curves
+
+
+def over_seeds(seeds: dict[int, dict[str, list[dict]]], target: float | None = None, grid_from: float = 0.75) -> dict:
+    """Per-seed values and, per strategy and metric, the summary over seeds; ``target`` (if given) is the
+    declared headline target and the paper's target alike, else each follows its rule."""
+    headline = target if target is not None else protocol.headline_target(seeds)
+    per_seed = {s: seed_values(runs, headline, target) for s, runs in seeds.items()}
+    names = list(next(iter(seeds.values())))
+    column = lambda name, m: [per_seed[s]["strategies"][name][m] for s in per_seed]  # noqa: E731
+    intervals = {name: {**{m: t_interval(column(name, m)) for m in VALUES},
+                        **{m: ratio_interval(column(name, m)) for m in RATIOS}} for name in names}
+    plateaus = {name: sum(bool(v) for v in column(name, "plateaued")) for name in names}
+    grid = protocol.reached_by_all(seeds, start=grid_from)
+    early = {t: all(protocol.reached_early(rec, t) for runs in seeds.values() for rec in runs.values()) for t in grid}
+    return {"headline_target": headline, "headline_rule": "declared" if target is not None else "grid",
+            "per_seed": per_seed, "intervals": intervals, "plateaued": plateaus, "reference": names[0],
+            "seeds": list(seeds), "grid": grid, "grid_early": early, "grid_speedups": speedup_curve(seeds, grid)}
+
+
+def _interval_note(n: int) -> str:
+    if n >= MIN_SEEDS_FOR_CI:
+        return (f"mean [95% Student-t interval] over n = {n} seeds; ratios paired by seed, geometric mean and t interval "
+                "on the log scale")
+    return (f"mean [range] over n = {n} seeds (fewer than {MIN_SEEDS_FOR_CI}: the seeds' range, not a confidence "
+            "interval); ratios paired by seed, geometric mean")
+
+
+def markdown(result: dict, title: str = "") -> str:
+    """The headline table and the grid table (see the module doc)."""
+    ref, iv, n = result["reference"], result["intervals"], len(result["seeds"])
+    head = result["headline_target"]
+    rule = ("declared with --target" if result["headline_rule"] == "declared" else
+            "the highest target on the 0.5-point grid that every strategy reaches, sustained, before the last quarter "
+            "of its run, in every seed")
+    paper = ", ".join(f"seed {s}: {100 * v['paper_target']:.2f}%" for s, v in result["per_seed"].items())
+    equal = ", ".join(f"seed {s}: {v['equal_time_s']:.1f} s" for s, v in result["per_seed"].items())
+    lines = [f"{title}{_interval_note(n)}.", "",
+             f"Headline target: {'none' if head is None else f'{100 * head:.1f}%'} ({rule}). "
+             f"Paper's rule (lowest final accuracy, first touch), per seed: {paper}. "
+             f"Equal time (the fastest run's end), per seed: {equal}. (k/n): only k of n seeds give a value.", "",
+             f"| strategy | final accuracy (%) | accuracy at equal time (%) | mean accuracy, equal-time window (%) | "
+             f"time to headline target (s) | speed-up of {ref}, headline target | speed-up of {ref}, paper's rule | "
+             f"traffic to headline target (MB) | traffic reduction by {ref} | mean waiting (s) | waiting reduction by {ref} | "
+             f"plateaued (last 3 evaluations within 0.5 points) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    reduction = lambda r: 1 - 1 / r  # noqa: E731
+    for name, m in iv.items():
+        lines.append(" | ".join([
+            f"| {name}", m["final_accuracy"].format("{:.2f}", 100), m["accuracy_equal_time"].format("{:.2f}", 100),
+            m["mean_accuracy_equal_time"].format("{:.2f}", 100), m["time_headline_s"].format("{:.1f}"),
+            m["speedup_headline"].format("{:.2f}", suffix="x"), m["speedup_paper"].format("{:.2f}", suffix="x"),
+            m["traffic_headline_bytes"].format("{:.1f}", 1e-6),
+            m["traffic_ratio"].map(reduction).format("{:.1f}", 100, "%") if m["traffic_ratio"].n else "-",
+            m["mean_waiting_s"].format("{:.2f}"),
+            m["waiting_ratio"].map(reduction).format("{:.1f}", 100, "%") if m["waiting_ratio"].n else "-",
+            f"{result['plateaued'][name]}/{n}"]) + " |")
+    others = list(result["grid_speedups"])
+    if result["grid"] and others:
+        lines += ["", f"Speed-up of {ref} (sustained crossing) at every grid target that every strategy reaches in every "
+                      "seed; * = reached before the last quarter of every run (eligible as headline):", "",
+                  "| target | " + " | ".join(f"over {o}" for o in others) + " |", "|---|" + "---|" * len(others)]
+        for i, t in enumerate(result["grid"]):
+            cells = [result["grid_speedups"][o][i][1].format("{:.2f}", suffix="x") for o in others]
+            lines.append(f"| {100 * t:.1f}%{'*' if result['grid_early'][t] else ''} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def to_json(result: dict) -> dict:
+    out = {k: v for k, v in result.items() if k not in ("intervals", "grid_speedups", "grid_early")}
+    out["intervals"] = {n: {k: v.to_json() for k, v in m.items()} for n, m in result["intervals"].items()}
+    out["grid_early"] = {str(t): v for t, v in result["grid_early"].items()}
+    out["grid_speedups"] = {n: [{"target": t, **iv.to_json()} for t, iv in pts] for n, pts in result["grid_speedups"].items()}
+    return out
