@@ -137,7 +137,10 @@ def test_batched_round_equals_sequential_peft_on_the_same_padded_batches_in_fp32
             sequential_padded = {t.device_id: LoraMethod().train(t, backbone, train, PARTITIONS[t.device_id], cfg)
                                  for t in tasks}
         sequential = {t.device_id: LoraMethod().train(t, backbone, train, PARTITIONS[t.device_id], cfg) for t in tasks}
-    _assert_same(together, sequential_padded, tasks, tol=1e-5, same_work=False)
+    # fp32 rounding after 5 AdamW steps depends on the CPU's kernels: 1.3e-6 relative measured on an AVX512 CPU,
+    # 1.46e-5 on this project's AVX2 CPU (the same value before and after issue 20's changes), hence 5e-5;
+    # equality of the arithmetic itself is test_batched_round_equals_sequential_peft_in_float64's (1e-10)
+    _assert_same(together, sequential_padded, tasks, tol=5e-5, same_work=False)
     _assert_same(together, sequential, tasks, tol=1e-3)  # what padding alone does to fp32 (see the module doc)
 
 

@@ -219,7 +219,8 @@ def test_fedadapter_trains_bottleneck_adapters_on_a_decoder_and_full_fine_tuning
     data = CausalLMData(dec.tokenizer, [(gsm8k_prompt("What is 1 + 1?"), " 1 + 1 = 2 #### 2")] * 8, max_length=48)
     task = DeviceTask(0, 1, params, method="adapter", adapter=AdapterLayout(2, 8), lr=1e-2)
     result = get_method("adapter").train(task, dec, data, list(range(8)), TrainConfig(batch_size=4, max_local_steps=2, bf16=False))
-    assert set(result.params) == set(params) and result.work.trained_depth == 2
+    # adapters in the top 2 blocks: the backward enters the frozen weights of the upper block only (core/flops.py)
+    assert set(result.params) == set(params) and result.work.trained_depth == 1 and result.work.trained_layers == 1
     assert all(not torch.equal(result.params[k], params[k]) for k in params if k.endswith("weight"))
     assert not any("adapters" in n for n, _ in dec.model.named_parameters())  # removed again
     with caplog.at_level(logging.WARNING):

@@ -180,7 +180,7 @@ def _cmd_profile(ns: argparse.Namespace) -> int:
     from .fleet.profiles import device_type_entry
     from .models.backbone import load_backbone
     from .models.profiling import measure_profile
-    from .models.trainer import TokenizedData
+    from .models.trainer import TokenizedData, autocast_bf16
 
     for name in ("batch_size", "seq_len", "rank", "batches"):
         if getattr(ns, name) <= 0:
@@ -190,13 +190,14 @@ def _cmd_profile(ns: argparse.Namespace) -> int:
     task = load_task(ns.task)
     backbone = load_backbone(ns.model, task.num_labels, 0, ns.device)
     data = TokenizedData(backbone.tokenizer, task.train[:2000], ns.seq_len)
-    m = measure_profile(backbone, data, ns.batch_size, ns.seq_len, ns.rank, ns.batches, bf16=not ns.no_bf16)
+    bf16 = False if ns.no_bf16 else "auto"  # as the trainer: bf16 autocast where the hardware has it
+    m = measure_profile(backbone, data, ns.batch_size, ns.seq_len, ns.rank, ns.batches, bf16=bf16)
     device = next(backbone.model.parameters()).device
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
     L = backbone.num_layers
     depths = ", ".join(f"{k}: {v:.1f}" for k, v in m["by_depth_ms"].items())
     m["source"] = (f"legendfl profile on {platform.node()} ({where}), torch {torch.__version__}, {datetime.date.today()}: "
-                   f"{ns.model}, batch {ns.batch_size} x {ns.seq_len}, LoRA rank {ns.rank}, bf16 {not ns.no_bf16}")
+                   f"{ns.model}, batch {ns.batch_size} x {ns.seq_len}, LoRA rank {ns.rank}, bf16 {autocast_bf16(bf16, next(backbone.model.parameters()).device)}")
     comment = (f"{m['source']}\nper-batch training latency (ms) by LoRA depth: {depths}; LoRA on layer 0 only: "
                f"{m['layer0_only_ms']:.1f}; forward {m['forward_ms']:.1f}\ndepth {L} / depth 1 = "
                f"{m['by_depth_ms'][L] / m['by_depth_ms'][1]:.2f}x")
@@ -296,7 +297,8 @@ def make_parser() -> argparse.ArgumentParser:
     p_prof.add_argument("--batches", type=int, default=10, help="timed batches per configuration (after 2 warm-up batches)")
     p_prof.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to measure")
     p_prof.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
-    p_prof.add_argument("--no-bf16", action="store_true", help="measure without bf16 autocast (the trainer uses it)")
+    p_prof.add_argument("--no-bf16", action="store_true", help="measure without bf16 autocast (the trainer uses it where "
+                        "the hardware computes bf16, as this command does by default)")
     p_prof.add_argument("--name", default="this-machine", help="device type name in the entry")
     p_prof.add_argument("--out", help="also write the entry to this file")
     p_prof.set_defaults(func=_cmd_profile)

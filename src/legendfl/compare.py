@@ -142,12 +142,16 @@ PAPER_FIGURES = {"mmlu": ("fig9a_accuracy_vs_time", "fig9b_time_to_target"),
 
 def compare(base: dict, strategies: list[str], out: Path, *, target: float | None = None, ablation: list[str] | None = None, title: str = "") -> dict:
     """Run (or reuse) the strategies, then write table.md, table.csv and the figures into ``out``."""
-    from .metrics import plots
+    from .metrics import comparison, plots
 
     out.mkdir(parents=True, exist_ok=True)
     runs = run_strategies(base, strategies, out)
+    declared = target
     target, rows = compare_records(runs, target)
     md = table_markdown(target, rows, title)
+    if len(runs) > 1:  # the protocol's table of the same runs: declared grid, headline target, equal time (one seed)
+        protocol_result = comparison.over_seeds({base.get("seed", 0): runs}, declared)
+        md += "\n" + comparison.markdown(protocol_result, "The comparison protocol (metrics/protocol.py), ")
     (out / "table.md").write_text(md)
     write_csv(target, rows, out / "table.csv")
     curve, bars = PAPER_FIGURES.get(base.get("task", ""), ("fig7_accuracy_vs_time", "fig8_time_to_target"))

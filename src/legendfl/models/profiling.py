@@ -23,7 +23,7 @@ from ..core.lora_layout import LoraLayout
 from ..core.flops import layer_forward_flops
 from .backbone import Backbone
 from .lora import lora_adapter
-from .trainer import TokenizedData
+from .trainer import TokenizedData, autocast_bf16
 
 
 def fixed_batches(data: TokenizedData, batch_size: int, seq_len: int, count: int, seed: int = 0) -> list[dict]:
@@ -47,7 +47,7 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_layout(backbone: Backbone, layout: LoraLayout, batches: list[dict], warmup: int = 2, bf16: bool = True) -> dict:
+def time_layout(backbone: Backbone, layout: LoraLayout, batches: list[dict], warmup: int = 2, bf16: bool | str = "auto") -> dict:
     """Median per-batch latency (ms) of training ``layout``, and of its forward part, over ``batches``."""
     params = {**backbone.spec.init_lora(layout, 0), **backbone.head_tensors()}
     with lora_adapter(backbone, layout, params) as model:
@@ -60,7 +60,7 @@ def time_layout(backbone: Backbone, layout: LoraLayout, batches: list[dict], war
             batch = {k: v.to(device) for k, v in batch.items()}
             synchronize(device)
             t0 = time.perf_counter()
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16(bf16, device)):
                 loss = model(**batch).loss
             synchronize(device)
             t1 = time.perf_counter()
@@ -76,7 +76,7 @@ def time_layout(backbone: Backbone, layout: LoraLayout, batches: list[dict], war
 
 
 def measure_profile(backbone: Backbone, data: TokenizedData, batch_size: int = 16, seq_len: int = 64, rank: int = 8,
-                    batches: int = 10, warmup: int = 2, bf16: bool = True, seed: int = 0) -> dict:
+                    batches: int = 10, warmup: int = 2, bf16: bool | str = "auto", seed: int = 0) -> dict:
     """Per-batch latency at every LoRA depth, with LoRA on layer 0 only, and the fitted profile."""
     L = backbone.num_layers
     picked = fixed_batches(data, batch_size, seq_len, batches + warmup, seed)
