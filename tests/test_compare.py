@@ -149,3 +149,29 @@ def test_generative_profile_writes_the_papers_figures_9(tmp_path):
     ranks = legend["devices"]["0"]["ranks"]  # 30 layers at the default budget: ranks still rise towards the output
     assert ranks == sorted(ranks) and ranks[0] < ranks[-1]
     assert json.loads((folder / "legend" / "adapter" / "adapter_config.json").read_text())["task_type"] == "CAUSAL_LM"
+
+
+def test_compare_reuses_only_results_of_the_same_settings(tmp_path):
+    """compare.run_strategies reuses a finished run (or resumes a checkpoint) only when its config.json holds the
+    settings asked for; otherwise one error naming the differing settings (issue 21). No training here: the
+    reused folder is written by hand."""
+    from legendfl.compare import run_config, run_strategies
+
+    base = {"task": "sst2", "num_devices": 3, "rounds": 2, "seed": 0}
+    folder = tmp_path / "legend"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(run_config(base, "legend", folder).to_json()))
+    (folder / "summary.json").write_text("{}")
+    record = {"round": 1, "accuracy": 0.8, "virtual_time_s": 1.0, "traffic_bytes": 1, "mean_waiting_s": 0.0,
+              "round_time_s": 1.0}
+    (folder / "rounds.jsonl").write_text(json.dumps(record) + "\n")
+    assert run_strategies(base, ["legend"], tmp_path) == {"legend": [record]}  # same settings: reused, not re-run
+    with pytest.raises(ValueError, match=r"other settings \(differing: lora_rank, seed\)"):
+        run_strategies({**base, "seed": 7, "lora_rank": 4}, ["legend"], tmp_path)
+    with pytest.raises(ValueError, match=r"differing: strategy_options"):
+        run_strategies({**base, "legend.lcd": "literal"}, ["legend"], tmp_path)
+
+
+def test_compare_target_must_be_an_accuracy(tmp_path):
+    r = cli("compare", "--strategies", "legend", "fedlora", "--target", "1.5", "--out", str(tmp_path), timeout=60)
+    assert r.returncode == 2 and "target must be an accuracy in (0, 1]" in r.stderr and "Traceback" not in r.stderr

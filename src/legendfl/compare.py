@@ -104,6 +104,22 @@ def run_config(base: dict, name: str, folder: Path) -> RunConfig:
     return RunConfig.from_sources(base, {"strategy": name, "out_dir": str(folder)})
 
 
+NOT_SETTINGS = ("out_dir", "threads", "runtime", "retimed_from")  # where and how fast a run went, not what it computed
+
+
+def differing_settings(folder: Path, cfg: RunConfig) -> list[str]:
+    """The settings in which the run kept in ``folder`` (its ``config.json``) differs from ``cfg``."""
+    path = folder / "config.json"
+    if not path.exists():
+        return ["config.json (missing)"]
+    try:
+        old = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        return [f"config.json (unreadable: {err.msg})"]
+    new = json.loads(json.dumps(cfg.to_json()))  # as written: tuples become lists
+    return [k for k in sorted((set(old) | set(new)) - set(NOT_SETTINGS)) if old.get(k) != new.get(k)]
+
+
 def run_strategies(base: dict, strategies: list[str], out: Path,
                    retime_from: Path | None = None) -> dict[str, list[dict]]:
     """Run each strategy once into ``out/<strategy>`` (skipping finished ones); return their records.
@@ -113,10 +129,17 @@ def run_strategies(base: dict, strategies: list[str], out: Path,
     """
     from .retiming import decisions_use_time, retime_run
 
+    from .runtime.checkpoint import has_checkpoint
+
     runs = {}
     for name in strategies:
         folder = out / name
         cfg = run_config(base, name, folder)
+        if (folder / "summary.json").exists() or has_checkpoint(folder):  # reuse or resume only the same settings
+            differ = differing_settings(folder, cfg)
+            if differ:
+                raise ValueError(f"{folder} holds a {name} run of other settings (differing: {', '.join(differ)}); "
+                                 f"compare into another --out, or remove that folder")
         if (folder / "summary.json").exists():
             log.info(f"{name}: results exist in {folder}, not re-run")
         elif retime_from is not None and (retime_from / name / "summary.json").exists() and not decisions_use_time(cfg):
@@ -124,7 +147,6 @@ def run_strategies(base: dict, strategies: list[str], out: Path,
             log.info(f"{name}: re-timed under the {cfg.cost_model} cost model from {retime_from / name} (its decisions do not read timings)")
         else:
             from .runner import resume_run, run
-            from .runtime.checkpoint import has_checkpoint
 
             if has_checkpoint(folder):  # a run that was cut off: continue it to the same result
                 log.info("%s: resuming the unfinished run in %s", name, folder)
@@ -226,6 +248,8 @@ def run_profile(profile: str, out: Path, *, tasks: list[str] | None = None, stra
                 target: float | None = None, hub: bool = False, overrides: dict | None = None,
                 seeds: list[int] | None = None, cost_models: list[str] | None = None) -> dict:
     """Run a profile's comparison for each task into ``out/<task>``; pre-test profiles also write Figs. 3-5."""
+    if target is not None and not 0 < target <= 1:
+        raise ValueError(f"target must be an accuracy in (0, 1], e.g. 0.85, got {target}")
     prof = load_profile(profile)
     spec = prof.get("compare", {})
     results = {}
