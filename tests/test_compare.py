@@ -175,3 +175,25 @@ def test_compare_reuses_only_results_of_the_same_settings(tmp_path):
 def test_compare_target_must_be_an_accuracy(tmp_path):
     r = cli("compare", "--strategies", "legend", "fedlora", "--target", "1.5", "--out", str(tmp_path), timeout=60)
     assert r.returncode == 2 and "target must be an accuracy in (0, 1]" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_retime_refuses_its_own_folder_a_full_folder_and_empty_records(tmp_path):
+    """retiming.retime_run never replaces the run it reads, never writes over other files unasked, and
+    refuses a run with no rounds (it wrote a summary of nulls before; issue 21)."""
+    from legendfl.compare import run_config
+    from legendfl.retiming import retime_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(run_config({"task": "sst2", "num_devices": 3}, "fedlora", run).to_json()))
+    (run / "rounds.jsonl").write_text("")
+    with pytest.raises(ValueError, match="must not be the run folder itself"):
+        retime_run(run, run, "flops")
+    with pytest.raises(ValueError, match="holds no rounds"):
+        retime_run(run, tmp_path / "new", "flops")
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "summary.json").write_text("{}")
+    with pytest.raises(ValueError, match="already holds files; choose an empty folder or pass --overwrite"):
+        retime_run(run, full, "flops")
+    assert (full / "summary.json").read_text() == "{}"

@@ -106,3 +106,22 @@ def test_a_second_run_into_the_same_folder_is_refused_and_resume_checks_its_inpu
     (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
     r = cli("run", "--resume", str(tmp_path), timeout=120)
     assert r.returncode == 2 and "is not a legendfl checkpoint" in r.stderr
+
+
+def test_outputs_are_written_atomically_and_a_crash_midway_keeps_the_old_file(tmp_path):
+    """core/files.py: every output (summary, config, records, tables, figures, checkpoints) goes through
+    write_atomic; a writer killed halfway leaves the previous file whole and no temporary file behind."""
+    from legendfl.core.files import write_atomic
+
+    path = tmp_path / "summary.json"
+    write_atomic(path, '{"round": 1}')
+
+    def crash():
+        raise KeyboardInterrupt  # a kill halfway through the write
+
+    with pytest.raises(KeyboardInterrupt):
+        write_atomic(path, '{"round": 2, "more": "' + "x" * 1000 + '"}', halfway=crash)
+    assert path.read_text() == '{"round": 1}'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]
+    write_atomic(tmp_path / "new" / "fig.png", b"\x89PNG")  # bytes, and a folder made on the way
+    assert (tmp_path / "new" / "fig.png").read_bytes() == b"\x89PNG"

@@ -18,6 +18,7 @@ import typing
 from pathlib import Path
 
 from . import logs
+from .core.files import write_atomic
 from .config import RunConfig, legacy_keys, load_config_file
 from .strategies import get_entry, registered_bases, strategy_names
 
@@ -162,7 +163,7 @@ def _cmd_compare(ns: argparse.Namespace) -> int:
 def _cmd_retime(ns: argparse.Namespace) -> int:
     from .retiming import retime_run
 
-    summary = retime_run(Path(ns.run), Path(ns.out), ns.cost_model, ns.fleet)
+    summary = retime_run(Path(ns.run), Path(ns.out), ns.cost_model, ns.fleet, ns.overwrite)
     keys = ["final_accuracy", "virtual_time_s", "time_to_target_s", "time_to_target_sustained_s", "mean_waiting_s",
             "cost_model", "note"]
     print("summary: " + json.dumps({k: summary.get(k) for k in keys}))
@@ -203,7 +204,7 @@ def _cmd_profile(ns: argparse.Namespace) -> int:
                f"{m['by_depth_ms'][L] / m['by_depth_ms'][1]:.2f}x")
     text = device_type_entry(ns.name, m, comment)
     if ns.out:
-        Path(ns.out).write_text(text)
+        write_atomic(ns.out, text)
         print(f"fleet entry written to {ns.out}")
     print(text)
     return 0
@@ -286,7 +287,9 @@ def make_parser() -> argparse.ArgumentParser:
     p_rt.add_argument("run", help="a run's output folder (config.json, rounds.jsonl)")
     p_rt.add_argument("--cost-model", required=True, choices=("profile", "flops"), help="how compute time is priced")
     p_rt.add_argument("--fleet", help="another fleet (jetson, phones or a TOML file); default: the run's")
-    p_rt.add_argument("--out", required=True, help="folder for the re-timed rounds.jsonl, config.json and summary.json")
+    p_rt.add_argument("--out", required=True, help="folder for the re-timed rounds.jsonl, config.json and summary.json "
+                      "(an empty or new folder; not the run's own)")
+    p_rt.add_argument("--overwrite", action="store_true", help="replace what --out holds")
     p_rt.set_defaults(func=_cmd_retime)
     p_prof = sub.add_parser("profile", help="measure this machine's per-batch training latency by LoRA depth (run it on an otherwise idle machine); print a fleet entry")
     p_prof.add_argument("--model", default="minilm", help="packaged alias, local directory or hub id")

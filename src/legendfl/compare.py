@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import RunConfig
+from .core.files import write_atomic
 from .metrics.comparison import final_accuracy
 from .metrics.summary import read_records, summarize
 
@@ -143,7 +144,7 @@ def run_strategies(base: dict, strategies: list[str], out: Path,
         if (folder / "summary.json").exists():
             log.info(f"{name}: results exist in {folder}, not re-run")
         elif retime_from is not None and (retime_from / name / "summary.json").exists() and not decisions_use_time(cfg):
-            retime_run(retime_from / name, folder, cfg.cost_model, cfg.fleet)
+            retime_run(retime_from / name, folder, cfg.cost_model, cfg.fleet, overwrite=True)  # compare owns its folders
             log.info(f"{name}: re-timed under the {cfg.cost_model} cost model from {retime_from / name} (its decisions do not read timings)")
         else:
             from .runner import resume_run, run
@@ -174,7 +175,7 @@ def compare(base: dict, strategies: list[str], out: Path, *, target: float | Non
     if len(runs) > 1:  # the protocol's table of the same runs: declared grid, headline target, equal time (one seed)
         protocol_result = comparison.over_seeds({base.get("seed", 0): runs}, declared)
         md += "\n" + comparison.markdown(protocol_result, "The comparison protocol (metrics/protocol.py), ")
-    (out / "table.md").write_text(md)
+    write_atomic(out / "table.md", md)
     write_csv(target, rows, out / "table.csv")
     curve, bars = PAPER_FIGURES.get(base.get("task", ""), ("fig7_accuracy_vs_time", "fig8_time_to_target"))
     figures = [plots.plot_accuracy_vs_time(runs, out / f"{curve}.png", target),
@@ -187,7 +188,7 @@ def compare(base: dict, strategies: list[str], out: Path, *, target: float | Non
         abl = {n: runs[n] for n in ablation if n in runs}
         figures.append(plots.plot_accuracy_vs_time(abl, out / "fig13_ablation.png", target))
     result = {"target_accuracy": target, "rows": [r.__dict__ for r in rows], "figures": [f.name for f in figures]}
-    (out / "comparison.json").write_text(json.dumps(result, indent=2))
+    write_atomic(out / "comparison.json", json.dumps(result, indent=2))
     log.info(md)
     return result
 
@@ -210,13 +211,13 @@ def compare_seeds(base: dict, strategies: list[str], out: Path, *, seeds: list[i
             chosen = {s: {n: runs[s][n] for n in names} for s in seeds}
             result = comparison.over_seeds(chosen, target)
             md = comparison.markdown(result, f"{title}{label}, cost model {cost}: ")
-            (folder / f"{label}.md").write_text(md)
-            (folder / f"{label}.json").write_text(json.dumps(comparison.to_json(result), indent=1))
+            write_atomic(folder / f"{label}.md", md)
+            write_atomic(folder / f"{label}.json", json.dumps(comparison.to_json(result), indent=1))
             finals = [v["final_accuracy"] for per in result["per_seed"].values() for v in per["strategies"].values()]
             targets = [round(x, 4) for x in np.arange(np.floor(200 * min(finals) - 12) / 200, max(finals) + 1e-9, 0.005)]
             curves = comparison.speedup_curve(chosen, targets)
             plots.plot_speedup_vs_target(curves, names[0], folder / f"speedup_vs_target_{label}.png")
-            (folder / f"speedup_vs_target_{label}.json").write_text(json.dumps(
+            write_atomic(folder / f"speedup_vs_target_{label}.json", json.dumps(
                 {n: [{"target": t, **iv.to_json()} for t, iv in pts] for n, pts in curves.items()}, indent=1))
             tables[label] = md
             log.info(md)
@@ -279,7 +280,7 @@ def run_profile(profile: str, out: Path, *, tasks: list[str] | None = None, stra
                                       f"cost model {base.get('cost_model', 'profile')}): ")
         if ablation:  # the ablation table has LEGEND as its reference too
             t2, rows2 = compare_records({n: read_records(folder / n / "rounds.jsonl") for n in ablation}, target)
-            (folder / "ablation.md").write_text(table_markdown(t2, rows2, f"{task} ablation: "))
+            write_atomic(folder / "ablation.md", table_markdown(t2, rows2, f"{task} ablation: "))
     return results
 
 
@@ -296,10 +297,10 @@ def _pretests(base: dict, groups: dict[str, list[str]], out: Path) -> dict:
 
         data = load_task(base["task"])
         backbone = load_backbone(base.get("model", "minilm"), data.num_labels, device=base.get("device", "auto"))
-        costs_path.write_text(json.dumps(measure_depth_costs(backbone, TokenizedData(backbone.tokenizer, data.train[:2000], 64)), indent=1))
+        write_atomic(costs_path, json.dumps(measure_depth_costs(backbone, TokenizedData(backbone.tokenizer, data.train[:2000], 64)), indent=1))
     costs = json.loads(costs_path.read_text()) if costs_path.exists() else []
     table = pretest_table(runs, costs)
-    (out / "pretests.md").write_text(table)
+    write_atomic(out / "pretests.md", table)
     figures = pretest_figures(runs, costs, out)
     log.info(table)
     return {"figures": figures, "depth_costs": costs}

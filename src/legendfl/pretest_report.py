@@ -64,9 +64,11 @@ def measure_depth_costs(backbone, data, batch_size: int = 16, batches: int = 12,
 def _save(fig, title: str, path: Path) -> str:
     import matplotlib.pyplot as plt
 
+    from .metrics.plots import save_figure
+
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
     return path.name
 

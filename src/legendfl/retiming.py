@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from .config import RunConfig, legacy_keys
+from .core.files import write_atomic
 from .core.work import DeviceWork
 from .fleet.cost_model import device_timing, state_fields
 from .fleet.devices import Fleet, load_fleet
@@ -55,12 +56,20 @@ def decisions_use_time(cfg: RunConfig) -> bool:
     return bool(cfg.build_strategy().decisions_use_time)
 
 
-def retime_run(source: Path, out: Path, cost_model: str, fleet: str | None = None) -> dict:
-    """Re-time the run in ``source`` into ``out``; returns the new summary."""
+def retime_run(source: Path, out: Path, cost_model: str, fleet: str | None = None, overwrite: bool = False) -> dict:
+    """Re-time the run in ``source`` into ``out``; returns the new summary. Refuses an ``out`` that is the
+    source (it would replace the run's own records) or that holds files (unless ``overwrite``), and a run
+    without rounds."""
     source, out = Path(source), Path(out)
     for name in ("config.json", "rounds.jsonl"):
         if not (source / name).exists():
             raise ValueError(f"{source} is not a run folder: {name} is missing")
+    if out.resolve() == source.resolve():
+        raise ValueError(f"--out must not be the run folder itself ({source}): re-timing would replace its records")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ValueError(f"--out {out} already holds files; choose an empty folder or pass --overwrite")
+    if not read_records(source / "rounds.jsonl"):
+        raise ValueError(f"{source / 'rounds.jsonl'} holds no rounds: nothing to re-time")
     values = json.loads((source / "config.json").read_text())
     known = set(RunConfig.__dataclass_fields__) | set(legacy_keys())  # config.json of earlier versions: flat keys
     values = {k: v for k, v in values.items() if k in known}
@@ -69,14 +78,13 @@ def retime_run(source: Path, out: Path, cost_model: str, fleet: str | None = Non
     records = retime_records(read_records(source / "rounds.jsonl"), load_fleet(cfg.fleet, cfg.num_devices, cfg.seed),
                              cost_model)
     out.mkdir(parents=True, exist_ok=True)
-    with (out / "rounds.jsonl").open("w") as fh:
-        fh.writelines(json.dumps(r) + "\n" for r in records)
-    (out / "config.json").write_text(json.dumps({**cfg.to_json(), "retimed_from": str(source)}, indent=2))
+    write_atomic(out / "rounds.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    write_atomic(out / "config.json", json.dumps({**cfg.to_json(), "retimed_from": str(source)}, indent=2))
     uses_time = decisions_use_time(cfg)
     summary = {**summarize(records, cfg.target_accuracy), "strategy": records[0]["strategy"] if records else cfg.strategy,
                "task": cfg.task, "model": cfg.model, "fleet": cfg.fleet, "num_devices": cfg.num_devices,
                "cost_model": cost_model, "retimed_from": str(source), "decisions_use_time": uses_time,
                "note": ("decisions were made under the original run's timings; re-run for a faithful result"
                         if uses_time else "exact: this strategy's decisions do not read device timings")}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_atomic(out / "summary.json", json.dumps(summary, indent=2))
     return summary

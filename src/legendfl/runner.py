@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from .config import RunConfig
+from .core.files import write_atomic
 from .fleet.availability import run_availability
 from .fleet.devices import load_fleet
 from .metrics.records import RecordWriter
@@ -50,8 +51,8 @@ def run(cfg: RunConfig, *, overwrite: bool = False) -> dict:
     prepare_out_dir(out, overwrite)
     ctx = RunContext.for_simulation(cfg)
     strategy.initialize(ctx.backbone.spec, list(range(len(fleet))))
-    (out / "config.json").write_text(json.dumps(cfg.to_json(), indent=2))
-    (out / "partition.json").write_text(json.dumps(ctx.partition_stats, indent=1))
+    write_atomic(out / "config.json", json.dumps(cfg.to_json(), indent=2))
+    write_atomic(out / "partition.json", json.dumps(ctx.partition_stats, indent=1))
     sizes = [s["examples"] for s in ctx.partition_stats]
     log.info("partition %s (alpha %s) over %d devices: sizes min %d / max %d; per device: %s%s", cfg.partition,
              cfg.dirichlet_alpha, cfg.num_devices, min(sizes), max(sizes),

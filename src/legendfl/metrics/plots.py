@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -15,7 +16,15 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from ..core.files import write_atomic  # noqa: E402
 from .records import time_field  # noqa: E402
+
+
+def save_figure(fig, path: Path) -> None:
+    """A figure as PNG, written atomically (``core.files``)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=120, format="png")
+    write_atomic(path, buffer.getvalue())
 
 
 def _evaluated(records: list[dict]) -> list[dict]:
@@ -37,7 +46,7 @@ def _curves(runs: dict[str, list[dict]], x, y, path: Path, xlabel: str, ylabel: 
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -77,7 +86,7 @@ def plot_timeline(record: dict, path: Path) -> Path:
     ax.set_title(f"{record['strategy']}: device timeline of round {record['round']} (sorted by completion)")
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -108,7 +117,7 @@ def plot_bars(values: dict[str, float | None], ylabel: str, path: Path) -> Path:
     ax.tick_params(axis="x", labelrotation=20)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -134,6 +143,6 @@ def plot_speedup_vs_target(curves: dict, reference: str, path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
     return path

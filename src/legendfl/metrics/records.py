@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..core.files import write_atomic
 from ..core.strategy import DeviceResult, DeviceTask
 
 
@@ -53,7 +54,7 @@ class RecordWriter:
         self.path = Path(out_dir) / "rounds.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.records: list[dict] = list(records or [])
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+        write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
 
     def write(self, record: dict) -> None:
         self.records.append(record)

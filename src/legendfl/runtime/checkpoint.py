@@ -4,7 +4,7 @@
 (``Strategy.state_dict``: global tensors, estimates, search state), the transport's state (the clock), and
 the records so far. It is written atomically: to a temporary file in the same folder, flushed and fsync'ed,
 then renamed over the old one (and the folder fsync'ed), so a crash at any point leaves either the previous
-round's checkpoint or this round's, never a torn file. A resumed run (``legendfl run --resume DIR``) rebuilds
+round's checkpoint or this round's, never a torn file (``core.files.write_atomic``). A resumed run (``legendfl run --resume DIR``) rebuilds
 the run from its configuration, loads the states and continues with the next round; every random choice
 derives from (seed, round, device), so it ends exactly where the uninterrupted run would have.
 
@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from ..core.files import write_atomic
 
 CHECKPOINT = "checkpoint.pt"
 FORMAT = 1
@@ -38,21 +40,7 @@ def save_checkpoint(out_dir: Path, state: dict[str, Any]) -> Path:
     buffer = io.BytesIO()
     torch.save({"format": FORMAT, **state}, buffer)
     data = buffer.getvalue()
-    final = out_dir / CHECKPOINT
-    tmp = out_dir / f".{CHECKPOINT}.tmp"
-    with open(tmp, "wb") as fh:
-        fh.write(data[: len(data) // 2])
-        _failpoint("checkpoint-write", state["round"])
-        fh.write(data[len(data) // 2:])
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
-    dir_fd = os.open(out_dir, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return final
+    return write_atomic(out_dir / CHECKPOINT, data, halfway=lambda: _failpoint("checkpoint-write", state["round"]))
 
 
 def load_checkpoint(out_dir: Path) -> dict[str, Any]:

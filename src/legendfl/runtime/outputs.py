@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..core.files import write_atomic
 from ..core.strategy import Strategy
 from ..metrics.summary import summarize
 from ..models.methods import get_method
@@ -17,12 +18,12 @@ def write_outputs(ctx: RunContext, strategy: Strategy, records: list[dict], out:
                "wall_time_s": wall_time_s, **extra}
     task = strategy.evaluation_task()
     if get_method(task.method).export(task, ctx.backbone, str(out / "adapter"), ctx.train_cfg):
-        (out / "adapter" / "labels.json").write_text(json.dumps(ctx.label_names))
+        write_atomic(out / "adapter" / "labels.json", json.dumps(ctx.label_names))
     try:
         from ..metrics.plots import run_plots
 
         summary["plots"] = run_plots(records, out)
     except ImportError:  # pragma: no cover - matplotlib missing
         summary["plots"] = []
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_atomic(out / "summary.json", json.dumps(summary, indent=2))
     return summary

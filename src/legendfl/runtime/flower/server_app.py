@@ -27,6 +27,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from ... import logs
 from ...config import RunConfig, check_keys, load_config_file, normalize
+from ...core.files import write_atomic
 from ...metrics.records import RecordWriter
 from ..checkpoint import CHECKPOINT, has_checkpoint, load_checkpoint, restore
 from ..context import RunContext
@@ -93,7 +94,7 @@ def run_federation(grid: Grid, cfg: RunConfig, settings: FederationSettings) -> 
     strategy = cfg.build_strategy()
     ctx = RunContext.for_server(cfg)
     strategy.initialize(ctx.backbone.spec, list(range(cfg.num_devices)))
-    (out / "config.json").write_text(json.dumps({**cfg.to_json(), "runtime": "flower",
+    write_atomic(out / "config.json", json.dumps({**cfg.to_json(), "runtime": "flower",
                                                  "federation": settings.__dict__}, indent=2))
     fed = Federation(grid, cfg, ctx.label_names)
     fed.wait_for(settings.min_nodes or cfg.num_devices, settings.node_wait_s)
