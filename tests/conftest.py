@@ -16,11 +16,11 @@ DEVICE_KEYS = {"kind", "mode", "download_s", "forward_s", "backward_s", "upload_
                "examples", "tokens", "forward_flops", "backward_flops", "download_bytes", "upload_bytes"}
 
 
-def cli(*args, timeout=600):
+def cli(*args, timeout=600, cwd=None):
     # CI=true makes transformers send its warnings to the root logger: commands must keep them off stdout
     env = {**os.environ, "CI": "true"}
     return subprocess.run([sys.executable, "-m", "legendfl", *args], capture_output=True, text=True, timeout=timeout,
-                          env=env)
+                          env=env, cwd=cwd)
 
 
 def check_records(records):
@@ -50,6 +50,27 @@ def tiny_decoder(kind, path, tokenizer):
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return load_backbone(str(path), task_type="causal_lm", seed=0)
+
+
+def tiny_bert(path):
+    """A tiny random BERT (2 layers, 32 wide) with MiniLM's tokenizer, saved to ``path``: for tests of what does not
+    depend on learning (folders, checkpoints, errors); ``--model <path>`` runs it like any local model."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from legendfl.models.backbone import resolve_model_path
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
+    torch.manual_seed(0)
+    BertForSequenceClassification(BertConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                             num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=128)
+                                  ).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory):
+    return str(tiny_bert(tmp_path_factory.mktemp("tiny-bert")))
 
 
 @pytest.fixture(scope="session")

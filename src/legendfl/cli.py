@@ -3,7 +3,7 @@
 
 Every option of ``run`` is a field of :class:`~legendfl.config.RunConfig` or an option of a strategy
 (``--hetlora.r-min``); ``--config FILE`` (TOML or YAML) sets them first and flags override. Bad input exits
-with one line naming the field, never a traceback. Progress goes through ``logging`` (``--quiet`` for
+with one line naming the field, never a traceback (``--debug`` shows it). Progress goes through ``logging`` (``--quiet`` for
 warnings only); a progress bar within rounds shows only on a terminal.
 """
 from __future__ import annotations
@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 import types
 import typing
@@ -102,7 +103,7 @@ def _cmd_run(ns: argparse.Namespace) -> int:
     from .runner import resume_run, run
 
     if ns.resume:  # flags given (argparse keeps only those) other than the command's own
-        given = sorted(k for k in vars(ns) if k not in ("command", "func", "quiet", "resume", "overwrite", "config"))
+        given = sorted(k for k in vars(ns) if k not in ("command", "func", "quiet", "debug", "resume", "overwrite", "config"))
         if given or ns.config or ns.overwrite:
             flags = (["--config"] if ns.config else []) + (["--overwrite"] if ns.overwrite else []) + \
                 ["--" + k.replace("_", "-") for k in given]
@@ -183,14 +184,23 @@ def _cmd_profile(ns: argparse.Namespace) -> int:
     from .models.profiling import measure_profile
     from .models.trainer import TokenizedData, autocast_bf16
 
-    for name in ("batch_size", "seq_len", "rank", "batches"):
+    for name in ("batch_size", "seq_len", "rank", "batches") + (("threads",) if ns.threads is not None else ()):
         if getattr(ns, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(ns, name)}")
     if ns.threads:
         torch.set_num_threads(ns.threads)
     task = load_task(ns.task)
+    examples = task.train[:2000]
+    if ns.batch_size > len(examples):
+        raise ValueError(f"--batch-size must be at most {len(examples)} (the {ns.task} examples profiled), got {ns.batch_size}")
     backbone = load_backbone(ns.model, task.num_labels, 0, ns.device)
-    data = TokenizedData(backbone.tokenizer, task.train[:2000], ns.seq_len)
+    positions = getattr(backbone.model.config, "max_position_embeddings", None)
+    if positions and ns.seq_len > positions:
+        raise ValueError(f"--seq-len must be at most {positions} (model {ns.model!r}'s positions), got {ns.seq_len}")
+    sides = [min(shape) for shape in backbone.spec.linear_modules.values()]
+    if ns.rank > min(sides):
+        raise ValueError(f"--rank must be at most {min(sides)} for model {ns.model!r}, got {ns.rank}")
+    data = TokenizedData(backbone.tokenizer, examples, ns.seq_len)
     bf16 = False if ns.no_bf16 else "auto"  # as the trainer: bf16 autocast where the hardware has it
     m = measure_profile(backbone, data, ns.batch_size, ns.seq_len, ns.rank, ns.batches, bf16=bf16)
     device = next(backbone.model.parameters()).device
@@ -253,6 +263,7 @@ class _Parser(argparse.ArgumentParser):
 def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="legendfl", description="Federated LoRA fine-tuning on heterogeneous devices (LEGEND and baselines).")
     parser.add_argument("--quiet", action="store_true", help="log warnings and errors only")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (instead of one line)")
     sub = parser.add_subparsers(dest="command", required=True)
     p_run = sub.add_parser("run", help="run one federated fine-tuning job in the in-process simulator",
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -333,21 +344,37 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def error_line(exc: BaseException) -> str:
+    """One line for an error that ends a command: what was wrong, naming the field, file or option."""
+    if isinstance(exc, KeyError):
+        return f"missing key {exc.args[0]!r}" if exc.args else "missing key"
+    if isinstance(exc, OSError) and (exc.filename or exc.strerror):
+        where = f" {exc.filename!r}" if exc.filename else ""
+        return f"cannot use{where}: {exc.strerror or exc}"
+    text = str(exc.args[0]) if isinstance(exc, ValueError) and exc.args else str(exc)
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    if isinstance(exc, ValueError):
+        return first or type(exc).__name__
+    return f"{type(exc).__name__}: {first} (an unexpected error: run again with --debug for the traceback, and "\
+           f"please report it)" if first else f"{type(exc).__name__} (run again with --debug for the traceback)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     ns = parser.parse_args(argv)
     logs.configure(logging.WARNING if ns.quiet else logging.INFO, sys.stdout)
     try:
         return ns.func(ns)
-    except (ValueError, KeyError) as exc:  # bad input: one line naming the field, no traceback
-        msg = exc.args[0] if exc.args else str(exc)
-        if isinstance(exc, KeyError):
-            msg = f"missing key {msg!r}"
-        print(f"legendfl: error: {str(msg).splitlines()[0] if str(msg) else type(exc).__name__}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # a path that cannot be read or written: name it
-        where = f" {exc.filename!r}" if exc.filename else ""
-        print(f"legendfl: error: cannot use{where}: {exc.strerror or exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("legendfl: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # the reader went away (`legendfl fleet | head`): nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except Exception as exc:  # bad input: one line naming the field (the traceback with --debug)
+        if ns.debug:
+            raise
+        print(f"legendfl: error: {error_line(exc)}", file=sys.stderr)
         return 2
 
 

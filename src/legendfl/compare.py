@@ -35,6 +35,7 @@ from .config import RunConfig
 from .core.files import write_atomic
 from .metrics.comparison import final_accuracy
 from .metrics.summary import read_records, summarize
+from .runtime.run_folder import changed_inputs, differing_settings, recorded_inputs
 
 log = logging.getLogger(__name__)
 
@@ -105,11 +106,9 @@ def run_config(base: dict, name: str, folder: Path) -> RunConfig:
     return RunConfig.from_sources(base, {"strategy": name, "out_dir": str(folder)})
 
 
-NOT_SETTINGS = ("out_dir", "threads", "runtime", "retimed_from")  # where and how fast a run went, not what it computed
-
-
-def differing_settings(folder: Path, cfg: RunConfig) -> list[str]:
-    """The settings in which the run kept in ``folder`` (its ``config.json``) differs from ``cfg``."""
+def settings_in(folder: Path, cfg: RunConfig) -> list[str]:
+    """The settings in which the run kept in ``folder`` (its ``config.json``) differs from ``cfg``, and its input
+    files that changed since it ran (``runtime/run_folder.py``)."""
     path = folder / "config.json"
     if not path.exists():
         return ["config.json (missing)"]
@@ -117,8 +116,9 @@ def differing_settings(folder: Path, cfg: RunConfig) -> list[str]:
         old = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         return [f"config.json (unreadable: {err.msg})"]
-    new = json.loads(json.dumps(cfg.to_json()))  # as written: tuples become lists
-    return [k for k in sorted((set(old) | set(new)) - set(NOT_SETTINGS)) if old.get(k) != new.get(k)]
+    if not isinstance(old, dict):
+        return ["config.json (not a table of options)"]
+    return differing_settings(old, cfg.to_json()) + changed_inputs(recorded_inputs(folder) or {}, cfg.to_json())
 
 
 def run_strategies(base: dict, strategies: list[str], out: Path,
@@ -137,7 +137,7 @@ def run_strategies(base: dict, strategies: list[str], out: Path,
         folder = out / name
         cfg = run_config(base, name, folder)
         if (folder / "summary.json").exists() or has_checkpoint(folder):  # reuse or resume only the same settings
-            differ = differing_settings(folder, cfg)
+            differ = settings_in(folder, cfg)
             if differ:
                 raise ValueError(f"{folder} holds a {name} run of other settings (differing: {', '.join(differ)}); "
                                  f"compare into another --out, or remove that folder")
@@ -240,7 +240,16 @@ def load_profile(name_or_path: str) -> dict:
     if not path.exists():
         known = sorted(p.stem for p in PROFILES.glob("*.toml")) if PROFILES.exists() else []
         raise ValueError(f"profile must be one of {known} or a TOML file, got {name_or_path!r}")
-    data = tomllib.loads(path.read_text())
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"profile {str(path)!r} is not valid TOML: {err}") from None
+    for table in ("compare", "run", "hub_model"):
+        if not isinstance(data.get(table, {}), dict):
+            raise ValueError(f"profile {str(path)!r}: [{table}] must be a table, got {data[table]!r}")
+    unknown = sorted(set(data) - {"compare", "run", "hub_model"})
+    if unknown:
+        raise ValueError(f"profile {str(path)!r}: unknown tables {unknown}; allowed: ['compare', 'hub_model', 'run']")
     data["run"] = {k: (None if v == "none" else v) for k, v in data.get("run", {}).items()}
     return data
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from .core.options import option, validate
 from .core.training import TrainConfig
+from .fleet.devices import MAX_FLEET_SIZE
 
 
 def _registry():
@@ -113,7 +114,9 @@ class RunConfig(TrainConfig):
     strategy: str = option("legend", "federated algorithm or preset (see `legendfl strategies`)")
     strategy_options: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict, metadata={
         "help": "options of each strategy by its name ([strategy.<name>] in TOML, --<name>.<option> on the command line)"})
-    num_devices: int = option(10, "devices in the fleet (the fleet's mix is kept when scaled)", minimum=1, integer=True)
+    num_devices: int = option(10, "devices in the fleet (the fleet's mix is kept when scaled; at most one per training "
+                              "example, and at most 100,000: a simulated device's state takes memory)", minimum=1,
+                              maximum=MAX_FLEET_SIZE, integer=True)
     partition: str = option("dirichlet", "how data is split over devices", choices=("dirichlet", "iid"))
     dirichlet_alpha: float = option(10.0, "Dirichlet alpha of the label skew (the paper: 10)", minimum=0.0, exclusive_minimum=True)
     max_examples_per_device: int | None = option(None, "keep at most this many examples per device (None: all)",
@@ -130,7 +133,8 @@ class RunConfig(TrainConfig):
                              "profiles (devices without one fall back to FLOPs), 'flops' = FLOPs / mode throughput "
                              "(see fleet/cost_model.py)", choices=("profile", "flops"))
     availability: float | None = option(None, "probability that a device is online in a round, for every device (None: "
-                                        "the fleet file's per-type availability, 1.0 unless it says)", minimum=0.0, maximum=1.0)
+                                        "the fleet file's per-type availability, 1.0 unless it says; 0 would leave every round empty)", minimum=0.0,
+                                        maximum=1.0, exclusive_minimum=True)
     availability_trace: str | None = option(None, "JSON file: device id -> online flags (0/1) by round (see fleet/availability.py)")
     round_deadline: float | None = option(None, "seconds of virtual time a round waits; devices finishing later are dropped "
                                           "from its aggregation (their traffic counts). None: no deadline",
@@ -163,6 +167,10 @@ class RunConfig(TrainConfig):
                      "prompt_field", "response_field"):
             if getattr(self, name) == "":
                 raise ValueError(f"{name} must not be empty")
+        default_task = next(f.default for f in dataclasses.fields(self) if f.name == "task")
+        if self.data_file is not None and self.task not in ("file", "instructions", default_task):
+            raise ValueError(f"task must be 'file' (or 'instructions' for a decoder) when data_file is given, got "
+                             f"{self.task!r}: the data file replaces a built-in task")
         if self.round_deadline is not None and self.round_deadline_median is not None:
             raise ValueError("round_deadline and round_deadline_median are exclusive: set one of them")
         entry = _registry().get_entry(self.strategy)  # refuses unknown names
@@ -184,6 +192,21 @@ class RunConfig(TrainConfig):
     def from_sources(cls, *sources: dict[str, Any]) -> "RunConfig":
         """Defaults < each source in turn (a config file's values, then flags)."""
         return cls(**merge(*sources))
+
+    @classmethod
+    def from_record(cls, data: Any, where: str) -> "RunConfig":
+        """The configuration a run recorded (``config.json``, a checkpoint), refused in one line naming ``where``
+        if it is not one (a field unknown to this version, a bad value)."""
+        if not isinstance(data, dict):
+            raise ValueError(f"{where}: the run's configuration must be a table of options, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known - {"runtime", "retimed_from", "federation"})
+        if unknown:
+            raise ValueError(f"{where}: unknown option(s) {unknown} (written by another version of legendfl?)")
+        try:
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{where}: {err}") from None
 
     def entry(self):
         """The registry entry of the chosen strategy (``strategies.registry.StrategyEntry``)."""

@@ -53,7 +53,11 @@ def retime_records(records: list[dict], fleet: Fleet, cost_model: str) -> list[d
 
 
 def decisions_use_time(cfg: RunConfig) -> bool:
-    return bool(cfg.build_strategy().decisions_use_time)
+    """Whether the run's outcome depends on device timings: the strategy reads them, or a round deadline drops the
+    devices that finish late (under another cost model, other devices would be late). Availability does not: an
+    offline device got no task under any cost model."""
+    deadline = cfg.round_deadline is not None or cfg.round_deadline_median is not None
+    return deadline or bool(cfg.build_strategy().decisions_use_time)
 
 
 def retime_run(source: Path, out: Path, cost_model: str, fleet: str | None = None, overwrite: bool = False) -> dict:
@@ -70,7 +74,12 @@ def retime_run(source: Path, out: Path, cost_model: str, fleet: str | None = Non
         raise ValueError(f"--out {out} already holds files; choose an empty folder or pass --overwrite")
     if not read_records(source / "rounds.jsonl"):
         raise ValueError(f"{source / 'rounds.jsonl'} holds no rounds: nothing to re-time")
-    values = json.loads((source / "config.json").read_text())
+    try:
+        values = json.loads((source / "config.json").read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{source / 'config.json'} is not valid JSON ({err.msg}, line {err.lineno})") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{source / 'config.json'} must hold a JSON object of run options")
     known = set(RunConfig.__dataclass_fields__) | set(legacy_keys())  # config.json of earlier versions: flat keys
     values = {k: v for k, v in values.items() if k in known}
     cfg = RunConfig.from_sources(values, {"cost_model": cost_model, "fleet": fleet or values.get("fleet", "jetson"),

@@ -29,7 +29,7 @@ class TrainConfig:
                               choices=(True, False, "auto"))
     group_by_length: bool = option(True, "batch examples of similar length together (less padding, same examples)",
                                    choices=(True, False))
-    seed: int = option(0, "seed of every random choice (partition, fleet, batches, dropout, init)", integer=True)
+    seed: int = option(0, "seed of every random choice (partition, fleet, batches, dropout, init)", minimum=0, integer=True)
 
     def __post_init__(self) -> None:
         validate(self)

@@ -97,10 +97,21 @@ def _to_examples(rows: list[dict], path: str, text_columns: Sequence[str], label
         label = row[label_column]
         if label is None or str(label).strip() == "":
             continue
-        out.append((a, b, str(label).strip()))
+        out.append((a, b, canonical_label(label)))
     if not out:
         raise DataError(f"{path} has no labelled rows")
     return out
+
+
+def canonical_label(label: object) -> str:
+    """A label as one string per class: an integral number is written as an integer (``1``, ``1.0`` and ``1`` from
+    JSON or a spreadsheet's ``1.0`` are one class, ``1``); anything else is its stripped text."""
+    text = str(label).strip()
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return str(int(number)) if number.is_integer() else text
 
 
 def _label_names(train: list, given: list[str] | None) -> list[str]:
@@ -145,7 +156,9 @@ def load_file_task(train_path: str, dev_path: str | None, text_columns: Sequence
         train = [train[i] for i in order[cut:]]
     names = _label_names(train, None)
     if len(names) < 2:
-        raise DataError(f"label_column {label_column!r} must have at least 2 distinct values, got {names}")
+        held = "" if dev_path else f" after holding out {len(dev)} of its rows as the dev split (give dev_file to keep them)"
+        raise DataError(f"label_column {label_column!r} must have at least 2 distinct values in the training rows of "
+                        f"{train_path}{held}, got {names}")
     return TaskData(name or Path(train_path).stem, _index(train, names, train_path), _index(dev, names, dev_path or train_path), names)
 
 

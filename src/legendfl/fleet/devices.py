@@ -143,6 +143,9 @@ def _load_traces(cfg: dict, size: int, seed: int) -> list[Device]:
     return devices
 
 
+MAX_FLEET_SIZE = 100_000  # a simulated fleet keeps every device's state in memory
+
+
 def load_fleet(name_or_path: str = "jetson", size: int | None = None, seed: int = 0) -> Fleet:
     """A built-in fleet (``jetson``, ``phones``) or a TOML file, scaled to ``size`` devices keeping the mix."""
     path = FLEETS / f"{name_or_path}.toml" if name_or_path in BUILTIN_FLEETS else Path(name_or_path)
@@ -152,10 +155,13 @@ def load_fleet(name_or_path: str = "jetson", size: int | None = None, seed: int 
         cfg = tomllib.loads(path.read_text())
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
         raise ValueError(f"fleet file {str(path)!r} is not readable TOML: {err}") from None
-    check_fleet(cfg)
+    try:
+        check_fleet(cfg)
+    except ValueError as err:
+        raise ValueError(f"{err} (fleet file {str(path)!r})") from None
     size = int(cfg.get("reference_size", 80)) if size is None else size
-    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
-        raise ValueError(f"num_devices must be a positive integer, got {size}")
+    if isinstance(size, bool) or not isinstance(size, int) or not 0 < size <= MAX_FLEET_SIZE:
+        raise ValueError(f"num_devices must be an integer from 1 to {MAX_FLEET_SIZE:,}, got {size}")
     if cfg.get("kind") == "traces":
         devices = _load_traces(cfg, size, seed)
         return Fleet(cfg["name"], cfg["description"], devices, seed, mode_switch_every=0,

@@ -15,9 +15,13 @@ def describe_fleet(name: str, size: int | None, seed: int, rounds: int = 100) ->
     if len(mix) <= 12:
         for kind, count in mix.items():
             modes = next(d.modes_gflops for d in fleet.devices if d.kind == kind)
-            lines.append(f"  {kind:<12} x{count:<3} modes (GFLOP/s): " + ", ".join(f"{m:g}" for m in modes))
+            online = next(d.availability for d in fleet.devices if d.kind == kind)
+            lines.append(f"  {kind:<12} x{count:<3} modes (GFLOP/s): " + ", ".join(f"{m:g}" for m in modes)
+                         + f"; online in a round with probability {online:g}")
     else:
         lines.append(f"  {len(mix)} distinct device models")
+    lines.append(f"availability: {np.mean([d.availability for d in fleet.devices]):.2f} on average "
+                 f"(a device's chance to be online in a round; --availability overrides it)")
     all_modes = [m for d in fleet.devices for m in d.modes_gflops]
     lines.append(f"compute: fastest mode {max(all_modes):g} GFLOP/s, slowest {min(all_modes):g} GFLOP/s, "
                  f"ratio {max(all_modes) / min(all_modes):.1f}x")

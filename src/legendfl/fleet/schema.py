@@ -51,7 +51,7 @@ def check_fleet(cfg: dict) -> None:
             raise ValueError(f"fleet {key} must be a string, got {cfg[key]!r}")
     _number(cfg, "reference_size", "", required=False, integer=True)
     _number(cfg, "mode_switch_every", "", exclusive=False, required=False, integer=True)
-    _number(cfg, "availability", "", exclusive=False, maximum=1.0, required=False)
+    _number(cfg, "availability", "", maximum=1.0, required=False)  # 0: no device would ever be online
     if cfg.get("kind", "types") not in ("types", "traces"):
         raise ValueError(f"fleet kind must be one of ['types', 'traces'], got {cfg['kind']!r}")
     if cfg.get("kind") == "traces":
@@ -66,7 +66,7 @@ def check_fleet(cfg: dict) -> None:
         if not isinstance(t.get("name"), str) or not t["name"]:
             raise ValueError(f"fleet {where}.name must be a non-empty string, got {t.get('name')!r}")
         _number(t, "count", where, integer=True)
-        _number(t, "availability", where, exclusive=False, maximum=1.0, required=False)
+        _number(t, "availability", where, maximum=1.0, required=False)
         modes = t.get("modes")
         if (not isinstance(modes, list) or not modes
                 or any(isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 < m < math.inf for m in modes)):
@@ -74,6 +74,9 @@ def check_fleet(cfg: dict) -> None:
     net = _table(cfg.get("network"), "network", NETWORK)
     for key in ("min_mbps", "max_mbps"):
         _number(net, key, "network", required=False)
+    if net.get("min_mbps", 1.0) > net.get("max_mbps", 30.0):
+        raise ValueError(f"fleet network.min_mbps ({net.get('min_mbps', 1.0)}) must not exceed network.max_mbps "
+                         f"({net.get('max_mbps', 30.0)})")
     _number(net, "relative_std", "network", exclusive=False, required=False)
     for where, g in _tables(net.get("groups"), "network.groups", GROUP, "distance_m, uplink_mbps, downlink_mbps"):
         _number(g, "uplink_mbps", where)

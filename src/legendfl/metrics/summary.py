@@ -15,14 +15,36 @@ Two rules for "reaching a target accuracy", both reported:
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Iterable
 
 from .records import time_field
 
+log = logging.getLogger(__name__)
+
 
 def read_records(path: str | Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """The records of a ``rounds.jsonl``. A last line without its newline that does not parse was torn by a crash
+    while it was appended: it is dropped (a resumed run writes that round again); any other line that does not
+    parse is refused, naming the file and line."""
+    text = Path(path).read_text()
+    lines = text.split("\n")
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            if number == len(lines):  # the last line, and no newline after it: torn
+                log.warning("%s: dropped a torn last line (%d characters; a crash while it was written)", path, len(line))
+                break
+            raise ValueError(f"{path}, line {number}: not a JSON record ({err.msg})") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}, line {number}: a record must be a JSON object")
+        records.append(record)
+    return records
 
 
 def first_reaching(records: Iterable[dict], target: float) -> dict | None:

@@ -15,12 +15,25 @@ def evaluate_exported(adapter_dir: str, task: str = "sst2", model: str = "minilm
     from ..data.tasks import load_task
     from .backbone import resolve_model_path
 
-    labels = json.loads((Path(adapter_dir) / "labels.json").read_text())
+    if max_length <= 0:
+        raise ValueError(f"--max-length must be a positive integer, got {max_length}")
+    folder = Path(adapter_dir)
+    missing = [n for n in ("adapter_config.json", "labels.json") if not (folder / n).is_file()]
+    if missing:
+        raise ValueError(f"{adapter_dir} is not an exported adapter (no {' or '.join(missing)}; runs of FedAdapter and "
+                         f"full fine-tuning export none)")
+    try:
+        labels = json.loads((folder / "labels.json").read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{folder / 'labels.json'} is not valid JSON ({err.msg})") from None
+    data = load_task(task)
+    if not isinstance(labels, list) or [str(x) for x in labels] != [str(x) for x in data.label_names]:
+        raise ValueError(f"the adapter in {adapter_dir} was trained on labels {labels}, task {task!r} has "
+                         f"{data.label_names}: evaluate it on its own task (--task)")
     path = resolve_model_path(model)
     tokenizer = AutoTokenizer.from_pretrained(path)
     base = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(labels))
     peft_model = PeftModel.from_pretrained(base, adapter_dir).eval()
-    data = load_task(task)
     correct = 0
     for i in range(0, len(data.dev), 64):
         chunk = data.dev[i:i + 64]

@@ -8,13 +8,19 @@ round's checkpoint or this round's, never a torn file (``core.files.write_atomic
 the run from its configuration, loads the states and continues with the next round; every random choice
 derives from (seed, round, device), so it ends exactly where the uninterrupted run would have.
 
-The file is a ``torch.save`` pickle: load only checkpoints you wrote.
+The file is a ``torch.save`` archive of tensors, plain data and legendfl's own dataclasses (a strategy's
+estimates), loaded with ``weights_only=True``: unpickling may build only those, so a checkpoint file from
+elsewhere cannot run code (:func:`load_checkpoint`).
 """
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import io
 import os
+import pkgutil
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -43,17 +49,40 @@ def save_checkpoint(out_dir: Path, state: dict[str, Any]) -> Path:
     return write_atomic(out_dir / CHECKPOINT, data, halfway=lambda: _failpoint("checkpoint-write", state["round"]))
 
 
+REQUIRED = ("round", "config", "strategy", "transport", "records")
+
+
+STATE_PACKAGES = ("legendfl.core", "legendfl.fleet", "legendfl.strategies")  # where checkpointed state is defined
+
+
+def _own_dataclasses() -> list[type]:
+    """The dataclasses of the packages that define what strategies and clocks keep (and of any loaded legendfl
+    module, a plugin's strategy included): the only classes a checkpoint may hold (plain data; building one runs
+    no code of the file's choosing)."""
+    for package in STATE_PACKAGES:
+        for info in pkgutil.iter_modules(importlib.import_module(package).__path__, package + "."):
+            importlib.import_module(info.name)
+    return [obj for name, module in list(sys.modules.items()) if name.startswith("legendfl.") and module is not None
+            for obj in vars(module).values()
+            if isinstance(obj, type) and dataclasses.is_dataclass(obj) and obj.__module__ == name]
+
+
 def load_checkpoint(out_dir: Path) -> dict[str, Any]:
     path = Path(out_dir) / CHECKPOINT
     if not path.exists():
         raise ValueError(f"resume: {out_dir} has no {CHECKPOINT} (nothing to resume; the run finished no round, "
                          f"or this is not a run folder)")
     try:
-        state = torch.load(path, weights_only=False)
-    except Exception as err:  # a file that is not ours
-        raise ValueError(f"resume: {path} is not a legendfl checkpoint ({type(err).__name__}: {err})") from None
+        with torch.serialization.safe_globals(_own_dataclasses()):
+            state = torch.load(path, weights_only=True)
+    except Exception as err:  # a file that is not ours, or one that would run code
+        first = str(err).strip().splitlines()[-1] if str(err).strip() else ""
+        raise ValueError(f"resume: {path} is not a legendfl checkpoint ({type(err).__name__}: {first[:200]})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"resume: {path} is not a legendfl checkpoint of format {FORMAT}")
+    missing = [k for k in REQUIRED if k not in state]
+    if missing:
+        raise ValueError(f"resume: {path} lacks {', '.join(missing)} (not a complete legendfl checkpoint)")
     return state
 
 

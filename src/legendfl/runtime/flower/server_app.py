@@ -8,15 +8,15 @@ goes on without it.
 
 After every round the ServerApp checkpoints like the simulator (``runtime/checkpoint.py``); started again
 with ``resume = 1`` in its run config, it continues the run in ``out-dir`` from the last finished round (the
-nodes are asked again who they are). Records (``rounds.jsonl``), summary, adapter and figures are the
+nodes are asked again who they are), if the checkpoint was made with the same settings and input files. A
+folder holding another run is refused unless ``overwrite = 1``. Set-up and teardown are the simulator's
+(``runtime/run_session.py``). Records (``rounds.jsonl``), summary, adapter and figures are the
 simulator's, written by the same code;
 times are real wall-clock seconds (``clock: "real"``, ``real_time_s``), bytes are the tensors exchanged.
 """
 from __future__ import annotations
 
-import json
 import logging
-import time
 import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -27,17 +27,16 @@ from flwr.serverapp import Grid, ServerApp
 
 from ... import logs
 from ...config import RunConfig, check_keys, load_config_file, normalize
-from ...core.files import write_atomic
-from ...metrics.records import RecordWriter
-from ..checkpoint import CHECKPOINT, has_checkpoint, load_checkpoint, restore
+from ..checkpoint import has_checkpoint
 from ..context import RunContext
-from ..loop import run_rounds
-from ..outputs import write_outputs
+from ..run_session import execute_run
 from .transport import Federation, FlowerTransport
 
 log = logging.getLogger(__name__)
 
 app = ServerApp()
+# options of the simulated fleet that a real federation cannot honour: refused, never silently ignored
+SIMULATOR_ONLY = ("availability", "availability_trace", "round_deadline", "round_deadline_median")
 
 
 @dataclass(frozen=True)
@@ -51,7 +50,9 @@ class FederationSettings:
     node_wait_s: float = 300.0  # how long to wait for them
     query_timeout_s: float = 120.0  # how long a node may take to say who it is
     round_timeout_s: float = 600.0  # how long a round waits for replies before going on without a node
-    resume: int = 0  # 1: continue the run in out-dir from its checkpoint (a restarted ServerApp), if it has one
+    resume: int = 0  # 1: continue the run in out-dir from its checkpoint (a restarted ServerApp), if it has one;
+    # refused if the checkpoint's settings differ from this run config's or its input files changed
+    overwrite: int = 0  # 1: replace the run that out-dir holds (otherwise a folder holding files is refused)
 
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any]) -> "FederationSettings":
@@ -83,31 +84,29 @@ class FederationSettings:
         return RunConfig.from_sources(*sources)
 
 
-def run_federation(grid: Grid, cfg: RunConfig, settings: FederationSettings) -> list[dict]:
-    """Run ``cfg.rounds`` rounds of ``cfg.strategy`` over the SuperNodes behind ``grid``."""
-    wall0 = time.perf_counter()
+def run_federation(grid: Grid, cfg: RunConfig, settings: FederationSettings) -> dict:
+    """Run ``cfg.rounds`` rounds of ``cfg.strategy`` over the SuperNodes behind ``grid``; returns the summary."""
+    simulated = [name for name in SIMULATOR_ONLY if getattr(cfg, name) is not None]
+    if simulated:
+        raise ValueError(f"{', '.join(simulated)}: simulator-only options (in Flower, devices are online when their "
+                         f"SuperNode is and a round waits round-timeout-s); remove them from the run config")
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    state = load_checkpoint(out) if settings.resume and has_checkpoint(out) else None
-    if state is not None:  # a restarted ServerApp: the run's own configuration, from its last finished round
-        cfg = RunConfig(**{**state["config"], "out_dir": str(out)})
-    strategy = cfg.build_strategy()
-    ctx = RunContext.for_server(cfg)
-    strategy.initialize(ctx.backbone.spec, list(range(cfg.num_devices)))
-    write_atomic(out / "config.json", json.dumps({**cfg.to_json(), "runtime": "flower",
-                                                 "federation": settings.__dict__}, indent=2))
-    fed = Federation(grid, cfg, ctx.label_names)
-    fed.wait_for(settings.min_nodes or cfg.num_devices, settings.node_wait_s)
-    transport = FlowerTransport(fed, cfg, ctx.label_names, settings.query_timeout_s, settings.round_timeout_s)
-    start, done = (restore(state, strategy, transport) if state is not None else (1, []))
-    if state is not None:
-        log.info("resuming %s in %s after round %d of %d", cfg.strategy, out, start - 1, cfg.rounds)
-    records = run_rounds(strategy, transport, ctx, RecordWriter(out, done), start_round=start)
-    write_outputs(ctx, strategy, records, out, time.perf_counter() - wall0, runtime="flower",
-                  devices={str(d): fed.identity[d] for d in sorted(fed.identity)})
-    (out / CHECKPOINT).unlink(missing_ok=True)
+    resume = bool(settings.resume) and has_checkpoint(out)
+    feds: list[Federation] = []
+
+    def transport(run_cfg: RunConfig, ctx: RunContext) -> FlowerTransport:
+        fed = Federation(grid, run_cfg, ctx.label_names)
+        fed.wait_for(settings.min_nodes or run_cfg.num_devices, settings.node_wait_s)
+        feds.append(fed)
+        return FlowerTransport(fed, run_cfg, ctx.label_names, settings.query_timeout_s, settings.round_timeout_s)
+
+    summary = execute_run(cfg, out, make_context=RunContext.for_server, make_transport=transport,
+                          overwrite=bool(settings.overwrite), resume=resume,
+                          config_extra={"runtime": "flower", "federation": settings.__dict__},
+                          summary_extra=lambda _: {"runtime": "flower", "devices": {
+                              str(d): feds[0].identity[d] for d in sorted(feds[0].identity)}})
     log.info("records, summary and adapter in %s", out.resolve())
-    return records
+    return summary
 
 
 @app.main()

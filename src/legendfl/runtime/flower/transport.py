@@ -3,7 +3,7 @@
 :class:`Federation` knows which SuperNode is which device (a ``query`` message asks each new node for its
 ``partition-id``) and exchanges messages with timeouts. :class:`FlowerTransport` is what the round loop
 (``runtime/loop.py``) drives: one ``train`` message per configured device; replies until every node
-answered or ``round-timeout-s`` passed; a node that did not answer (or answered with an error) is missing.
+answered or ``round-timeout-s`` passed; a node that did not answer (or answered with an error, or with a reply that cannot be decoded or names another device) is missing.
 
 Timing: a device's compute is what it measured (or, for a node that emulates a fleet device, that
 device's cost-model timing); its download and upload are the server-measured round trip minus the node's
@@ -134,7 +134,16 @@ class FlowerTransport(ClockState):
         round_time = time.perf_counter() - round_start  # the server waited this long, silent nodes included
         results, timings, rtts, extras = [], {}, {}, {}
         for d in sorted(replies):
-            result, info = decode_result(replies[d][0].content)
+            try:
+                result, info = decode_result(replies[d][0].content)
+                if result.device_id != d or not isinstance(info.get("hostname"), str):
+                    raise ValueError(f"it names device {result.device_id}" if result.device_id != d else "no hostname")
+                for key in ("busy_s", "setup_s", "train_s"):
+                    float(info[key])
+            except Exception as err:  # a reply we cannot read is a device that did not answer usefully
+                missing[d] = f"malformed reply from node {fed.node_of[d]}: {type(err).__name__}: {err}"[:300]
+                log.warning("round %d: device %d: %s", rnd, d, missing[d])
+                continue
             rtt = replies[d][1]
             emulated = info.get("emulated")
             if emulated is None:  # compute as the node measured it; transfers as the server saw them
