@@ -1,7 +1,10 @@
 """Shared fixtures (the real model and data, loaded once) and helpers of the test suite."""
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -53,8 +56,9 @@ def tiny_decoder(kind, path, tokenizer):
 
 
 def tiny_bert(path):
-    """A tiny random BERT (2 layers, 32 wide) with MiniLM's tokenizer, saved to ``path``: for tests of what does not
-    depend on learning (folders, checkpoints, errors); ``--model <path>`` runs it like any local model."""
+    """A tiny random BERT (6 layers like MiniLM, 32 wide) with MiniLM's tokenizer, saved to ``path``: for tests of
+    what does not depend on learning (folders, checkpoints, resume, errors, runtimes' plumbing); ``--model <path>``
+    runs it like any local model."""
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
     from legendfl.models.backbone import resolve_model_path
@@ -62,15 +66,30 @@ def tiny_bert(path):
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
     torch.manual_seed(0)
     BertForSequenceClassification(BertConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                                             num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=128)
+                                             num_hidden_layers=6, num_attention_heads=2, max_position_embeddings=512)
                                   ).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
 
 
-@pytest.fixture(scope="session")
-def tiny_bert_dir(tmp_path_factory):
-    return str(tiny_bert(tmp_path_factory.mktemp("tiny-bert")))
+# built once per machine (os.replace makes a concurrent build harmless); the name changes with the shape above
+TINY_BERT = str(Path(tempfile.gettempdir()) / f"legendfl-tiny-bert-6x32-{os.getuid()}")
+
+
+def _build_tiny_bert() -> str:
+    if not (Path(TINY_BERT) / "config.json").exists():
+        staging = Path(tempfile.mkdtemp(prefix="legendfl-tiny-bert-"))
+        tiny_bert(staging)
+        try:
+            os.replace(staging, TINY_BERT)
+        except OSError:  # another session built it first
+            shutil.rmtree(staging, ignore_errors=True)
+    return TINY_BERT
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tiny_bert_dir():
+    return _build_tiny_bert()
 
 
 @pytest.fixture(scope="session")

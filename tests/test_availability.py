@@ -1,7 +1,9 @@
-"""Unavailable and late devices in the simulator: every strategy survives them, records say who and why."""
+"""Unavailable and late devices in the simulator: every strategy survives them, records say who and why.
+The tiny random BERT (conftest.py): nothing here depends on learning."""
 import json
 
 import pytest
+from conftest import TINY_BERT
 
 from legendfl.config import RunConfig
 from legendfl.fleet.availability import Availability, load_trace
@@ -9,7 +11,7 @@ from legendfl.fleet.devices import load_fleet
 from legendfl.metrics.summary import read_records
 from legendfl.runner import run
 
-SMALL = {"num_devices": 5, "rounds": 3, "max_local_steps": 2, "max_examples_per_device": 32, "max_dev_examples": 32,
+SMALL = {"model": TINY_BERT, "num_devices": 5, "rounds": 3, "max_local_steps": 2, "max_examples_per_device": 32, "max_dev_examples": 32,
          "max_length": 32, "validation_examples": 30, "fedadapter.window": 1}
 
 

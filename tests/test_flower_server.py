@@ -6,6 +6,7 @@ import json
 from types import SimpleNamespace
 
 import pytest
+from conftest import TINY_BERT
 from flwr.app import Context, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -14,7 +15,7 @@ from legendfl.runtime.flower import client_app
 from legendfl.runtime.flower.messages import decode_result, encode_result
 from legendfl.runtime.flower.server_app import FederationSettings, run_federation
 
-OPTIONS = {"num_devices": 3, "rounds": 3, "max_examples_per_device": 24, "max_dev_examples": 32, "max_length": 32,
+OPTIONS = {"model": TINY_BERT, "num_devices": 3, "rounds": 3, "max_examples_per_device": 24, "max_dev_examples": 32, "max_length": 32,
            "batch_size": 8, "max_local_steps": 2, "lr": 2e-3, "fixed_depths": [6, 4, 2], "threads": 1}
 
 

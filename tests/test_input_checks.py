@@ -95,7 +95,7 @@ def test_a_rank_beyond_the_model_is_refused_before_round_1(tmp_path, tiny_bert_d
     assert r.returncode == 2 and "lora_rank must be at most 32" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "r" / "rounds.jsonl").exists()
     r = cli("profile", "--model", tiny_bert_dir, "--seq-len", "100000", timeout=120)
-    assert r.returncode == 2 and "--seq-len must be at most 128" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "--seq-len must be at most 512" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_flower_refuses_simulator_only_options_and_reads_a_bad_reply_as_missing():

@@ -1,5 +1,6 @@
 """Crash-safe resume: a run killed with SIGKILL (mid-training, or mid-write of its checkpoint) and resumed
-ends with the records, summary and adapter bytes of an uninterrupted run. One strategy of each family."""
+ends with the records, summary and adapter bytes of an uninterrupted run. One strategy of each family. The
+tiny random BERT (conftest.py): resume's exactness does not depend on learning."""
 import json
 import os
 import random
@@ -10,10 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import cli
+from conftest import TINY_BERT, cli
 
 ROUNDS = 4
-ARGS = ["--num-devices", "3", "--rounds", str(ROUNDS), "--max-local-steps", "2", "--max-examples-per-device", "32",
+ARGS = ["--model", TINY_BERT, "--num-devices", "3", "--rounds", str(ROUNDS), "--max-local-steps", "2", "--max-examples-per-device", "32",
         "--max-dev-examples", "48", "--max-length", "32", "--validation-examples", "30", "--fedadapter.window", "2",
         "--threads", "1"]
 WALL = {"wall_s", "wall_time_s", "plots"}

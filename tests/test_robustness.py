@@ -3,6 +3,7 @@ import copy
 
 import pytest
 import torch
+from conftest import TINY_BERT
 
 from legendfl.config import RunConfig
 from legendfl.core.strategy import DeviceResult
@@ -14,7 +15,7 @@ from legendfl.runtime.loop import run_rounds
 from legendfl.runtime.simulator import SimulatorTransport
 from legendfl.strategies import get_entry, registered_bases
 
-SMALL = {"num_devices": 3, "rounds": 2, "max_local_steps": 2, "max_examples_per_device": 32, "max_dev_examples": 32,
+SMALL = {"model": TINY_BERT, "num_devices": 3, "rounds": 2, "max_local_steps": 2, "max_examples_per_device": 32, "max_dev_examples": 32,
          "max_length": 32, "validation_examples": 30}
 
 

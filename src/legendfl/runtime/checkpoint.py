@@ -76,8 +76,10 @@ def load_checkpoint(out_dir: Path) -> dict[str, Any]:
         with torch.serialization.safe_globals(_own_dataclasses()):
             state = torch.load(path, weights_only=True)
     except Exception as err:  # a file that is not ours, or one that would run code
-        first = str(err).strip().splitlines()[-1] if str(err).strip() else ""
-        raise ValueError(f"resume: {path} is not a legendfl checkpoint ({type(err).__name__}: {first[:200]})") from None
+        lines = [l.strip() for l in str(err).splitlines() if l.strip()]
+        why = next((l for l in lines if "Unsupported global" in l), lines[0] if lines else type(err).__name__)
+        raise ValueError(f"resume: {path} is not a legendfl checkpoint (a torch archive of tensors and legendfl's "
+                         f"own records; {why[:160]})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"resume: {path} is not a legendfl checkpoint of format {FORMAT}")
     missing = [k for k in REQUIRED if k not in state]
