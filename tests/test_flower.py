@@ -1,7 +1,8 @@
 """The Flower runtime on this machine's loopback: a SuperLink and 3 SuperNodes over TLS with node auth.
 
 Every process is started by ``LocalFederation`` and stopped by its PID (process group) when the module's
-tests end; Flower's simulation engine (Ray) is never used. Bounded: each run has a timeout.
+tests end; Flower's simulation engine (Ray) is never used. Bounded: each run has a timeout. The tiny random
+BERT (conftest.py): what is compared is the runtimes' plumbing, bit for bit, not learning.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_BERT
 from safetensors.torch import load_file
 
 from legendfl.config import RunConfig
@@ -24,6 +26,7 @@ from legendfl.runtime.flower.server_app import FederationSettings
 APP = Path(__file__).resolve().parents[1] / "deploy" / "flower"
 DEPTHS = [6, 4, 2]
 RUN_OPTIONS = f"""task = "sst2"
+model = "{TINY_BERT}"
 strategy = "legend"
 num_devices = 3
 rounds = 2
