@@ -221,13 +221,13 @@ def test_batched_decoder_round_equals_sequential_peft(kind, backbone, tmp_path):
 def test_run_with_either_engine_gives_the_same_records(tmp_path):
     """`legendfl run --engine batched|sequential` (HetLoRA: ranks and its local penalty; fp32): the same decisions,
     virtual times and traffic, the same accuracy up to fp32 rounding."""
-    from conftest import cli
+    from conftest import TINY_BERT, cli
 
     from legendfl.metrics.summary import read_records
 
     runs = {}
     for engine in ("batched", "sequential"):
-        r = cli("run", "--strategy", "hetlora", "--num-devices", "4", "--rounds", "2", "--max-local-steps", "3",
+        r = cli("run", "--model", TINY_BERT, "--strategy", "hetlora", "--num-devices", "4", "--rounds", "2", "--max-local-steps", "3",
                 "--max-examples-per-device", "60", "--max-dev-examples", "200", "--bf16", "false", "--engine", engine,
                 "--out-dir", str(tmp_path / engine))
         assert r.returncode == 0, r.stderr[-2000:]

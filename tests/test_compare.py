@@ -1,4 +1,5 @@
-"""The comparison command on a tiny configuration: table arithmetic from the records, no re-training on re-run."""
+"""The comparison command on a tiny configuration (the tiny random BERT: arithmetic and bookkeeping, not learning):
+table arithmetic from the records, no re-training on re-run."""
 import csv
 import json
 
@@ -6,9 +7,9 @@ import pytest
 
 from legendfl.compare import compare_records
 from legendfl.metrics.summary import read_records
-from conftest import cli
+from conftest import TINY_BERT, cli
 
-TINY = ["num_devices=3", "rounds=2", "max_local_steps=2", "max_examples_per_device=60", "max_dev_examples=200"]
+TINY = [f"model={TINY_BERT}", "num_devices=3", "rounds=2", "max_local_steps=2", "max_examples_per_device=60", "max_dev_examples=200"]
 
 
 def _first(records, target):

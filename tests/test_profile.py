@@ -4,27 +4,31 @@ Whether the entry predicts a *fresh* measurement of this machine is a timing cla
 (``benchmarks/profile_prediction.py``, results in BENCHMARKS.md), not here: on a shared 2-core VM one repetition
 can run 20-30% slow, and a timed assertion failed in CI (predicted 2.41x, fresh 1.87x).
 """
+import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY_BERT, cli
 
 from legendfl.fleet.devices import load_fleet
-from conftest import cli
 
 NETWORK = '\n[network]\ngroups = [{ distance_m = 2, uplink_mbps = 10.0, downlink_mbps = 20.0 }]\n'
 
 
-def test_profile_entry_is_a_fleet_file_that_prices_depth_as_the_command_measured(tmp_path, backbone):
+def test_profile_entry_is_a_fleet_file_that_prices_depth_as_the_command_measured(tmp_path):
+    """The entry's arithmetic against the command's own measurements (the tiny random BERT: any model's latencies
+    will do)."""
     entry = tmp_path / "entry.toml"
-    r = cli("profile", "--batches", "3", "--threads", "2", "--out", str(entry), timeout=600)
+    r = cli("profile", "--model", TINY_BERT, "--batches", "3", "--threads", "2", "--out", str(entry), timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     text = entry.read_text()
     assert "[[device_types]]" in text
     # the command's own measurements, as its comment prints them (ms, one decimal)
     line = re.search(r"per-batch training latency \(ms\) by LoRA depth: ([^;]+);", text).group(1)
     measured = {int(k): float(v) for k, v in (pair.split(": ") for pair in line.split(", "))}
-    L = backbone.num_layers
+    L = json.loads((Path(TINY_BERT) / "config.json").read_text())["num_hidden_layers"]
     assert sorted(measured) == list(range(1, L + 1)) and all(v > 0 for v in measured.values())
 
     fleet_file = tmp_path / "mine.toml"
