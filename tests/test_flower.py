@@ -291,3 +291,18 @@ def test_exchange_gives_up_on_a_silent_node_after_the_timeout():
     assert sorted(replies) == [0] and sorted(missing) == [1]
     assert "no reply within" in missing[1]
     assert 1.5 <= elapsed < 10.0  # gave up at the timeout, not at some later point
+
+
+def test_flower_local_without_a_config_file_starts_from_legendfl_runs_defaults():
+    """One set of defaults: `flower local` with options only builds the run configuration `legendfl run` builds from
+    the same options as flags (the runtimes' equality, bit for bit, is the tests above), and both are the main
+    job's (configs/default.toml) apart from what that file sets on purpose."""
+    from legendfl.cli import build_config, make_parser
+    from legendfl.config import load_config_file
+
+    flower = FederationSettings(options="rounds = 3\nnum_devices = 3", out_dir="x").run_config()
+    cli_cfg = build_config(make_parser().parse_args(["run", "--rounds", "3", "--num-devices", "3", "--out-dir", "x"]))
+    assert flower.to_json() == cli_cfg.to_json()
+    main_job = RunConfig.from_sources(load_config_file("configs/default.toml"))
+    differing = {k for k, v in main_job.to_json().items() if RunConfig().to_json()[k] != v}
+    assert differing == set(), differing  # the file spells the defaults out; it changes none of them

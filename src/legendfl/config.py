@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .core.options import option, validate
-from .core.training import TrainConfig
+from .core.training import DEFAULT_LR, TrainConfig
 from .fleet.devices import MAX_FLEET_SIZE
 
 
@@ -123,7 +123,8 @@ class RunConfig(TrainConfig):
                                                  minimum=1, integer=True)
     rounds: int = option(10, "federated rounds", minimum=1, integer=True)
     eval_every: int = option(1, "evaluate the global model every N rounds (and after the last)", minimum=1, integer=True)
-    lr: float = option(5e-4, "peak learning rate (AdamW), decayed by a cosine over rounds", minimum=0.0, exclusive_minimum=True)
+    lr: float = option(DEFAULT_LR, "peak learning rate (AdamW), decayed by a cosine over rounds (the paper's)", minimum=0.0,
+                       exclusive_minimum=True)
     lr_schedule: str = option("cosine", "learning-rate schedule over rounds", choices=("cosine", "constant"))
     lora_rank: int = option(8, "LoRA rank of uniform layouts (FedLoRA, pre-tests); LEGEND's default budget psi = lora_rank * L",
                             minimum=1, integer=True)

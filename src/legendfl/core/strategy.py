@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from .hooks import LocalTerm
 from .lora_layout import AdapterLayout, LoraLayout
+from .training import DEFAULT_LR
 from .validation import update_problem
 from .work import DeviceTiming, DeviceWork
 
@@ -100,7 +101,7 @@ class DeviceTask:
     params: Tensors  # what the device downloads (LoRA tensors of its layers, head, ...)
     layout: LoraLayout | None = None  # LoRA placement (method "lora")
     method: str = "lora"  # the client method that trains it (models.methods): "lora" | "adapter" | "full" | plugins
-    lr: float = 5e-4
+    lr: float = DEFAULT_LR
     adapter: AdapterLayout | None = None  # bottleneck adapter placement (method "adapter")
     local_terms: tuple[LocalTerm, ...] = ()  # typed additions to the local objective (e.g. HetLoRA's penalty)
 
@@ -158,7 +159,7 @@ class Strategy(ABC):
     # not only re-timed, to see it under another cost model or fleet (``legendfl retime``, ``retiming.py``)
     decisions_use_time: bool = False
 
-    def __init__(self, options: Any = None, *, lr: float = 5e-4, rounds: int = 10, lr_schedule: str = "cosine",
+    def __init__(self, options: Any = None, *, lr: float = DEFAULT_LR, rounds: int = 10, lr_schedule: str = "cosine",
                  seed: int = 0, lora_rank: int = 8, max_update_norm: float | None = None) -> None:
         if lr <= 0:
             raise ValueError(f"lr must be > 0, got {lr}")

@@ -12,6 +12,11 @@ from dataclasses import dataclass
 from .options import option, validate
 
 
+# the peak learning rate of the README's main job (configs/default.toml) and the paper's: one default for every
+# entry point (``legendfl run``, ``flower local``, a strategy built in code)
+DEFAULT_LR = 2e-3
+
+
 @dataclass
 class TrainConfig:
     """Local training settings (the same for every device of a run)."""
