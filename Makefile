@@ -24,6 +24,7 @@ run: $(STAMP)
 	$(VENV)/bin/legendfl run --config configs/default.toml --overwrite $(RUN_ARGS)
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/python -m pytest -q tests
 
 clean:

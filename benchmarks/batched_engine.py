@@ -62,7 +62,8 @@ def one_run(engine: str, devices: int, args, model: str, out: Path) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--devices", type=int, nargs="+", default=[10, 80])
-    p.add_argument("--rounds", type=int, default=3, help="rounds per run (the last one evaluates and is not timed, unless it is the only one)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds per run (the last one evaluates and is not "
+                   "timed, unless it is the only one)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--random-weights", choices=sorted(SHAPES), help="time a random-weight BERT of these shapes")
     p.add_argument("--tokenizer", help="with --random-weights: a saved tokenizer folder (default: packaged MiniLM's)")

@@ -17,9 +17,11 @@ SMALL = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, interme
 
 @pytest.mark.parametrize("config, prefix, modules", [
     (RobertaConfig(**SMALL, pad_token_id=0), "roberta.encoder.layer",
-     {"attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense", "intermediate.dense", "output.dense"}),
+     {"attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense", "intermediate.dense",
+      "output.dense"}),
     (DebertaV2Config(**SMALL, pad_token_id=0), "deberta.encoder.layer",
-     {"attention.self.query_proj", "attention.self.key_proj", "attention.self.value_proj", "attention.output.dense", "intermediate.dense", "output.dense"}),
+     {"attention.self.query_proj", "attention.self.key_proj", "attention.self.value_proj", "attention.output.dense",
+      "intermediate.dense", "output.dense"}),
     (MPNetConfig(**SMALL, pad_token_id=0), "mpnet.encoder.layer",
      {"attention.attn.q", "attention.attn.k", "attention.attn.v", "attention.attn.o", "intermediate.dense", "output.dense"}),
 ])

@@ -98,7 +98,8 @@ def test_baseline_runs_from_the_cli_with_the_common_schema(tmp_path, strategy):
     from legendfl.metrics.summary import read_records
 
     r = cli("run", "--strategy", strategy, "--num-devices", "3", "--rounds", "2", "--max-local-steps", "2",
-            "--max-examples-per-device", "60", "--max-dev-examples", "200", "--eval-every", "2", "--fedadapter.window", "1", "--out-dir", str(tmp_path))
+            "--max-examples-per-device", "60", "--max-dev-examples", "200", "--eval-every", "2", "--fedadapter.window", "1",
+            "--out-dir", str(tmp_path))
     assert r.returncode == 0, r.stderr[-2000:]
     assert "trainable parameters per device" in r.stdout
     records = read_records(tmp_path / "rounds.jsonl")
@@ -109,8 +110,6 @@ def test_baseline_runs_from_the_cli_with_the_common_schema(tmp_path, strategy):
 def test_bottleneck_adapters_leave_the_shared_model_unchanged_when_removed(sst2_small):
     """models/bottleneck.py: adapters.init is applied once to the shared model; with no active adapter
     (after a task's adapters are deleted) its outputs are the pretrained model's."""
-    from legendfl.core.lora_layout import AdapterLayout
-    from legendfl.core.strategy import DeviceTask
     from legendfl.models.backbone import load_backbone
     from legendfl.models.methods import get_method
     from legendfl.models.trainer import TrainConfig

@@ -85,7 +85,9 @@ def test_profile_scales_by_layer_flops_and_falls_back_to_flops_without_one(backb
 
     fleet = load_fleet("jetson", 10, seed=0)
     state = fleet.state(0, 1)
-    work = lambda seqs: _batch_work(backbone.spec, LoraLayout.top(3, [8] * 6), 25, seqs, 32)
+    def work(seqs):
+        return _batch_work(backbone.spec, LoraLayout.top(3, [8] * 6), 25, seqs, 32)
+
     assert device_timing(state, work(32)).compute_s == pytest.approx(2 * device_timing(state, work(16)).compute_s, rel=1e-9)
     phones = load_fleet("phones", 4, seed=0)
     assert timed_by(phones.state(0, 1), "profile") == "flops" and timed_by(state, "profile") == "profile"
@@ -103,7 +105,8 @@ def test_bad_profile_tables_name_the_field(tmp_path):
     base.write_text(text.format(fwd=1, extra=""))
     assert load_fleet(str(base), 2).devices[0].profile.forward_ms_per_layer == 1.0
     for fwd, extra, message in ((-1, "", "profile.forward_ms_per_layer must be"), (0, "", "profile.forward_ms_per_layer must be > 0"),
-                                (1, "speed = 3", "profile: unknown keys ['speed']"), ('"fast"', "", "forward_ms_per_layer must be a finite number")):
+                                (1, "speed = 3", "profile: unknown keys ['speed']"),
+                                ('"fast"', "", "forward_ms_per_layer must be a finite number")):
         base.write_text(text.format(fwd=fwd, extra=extra))
         with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
             load_fleet(str(base), 2)
@@ -131,7 +134,9 @@ def test_upload_time_is_proportional_to_rank_sum(backbone):
 
 def test_modes_switch_every_20_rounds_and_bandwidth_every_round():
     fleet = load_fleet("jetson", 40, seed=1)
-    modes = lambda r: [fleet.state(d, r).mode for d in range(40)]
+    def modes(r):
+        return [fleet.state(d, r).mode for d in range(40)]
+
     assert all(modes(r) == modes(1) for r in range(2, 21))
     assert modes(21) != modes(20) and all(modes(r) == modes(21) for r in range(22, 41))
     assert fleet.state(0, 1).uplink_mbps != fleet.state(0, 2).uplink_mbps
@@ -143,7 +148,9 @@ def test_modes_switch_every_20_rounds_and_bandwidth_every_round():
 
 def test_same_seed_same_trace_and_mix_kept_when_scaled():
     a, b, c = load_fleet("jetson", 20, seed=5), load_fleet("jetson", 20, seed=5), load_fleet("jetson", 20, seed=6)
-    trace = lambda f: [(f.state(d, r).mode, f.state(d, r).uplink_mbps) for d in range(20) for r in (1, 30)]
+    def trace(f):
+        return [(f.state(d, r).mode, f.state(d, r).uplink_mbps) for d in range(20) for r in (1, 30)]
+
     assert trace(a) == trace(b) != trace(c)
     kinds = [d.kind for d in a.devices]
     assert (kinds.count("tx2"), kinds.count("xavier-nx"), kinds.count("agx-xavier")) == (8, 10, 2)

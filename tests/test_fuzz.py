@@ -11,7 +11,6 @@ import tomllib
 import typing
 from pathlib import Path
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

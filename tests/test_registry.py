@@ -1,12 +1,9 @@
 """Strategies bring their own options: the registry, presets, config precedence, and a toy strategy
 added the way docs/architecture.md says, registered from this file and run end to end."""
-import dataclasses
 import json
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
-import torch
 
 from legendfl.cli import build_config, make_parser
 from legendfl.config import RunConfig

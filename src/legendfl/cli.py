@@ -154,7 +154,8 @@ def _cmd_compare(ns: argparse.Namespace) -> int:
         key, sep, value = item.partition("=")
         if not sep or not (key in known or ("." in key and key.split(".")[0] in registered_bases())):
             raise ValueError(f"--set takes key=value with a run option (or <strategy>.<option>) as key, got {item!r}")
-        overrides[key] = None if value.lower() == "none" else json.loads(value) if value[:1] in "0123456789-[{" or value in ("true", "false") else value
+        literal = value[:1] in "0123456789-[{" or value in ("true", "false")  # a JSON number, list, table or bool
+        overrides[key] = None if value.lower() == "none" else json.loads(value) if literal else value
     run_profile(ns.profile, Path(ns.out), tasks=ns.tasks, strategies=ns.strategies, target=ns.target, hub=ns.hub,
                 overrides=overrides, seeds=ns.seeds, cost_models=ns.cost_models)
     print(f"tables and figures in {ns.out}/<task>/")
@@ -204,11 +205,12 @@ def _cmd_profile(ns: argparse.Namespace) -> int:
     bf16 = False if ns.no_bf16 else "auto"  # as the trainer: bf16 autocast where the hardware has it
     m = measure_profile(backbone, data, ns.batch_size, ns.seq_len, ns.rank, ns.batches, bf16=bf16)
     device = next(backbone.model.parameters()).device
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    cpu = f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu
     L = backbone.num_layers
     depths = ", ".join(f"{k}: {v:.1f}" for k, v in m["by_depth_ms"].items())
     m["source"] = (f"legendfl profile on {platform.node()} ({where}), torch {torch.__version__}, {datetime.date.today()}: "
-                   f"{ns.model}, batch {ns.batch_size} x {ns.seq_len}, LoRA rank {ns.rank}, bf16 {autocast_bf16(bf16, next(backbone.model.parameters()).device)}")
+                   f"{ns.model}, batch {ns.batch_size} x {ns.seq_len}, LoRA rank {ns.rank}, bf16 {autocast_bf16(bf16, device)}")
     comment = (f"{m['source']}\nper-batch training latency (ms) by LoRA depth: {depths}; LoRA on layer 0 only: "
                f"{m['layer0_only_ms']:.1f}; forward {m['forward_ms']:.1f}\ndepth {L} / depth 1 = "
                f"{m['by_depth_ms'][L] / m['by_depth_ms'][1]:.2f}x")
@@ -302,7 +304,8 @@ def make_parser() -> argparse.ArgumentParser:
                       "(an empty or new folder; not the run's own)")
     p_rt.add_argument("--overwrite", action="store_true", help="replace what --out holds")
     p_rt.set_defaults(func=_cmd_retime)
-    p_prof = sub.add_parser("profile", help="measure this machine's per-batch training latency by LoRA depth (run it on an otherwise idle machine); print a fleet entry")
+    p_prof = sub.add_parser("profile", help="measure this machine's per-batch training latency by LoRA depth (run it on an "
+                            "otherwise idle machine); print a fleet entry")
     p_prof.add_argument("--model", default="minilm", help="packaged alias, local directory or hub id")
     p_prof.add_argument("--task", default="sst2", help="task whose real examples make the batches")
     p_prof.add_argument("--batch-size", type=int, default=16, help="sequences per batch")

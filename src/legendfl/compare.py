@@ -145,7 +145,8 @@ def run_strategies(base: dict, strategies: list[str], out: Path,
             log.info(f"{name}: results exist in {folder}, not re-run")
         elif retime_from is not None and (retime_from / name / "summary.json").exists() and not decisions_use_time(cfg):
             retime_run(retime_from / name, folder, cfg.cost_model, cfg.fleet, overwrite=True)  # compare owns its folders
-            log.info(f"{name}: re-timed under the {cfg.cost_model} cost model from {retime_from / name} (its decisions do not read timings)")
+            log.info(f"{name}: re-timed under the {cfg.cost_model} cost model from {retime_from / name} "
+                     f"(its decisions do not read timings)")
         else:
             from .runner import resume_run, run
 
@@ -163,7 +164,8 @@ PAPER_FIGURES = {"mmlu": ("fig9a_accuracy_vs_time", "fig9b_time_to_target"),
                  "gsm8k": ("fig10a_accuracy_vs_time", "fig10b_time_to_target")}
 
 
-def compare(base: dict, strategies: list[str], out: Path, *, target: float | None = None, ablation: list[str] | None = None, title: str = "") -> dict:
+def compare(base: dict, strategies: list[str], out: Path, *, target: float | None = None, ablation: list[str] | None = None,
+            title: str = "") -> dict:
     """Run (or reuse) the strategies, then write table.md, table.csv and the figures into ``out``."""
     from .metrics import comparison, plots
 
@@ -306,7 +308,8 @@ def _pretests(base: dict, groups: dict[str, list[str]], out: Path) -> dict:
 
         data = load_task(base["task"])
         backbone = load_backbone(base.get("model", "minilm"), data.num_labels, device=base.get("device", "auto"))
-        write_atomic(costs_path, json.dumps(measure_depth_costs(backbone, TokenizedData(backbone.tokenizer, data.train[:2000], 64)), indent=1))
+        costs = measure_depth_costs(backbone, TokenizedData(backbone.tokenizer, data.train[:2000], 64))
+        write_atomic(costs_path, json.dumps(costs, indent=1))
     costs = json.loads(costs_path.read_text()) if costs_path.exists() else []
     table = pretest_table(runs, costs)
     write_atomic(out / "pretests.md", table)

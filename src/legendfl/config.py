@@ -134,8 +134,8 @@ class RunConfig(TrainConfig):
                              "profiles (devices without one fall back to FLOPs), 'flops' = FLOPs / mode throughput "
                              "(see fleet/cost_model.py)", choices=("profile", "flops"))
     availability: float | None = option(None, "probability that a device is online in a round, for every device (None: "
-                                        "the fleet file's per-type availability, 1.0 unless it says; 0 would leave every round empty)", minimum=0.0,
-                                        maximum=1.0, exclusive_minimum=True)
+                                        "the fleet file's per-type availability, 1.0 unless it says; 0 would leave every "
+                                        "round empty)", minimum=0.0, maximum=1.0, exclusive_minimum=True)
     availability_trace: str | None = option(None, "JSON file: device id -> online flags (0/1) by round (see fleet/availability.py)")
     round_deadline: float | None = option(None, "seconds of virtual time a round waits; devices finishing later are dropped "
                                           "from its aggregation (their traffic counts). None: no deadline",

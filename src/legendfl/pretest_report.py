@@ -85,7 +85,8 @@ def pretest_figures(groups: dict[str, dict[str, list[dict]]], depth_costs: list[
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
         for name, rec in pos.items():
             ev = [r for r in rec if r["accuracy"] is not None]
-            a1.plot([r["virtual_time_s"] for r in ev], [100 * r["accuracy"] for r in ev], marker="o", ms=3, label=name.removeprefix("fedlora-"))
+            a1.plot([r["virtual_time_s"] for r in ev], [100 * r["accuracy"] for r in ev], marker="o", ms=3,
+                    label=name.removeprefix("fedlora-"))
         a1.set_xlabel("virtual time (s)"), a1.set_ylabel("dev accuracy (%)"), a1.legend(), a1.grid(alpha=0.3)
         names = list(pos)
         a2.bar([n.removeprefix("fedlora-") for n in names], [np.mean([r["round_time_s"] for r in pos[n]]) for n in names])
@@ -96,11 +97,13 @@ def pretest_figures(groups: dict[str, dict[str, list[dict]]], depth_costs: list[
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
         if dep:
             ds = sorted(dep, key=lambda n: int(n.rsplit("-", 1)[1]))
-            a1.plot([int(n.rsplit("-", 1)[1]) for n in ds], [100 * summarize(dep[n])["final_accuracy"] for n in ds], marker="o", label="final accuracy (%)")
+            a1.plot([int(n.rsplit("-", 1)[1]) for n in ds], [100 * summarize(dep[n])["final_accuracy"] for n in ds], marker="o",
+                    label="final accuracy (%)")
             a1.set_ylabel("final dev accuracy (%)")
         if depth_costs:
             ax = a1.twinx()
-            ax.plot([r["depth"] for r in depth_costs], [r["batch_latency_ms"] for r in depth_costs], "s--", c="C1", label="per-batch latency (ms)")
+            ax.plot([r["depth"] for r in depth_costs], [r["batch_latency_ms"] for r in depth_costs], "s--", c="C1",
+                    label="per-batch latency (ms)")
             ax.set_ylabel("per-batch latency (ms, measured here)")
             a2.plot([r["depth"] for r in depth_costs], [r["memory_mb"] for r in depth_costs], marker="o", c="C2")
         a1.set_xlabel("LoRA depth"), a2.set_xlabel("LoRA depth"), a2.set_ylabel("training-step memory (MB)")
@@ -120,7 +123,8 @@ def pretest_table(groups: dict[str, dict[str, list[dict]]], depth_costs: list[di
     for group, runs in groups.items():
         for name, rec in runs.items():
             s = summarize(rec)
-            lines.append(f"| {group} | {name.removeprefix('fedlora-')} | {100 * s['final_accuracy']:.2f}% | {100 * s['best_accuracy']:.2f}% | "
+            lines.append(f"| {group} | {name.removeprefix('fedlora-')} | {100 * s['final_accuracy']:.2f}% | "
+                         f"{100 * s['best_accuracy']:.2f}% | "
                          f"{s['mean_round_time_s']:.2f} | {s['traffic_bytes'] / 1e6:.1f} |")
     if depth_costs:
         lines += ["", "| LoRA depth | per-batch latency (ms) | training-step memory (MB) |", "|---|---|---|"]

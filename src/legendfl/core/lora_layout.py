@@ -65,9 +65,6 @@ class LoraLayout:
     def rank_sum(self) -> int:
         return sum(self.ranks.values())
 
-    def is_top_contiguous(self) -> bool:
-        return self.layers == list(range(self.shallowest, self.num_layers))
-
     def to_json(self) -> dict:
         return {"num_layers": self.num_layers, "ranks": {str(k): v for k, v in self.ranks.items()}}
 

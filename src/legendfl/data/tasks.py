@@ -66,7 +66,8 @@ def _read_rows(path: Path, setting: str = "data_file") -> list[dict]:
     try:
         with _open_text(path) as fh:
             if kind in ("csv", "tsv"):
-                rows = list(csv.DictReader(fh, delimiter="\t" if kind == "tsv" else ",", quoting=csv.QUOTE_NONE if kind == "tsv" else csv.QUOTE_MINIMAL))
+                tsv = kind == "tsv"
+                rows = list(csv.DictReader(fh, delimiter="\t" if tsv else ",", quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL))
             elif kind == "jsonl":
                 rows = [json.loads(line) for line in fh if line.strip()]
             else:

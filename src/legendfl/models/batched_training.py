@@ -1,16 +1,17 @@
 """The batched engine: a round's LoRA devices train step by step together through one frozen base.
 
-At every step the active devices' batches (each the batch it would train on alone: ``trainer.local_batches``)
-are padded on the right to the widest and stacked; devices with the same shallowest LoRA layer share one
-forward and one backward through the shared frozen backbone (a pass), in which every targeted module adds each
-device's own LoRA delta to its own rows (``models.batched_lora``). Passes are split by that layer because a
-backward runs down to the shallowest trained layer of its batch: mixed in one pass, a depth-1 device would pay
-for a depth-6 device's backward (measured on 2 CPU cores: 1.5x slower than sequential; split, on par). The loss is the sum over devices of each device's own mean loss (plus its local
-terms), so each device's gradient is exactly its own; each device then clips its own gradients and steps its
-own AdamW with its own learning rate. Dropout masks come from each device's own generator
-(``models.device_rows``). The result of every device therefore equals the sequential engine's on the same
-padded batches (1e-5 relative in fp32, 1e-10 in float64: ``tests/test_batched_engine.py``); padding to the pass's
-widest device moves fp32 results by rounding only (as much as it moves peft's), whoever shares the pass.
+At every step the active devices' batches (each the batch it would train on alone: ``trainer.local_batches``) are
+padded on the right to the widest and stacked; devices with the same shallowest LoRA layer share one forward and
+one backward through the shared frozen backbone (a pass), in which every targeted module adds each device's own
+LoRA delta to its own rows (``models.batched_lora``). Passes are split by that layer because a backward runs down
+to the shallowest trained layer of its batch: mixed in one pass, a depth-1 device would pay for a depth-6
+device's backward (measured on 2 CPU cores: 1.5x slower than sequential; split, on par). The loss is the sum over
+devices of each device's own mean loss (plus its local terms), so each device's gradient is exactly its own; each
+device then clips its own gradients and steps its own AdamW with its own learning rate. Dropout masks come from
+each device's own generator (``models.device_rows``). The result of every device therefore equals the sequential
+engine's on the same padded batches (1e-5 relative in fp32, 1e-10 in float64: ``tests/test_batched_engine.py``);
+padding to the pass's widest device moves fp32 results by rounding only (as much as it moves peft's), whoever
+shares the pass.
 
 Devices are cut into groups that fit ``max_batch_tokens`` (padded tokens of one step), ordered by their
 shallowest LoRA layer so that devices of one depth share a group and its passes.

@@ -1,9 +1,10 @@
 """Bottleneck adapters on the shared backbone through AdapterHub ``adapters`` (for FedAdapter).
 
-A sequential bottleneck adapter (``SeqBnConfig``: down-projection to ``width``, ReLU, up-projection,
-after each chosen block's feed-forward output; encoders and AdapterHub's decoders, e.g. Llama and GPT-2) is added to the top ``depth`` blocks, trained with the head,
-read back and deleted again; the base model is never copied. ``adapters.init`` is applied once to the
-shared model; with no active adapter its outputs are unchanged (tests/test_baselines.py).
+A sequential bottleneck adapter (``SeqBnConfig``: down-projection to ``width``, ReLU, up-projection, after each
+chosen block's feed-forward output; encoders and AdapterHub's decoders, e.g. Llama and GPT-2) is added to the top
+``depth`` blocks, trained with the head, read back and deleted again; the base model is never copied.
+``adapters.init`` is applied once to the shared model; with no active adapter its outputs are unchanged
+(tests/test_baselines.py).
 
 Canonical keys: ``{layer}.{location}.adapter.{name}``, e.g. ``5.output.adapter.adapter_down.0.weight``.
 """

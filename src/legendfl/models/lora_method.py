@@ -48,8 +48,3 @@ class LoraMethod(ClientMethod):
 def train_lora(backbone: Backbone, task: DeviceTask, data, indices: list[int], cfg: TrainConfig) -> DeviceResult:
     """Train ``task`` (a LoRA task, with its local terms) on ``indices`` of ``data``."""
     return LoraMethod().train(task, backbone, data, indices, cfg)
-
-
-def evaluate_lora(backbone: Backbone, task: DeviceTask, data, cfg: TrainConfig | None = None) -> dict[str, float]:
-    """Accuracy and mean loss of the LoRA model ``task`` on ``data``."""
-    return LoraMethod().evaluate(task, backbone, data, cfg or TrainConfig())

@@ -4,7 +4,8 @@ With the batched engine (``--engine batched``, the default) the LoRA devices of 
 by step, through one pass of the shared model (``models.batched_training``); otherwise, and for the other
 client methods, a device's method injects its modules into the shared model and removes them again (never a
 model copy per device). Either way each device's result is its own, and the fleet's cost model turns the
-work each device really did into time; the virtual clock closes the round. Devices report the timing they would measure (``report_noise`` adds noise to it).
+work each device really did into time; the virtual clock closes the round. Devices report the timing they
+would measure (``report_noise`` adds noise to it).
 
 Devices that are offline in a round (``fleet/availability.py``) get no task. With a round deadline
 (``round_deadline`` seconds, or ``round_deadline_median`` times the median completion of the round's

@@ -48,7 +48,8 @@ class LegendOptions:
     compute_budget: float | None = option(None, "C_i: per-device computing budget in units of c (None: unbounded)", minimum=0.0)
     comm_budget: float | None = option(None, "B_i: per-device upload budget in bytes per round (None: unbounded)", minimum=0.0)
     waiting_budget: float | None = option(None, "epsilon: bound on the predicted mean waiting time in seconds (None: off; "
-                                          "lcd 'literal' and 'interpolated' widen the depth gap to meet it, 'fill' only reports it)", minimum=0.0)
+                                          "lcd 'literal' and 'interpolated' widen the depth gap to meet it, 'fill' only "
+                                          "reports it)", minimum=0.0)
     weighting: str = option("uniform", "layer-wise average: plain mean over the devices that trained a layer (eq. 17) "
                             "or weighted by their examples", choices=("uniform", "examples"))
     lcd: str = option("fill", "Algorithm 1: 'fill' = lines 2-5 as printed, then depths raised into idle time up to "

@@ -3,7 +3,8 @@
 :class:`Federation` knows which SuperNode is which device (a ``query`` message asks each new node for its
 ``partition-id``) and exchanges messages with timeouts. :class:`FlowerTransport` is what the round loop
 (``runtime/loop.py``) drives: one ``train`` message per configured device; replies until every node
-answered or ``round-timeout-s`` passed; a node that did not answer (or answered with an error, or with a reply that cannot be decoded or names another device) is missing.
+answered or ``round-timeout-s`` passed; a node that did not answer (or answered with an error, or with a
+reply that cannot be decoded or names another device) is missing.
 
 Timing: a device's compute is what it measured (or, for a node that emulates a fleet device, that
 device's cost-model timing); its download and upload are the server-measured round trip minus the node's
