@@ -107,3 +107,35 @@ def test_layers_import_only_what_is_below_them():
 def test_no_file_is_over_400_lines():
     long = {str(p.relative_to(ROOT)): n for p in ROOT.rglob("*.py") if (n := len(p.read_text().splitlines())) > 400}
     assert long == {}
+
+
+def test_the_architecture_document_names_only_what_exists():
+    """docs/architecture.md, read as a newcomer would follow it: every file it names exists (a path from the repository
+    or the package, or a bare file name somewhere in the package), and every dotted name such as
+    ``runtime.run_session.execute_run`` is a module of the package and, if it goes further, a name defined there."""
+    import re
+
+    repo = ROOT.parents[1]
+    text = (repo / "docs" / "architecture.md").read_text()
+    files = set(re.findall(r"[\w/]*\w\.py\b", text))
+    package_files = {p.name for p in ROOT.rglob("*.py")}
+    for name in sorted(files):
+        found = (repo / name).exists() or (ROOT / name).exists() or ("/" not in name and name in package_files)
+        assert found, f"docs/architecture.md names {name}, which does not exist"
+    rooms = {p.name for p in ROOT.iterdir() if p.is_dir() and not p.name.startswith("__")}
+    for dotted in sorted(set(re.findall(r"`([a-z_]+(?:\.[A-Za-z_]+)+)", text))):
+        parts = dotted.split(".")
+        if parts[0] not in rooms:
+            continue
+        for cut in range(len(parts), 0, -1):  # the longest prefix that is a module; the rest are names in it
+            module = ROOT.joinpath(*parts[:cut])
+            path = module.with_suffix(".py") if module.with_suffix(".py").exists() else module / "__init__.py"
+            if path.exists():
+                rest = parts[cut:]
+                if rest:
+                    source = path.read_text()
+                    assert re.search(rf"(def|class) {rest[0]}\b|^{rest[0]}\s*[:=]", source, re.M), \
+                        f"docs/architecture.md names {dotted}: {rest[0]} is not defined in {path.relative_to(repo)}"
+                break
+        else:
+            raise AssertionError(f"docs/architecture.md names {dotted}, which is not a module of the package")

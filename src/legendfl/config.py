@@ -28,8 +28,9 @@ from .fleet.devices import MAX_FLEET_SIZE
 
 
 def _registry():
-    """The strategy registry with the built-in strategies registered. Imported on first use: reading a
-    configuration (a forwarding Flower ClientApp does) must not import torch, which strategies need."""
+    """The strategy registry with the built-in strategies registered. Imported on first use, so that importing
+    this module does not import torch; building a :class:`RunConfig` does (it checks the strategy's options, and
+    strategies import torch)."""
     from . import strategies
 
     return strategies
