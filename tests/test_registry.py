@@ -4,6 +4,7 @@ import json
 from dataclasses import dataclass
 
 import pytest
+from conftest import TINY_BERT
 
 from legendfl.cli import build_config, make_parser
 from legendfl.config import RunConfig
@@ -116,7 +117,7 @@ def test_a_toy_strategy_registered_from_a_test_file_runs_end_to_end(tmp_path, to
     from legendfl.metrics.summary import read_records
     from legendfl.runner import run
 
-    cfg = RunConfig.from_sources({"strategy": toy_strategy, "toy-top-layer.rank": 3, "num_devices": 2, "rounds": 2,
+    cfg = RunConfig.from_sources({"model": TINY_BERT, "strategy": toy_strategy, "toy-top-layer.rank": 3, "num_devices": 2, "rounds": 2,
                                   "max_local_steps": 2, "max_examples_per_device": 32, "max_dev_examples": 32,
                                   "max_length": 32, "out_dir": str(tmp_path)})
     summary = run(cfg)
@@ -127,3 +128,35 @@ def test_a_toy_strategy_registered_from_a_test_file_runs_end_to_end(tmp_path, to
     assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["layers_to_transform"] == [5]
     with pytest.raises(ValueError, match="toy-top-layer.rank must be >= 1"):
         RunConfig.from_sources({"strategy": toy_strategy, "toy-top-layer.rank": 0})
+
+
+def test_a_plugin_package_registers_a_strategy_a_client_method_and_a_fleet(tmp_path, monkeypatch, caplog):
+    """core/plugins.py: an installed package's ``legendfl.plugins`` entry point (stubbed here; a broken one beside
+    it) brings a strategy that trains with its own client method, and a fleet name; the CLI and runs see them."""
+    import importlib.metadata
+
+    from legendfl.core import plugins
+    from legendfl.fleet.devices import load_fleet
+    from legendfl.metrics.summary import read_records
+    from legendfl.runner import run
+
+    points = [importlib.metadata.EntryPoint("example", "legendfl_plugin_example", plugins.GROUP),
+              importlib.metadata.EntryPoint("broken", "no_such_module_of_anyone", plugins.GROUP)]
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group=None: [p for p in points if p.group == group])
+    monkeypatch.setattr(plugins, "_loaded", {})
+    with pytest.raises(ValueError, match="strategy must be one of"):
+        RunConfig(strategy="plugin-bottom-layer")  # not loaded yet
+    try:
+        with caplog.at_level("WARNING"):
+            assert plugins.load_plugins() == {"example": "legendfl_plugin_example"}
+        assert "plugin 'broken'" in caplog.text and "no_such_module_of_anyone" in caplog.text
+        assert len(load_fleet("plugin-jetsons", 4)) == 4
+        cfg = RunConfig.from_sources({"model": TINY_BERT, "strategy": "plugin-bottom-layer", "plugin-bottom-layer.rank": 2,
+                                      "num_devices": 2, "rounds": 1, "max_local_steps": 1, "max_examples_per_device": 16,
+                                      "max_dev_examples": 16, "max_length": 16, "fleet": "plugin-jetsons",
+                                      "out_dir": str(tmp_path)})
+        run(cfg)
+        devices = read_records(tmp_path / "rounds.jsonl")[0]["devices"]
+        assert {v["depth"] for v in devices.values()} == {6} and {tuple(v["ranks"]) for v in devices.values()} == {(2,)}
+    finally:
+        unregister("plugin-bottom-layer")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.plugins import load_plugins
 from ..core.seeding import rng
 from .profiles import LatencyProfile
 from .schema import check_fleet
@@ -143,14 +144,31 @@ def _load_traces(cfg: dict, size: int, seed: int) -> list[Device]:
     return devices
 
 
+_REGISTERED: dict[str, Path] = {}  # fleets that plugins registered by name
+
+
+def register_fleet(name: str, path: str | Path) -> None:
+    """Make ``--fleet name`` load the fleet file ``path`` (for plugins; core/plugins.py)."""
+    if name in BUILTIN_FLEETS:
+        raise ValueError(f"fleet name {name!r} is built in; choose another")
+    _REGISTERED[name] = Path(path)
+
+
+def fleet_names() -> list[str]:
+    return [*BUILTIN_FLEETS, *sorted(_REGISTERED)]
+
+
 MAX_FLEET_SIZE = 100_000  # a simulated fleet keeps every device's state in memory
 
 
 def load_fleet(name_or_path: str = "jetson", size: int | None = None, seed: int = 0) -> Fleet:
     """A built-in fleet (``jetson``, ``phones``) or a TOML file, scaled to ``size`` devices keeping the mix."""
-    path = FLEETS / f"{name_or_path}.toml" if name_or_path in BUILTIN_FLEETS else Path(name_or_path)
+    if name_or_path not in BUILTIN_FLEETS and name_or_path not in _REGISTERED and not Path(name_or_path).is_file():
+        load_plugins()  # a plugin's fleet (core/plugins.py)
+    path = (FLEETS / f"{name_or_path}.toml" if name_or_path in BUILTIN_FLEETS
+            else _REGISTERED.get(name_or_path, Path(name_or_path)))
     if not path.is_file():
-        raise ValueError(f"fleet must be one of {list(BUILTIN_FLEETS)} or a TOML file; got {name_or_path!r}")
+        raise ValueError(f"fleet must be one of {fleet_names()} or a TOML file; got {name_or_path!r}")
     try:
         cfg = tomllib.loads(path.read_text())
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:

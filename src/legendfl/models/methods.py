@@ -23,6 +23,7 @@ from typing import ClassVar
 
 import torch
 
+from ..core.plugins import load_plugins
 from ..core.strategy import DeviceResult, DeviceTask, Tensors, key_layer, tensors_bytes
 from ..core.training import TrainConfig
 from ..core.work import DeviceWork
@@ -110,6 +111,8 @@ def get_method(name: str) -> ClientMethod:
     if name not in _METHODS and name in _BUILTIN:
         module, _, cls = _BUILTIN[name].partition(":")
         register_method(getattr(importlib.import_module(module), cls)())
+    if name not in _METHODS:
+        load_plugins()  # a plugin's client method (core/plugins.py)
     if name not in _METHODS:
         raise ValueError(f"task method must be one of {sorted(set(_BUILTIN) | set(_METHODS))}, got {name!r}")
     return _METHODS[name]
