@@ -8,56 +8,27 @@ and AdamW's two moments; that is the part that grows with depth (the frozen weig
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .core.lora_layout import LoraLayout
 from .metrics.summary import summarize
 
 
 def measure_depth_costs(backbone, data, batch_size: int = 16, batches: int = 12, seed: int = 0) -> list[dict]:
-    """Per-batch latency and step memory for every LoRA depth (rank 8), on real batches of ``data``."""
-    from .models.lora import lora_adapter
-    from .models.profiling import synchronize
+    """Per-batch latency and step memory for every LoRA depth (rank 8, fp32), on real batches of ``data``
+    (``models.profiling.time_layout``, the loop ``legendfl profile`` times with)."""
+    from .models.profiling import time_layout
 
     L = backbone.num_layers
     gen = np.random.default_rng(seed)
-    picks = [gen.choice(len(data), batch_size, replace=False) for _ in range(batches + 2)]
+    picked = [data.batch(gen.choice(len(data), batch_size, replace=False)) for _ in range(batches + 2)]
     rows = []
     for depth in range(1, L + 1):
-        layout = LoraLayout.top(depth, [8] * L)
-        params = {**backbone.spec.init_lora(layout, seed), **backbone.head_tensors()}
-        with lora_adapter(backbone, layout, params) as model:
-            model.train()
-            trainable = [p for p in model.parameters() if p.requires_grad]
-            opt = torch.optim.AdamW(trainable, lr=1e-4)
-            times, saved = [], []
-            device = next(model.parameters()).device
-            for i, idx in enumerate(picks):
-                batch = {k: v.to(device) for k, v in data.batch(idx).items()}
-                held = [0]
-
-                def pack(t, held=held):
-                    held[0] += t.numel() * t.element_size()
-                    return t
-
-                synchronize(device)
-                t0 = time.perf_counter()
-                with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                    loss = model(**batch).loss
-                loss.backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                synchronize(device)
-                if i >= 2:  # two warm-up batches
-                    times.append(time.perf_counter() - t0)
-                    saved.append(held[0])
-            state = sum(p.numel() * p.element_size() for p in trainable) * 4  # weights, grads, two moments
-            rows.append({"depth": depth, "batch_latency_ms": 1000 * float(np.median(times)),
-                         "memory_mb": (float(np.mean(saved)) + state) / 2**20})
+        m = time_layout(backbone, LoraLayout.top(depth, [8] * L), picked, warmup=2, bf16=False, memory=True)
+        rows.append({"depth": depth, "batch_latency_ms": m["step_ms"],
+                     "memory_mb": (m["saved_bytes"] + m["state_bytes"]) / 2**20})
     return rows
 
 

@@ -14,6 +14,7 @@ frozen) and the forward pass alone. The fit (``fit_profile``):
 """
 from __future__ import annotations
 
+import contextlib
 import time
 
 import numpy as np
@@ -47,20 +48,31 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_layout(backbone: Backbone, layout: LoraLayout, batches: list[dict], warmup: int = 2, bf16: bool | str = "auto") -> dict:
-    """Median per-batch latency (ms) of training ``layout``, and of its forward part, over ``batches``."""
+def time_layout(backbone: Backbone, layout: LoraLayout, batches: list[dict], warmup: int = 2, bf16: bool | str = "auto",
+                memory: bool = False) -> dict:
+    """Median per-batch latency (ms) of training ``layout``, and of its forward part, over ``batches`` (after
+    ``warmup`` of them). With ``memory``: the mean bytes autograd saves for the backward pass (``saved_bytes``,
+    counted by a saved-tensors hook) and the optimizer state of the trained tensors (``state_bytes``: weights,
+    gradients and AdamW's two moments)."""
     params = {**backbone.spec.init_lora(layout, 0), **backbone.head_tensors()}
     with lora_adapter(backbone, layout, params) as model:
         model.train()
         trainable = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(trainable, lr=1e-4)
         device = next(model.parameters()).device
-        steps, forwards = [], []
+        steps, forwards, saved = [], [], []
         for i, batch in enumerate(batches):
             batch = {k: v.to(device) for k, v in batch.items()}
+            held = [0]
+
+            def pack(t: torch.Tensor, held: list[int] = held) -> torch.Tensor:
+                held[0] += t.numel() * t.element_size()
+                return t
+
+            counting = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t) if memory else contextlib.nullcontext()
             synchronize(device)
             t0 = time.perf_counter()
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16(bf16, device)):
+            with counting, torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16(bf16, device)):
                 loss = model(**batch).loss
             synchronize(device)
             t1 = time.perf_counter()
@@ -72,7 +84,12 @@ def time_layout(backbone: Backbone, layout: LoraLayout, batches: list[dict], war
             if i >= warmup:
                 steps.append(t2 - t0)
                 forwards.append(t1 - t0)
-    return {"step_ms": 1000 * float(np.median(steps)), "forward_ms": 1000 * float(np.median(forwards))}
+                saved.append(held[0])
+        out = {"step_ms": 1000 * float(np.median(steps)), "forward_ms": 1000 * float(np.median(forwards))}
+        if memory:
+            out["saved_bytes"] = float(np.mean(saved))
+            out["state_bytes"] = float(sum(p.numel() * p.element_size() for p in trainable) * 4)
+    return out
 
 
 def measure_profile(backbone: Backbone, data: TokenizedData, batch_size: int = 16, seq_len: int = 64, rank: int = 8,
