@@ -12,7 +12,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-import torch
 
 from ..config import RunConfig
 from ..core.strategy import DeviceResult, DeviceTask
@@ -44,14 +43,11 @@ class RunContext:
 
     # --- construction ---------------------------------------------------------------------------------------
     @staticmethod
-    def _model(cfg: RunConfig, num_labels: int, threads: int | None = None) -> Backbone:
+    def _model(cfg: RunConfig, num_labels: int) -> Backbone:
         check = getattr(cfg.strategy_options_resolved(), "check_num_layers", None)
         layers = peek_num_layers(cfg.model) if check is not None else None
         if layers is not None:  # options that cannot fit the model are refused before its weights load
             check(layers)
-        threads = threads or cfg.threads
-        if threads:
-            torch.set_num_threads(threads)
         if is_generative(cfg):  # a decoder; its LM head stays frozen
             return load_backbone(cfg.model, num_labels, cfg.seed, cfg.device, task_type="causal_lm")
         return load_backbone(cfg.model, num_labels, cfg.seed, cfg.device)
@@ -101,9 +97,9 @@ class RunContext:
         return ctx
 
     @classmethod
-    def for_client(cls, cfg: RunConfig, examples: list, label_names: list[str], threads: int | None = None) -> "RunContext":
+    def for_client(cls, cfg: RunConfig, examples: list, label_names: list[str]) -> "RunContext":
         """One device: the model and its own tokenised examples (a Flower ClientApp or worker)."""
-        backbone = cls._model(cfg, len(label_names), threads)
+        backbone = cls._model(cfg, len(label_names))
         ctx = cls(cfg, backbone, cfg.train_config(), list(label_names), partitions=[list(range(len(examples)))])
         ctx.train = ctx._training_data(examples)
         return ctx

@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+
 from ..config import RunConfig
 from ..core.files import write_atomic
 from ..metrics.records import RecordWriter
@@ -56,6 +58,8 @@ def execute_run(cfg: RunConfig | None, out: str | Path, *, make_context: Callabl
         else:
             folder.check_empty(overwrite)
         assert cfg is not None
+        if cfg.threads:  # the process's torch threads: set here, at the runtime's entry, never by a constructor
+            torch.set_num_threads(cfg.threads)
         strategy = cfg.build_strategy()
         ctx = make_context(cfg)  # data and model are validated here, before anything of an old run is removed
         check_rank(cfg, ctx)

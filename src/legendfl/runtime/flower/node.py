@@ -93,13 +93,18 @@ _CACHE: dict[str, Any] = {}
 
 def _node_context(cfg: RunConfig, settings: NodeSettings, label_names: list[str]):
     """This node's run context: the model and its tokenised local data (cached within the process)."""
+    import torch
+
     from ..context import RunContext
 
     key = repr((cfg.to_json(), settings, label_names))
     if key not in _CACHE:
         examples = local_examples(cfg, settings, label_names)
         _CACHE.clear()
-        _CACHE[key] = RunContext.for_client(cfg, examples, label_names, settings.threads)
+        threads = settings.threads or cfg.threads
+        if threads:  # this node process's own setting (node-config threads, else the run's)
+            torch.set_num_threads(threads)
+        _CACHE[key] = RunContext.for_client(cfg, examples, label_names)
     return _CACHE[key]
 
 
