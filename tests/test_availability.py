@@ -47,6 +47,8 @@ def test_every_strategy_survives_offline_and_late_devices(tmp_path, strategy):
     for rec in records:
         answered, missing = set(rec["devices"]), {str(m["device"]) for m in rec["missing"]}
         assert answered.isdisjoint(missing) and answered | missing <= {str(d) for d in range(5)}
+        # a late or offline device's update is not in the aggregate: the strategy folded exactly those that answered
+        assert rec["aggregation"].get("aggregated_devices", 0) == len(answered), rec["aggregation"]
         late = [m for m in rec["missing"] if m["reason"].startswith("late")]
         if late:  # the round waited until the deadline; the late devices' bytes are in its traffic
             assert rec["round_time_s"] >= max(d["total_s"] for d in rec["devices"].values())

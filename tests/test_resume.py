@@ -48,24 +48,28 @@ def _lines(path: Path) -> int:
 def uninterrupted(tmp_path_factory):
     runs = {}
 
-    def get(strategy):
-        if strategy not in runs:
+    def get(strategy, extra=()):
+        if (strategy, extra) not in runs:
             out = tmp_path_factory.mktemp(f"whole-{strategy}")
-            r = cli("run", "--strategy", strategy, *ARGS, "--out-dir", str(out), "--overwrite")
+            r = cli("run", "--strategy", strategy, *ARGS, *extra, "--out-dir", str(out), "--overwrite")
             assert r.returncode == 0, r.stderr[-2000:]
-            runs[strategy] = out
-        return runs[strategy]
+            runs[strategy, extra] = out
+        return runs[strategy, extra]
 
     return get
 
 
+UNRELIABLE = ("--availability", "0.7", "--round-deadline-median", "1.2")  # offline and late devices, drawn per round
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy,seed", [("legend", 1), ("hetlora", 2), ("fedadapter", 3)])
-def test_killed_mid_training_and_resumed_equals_an_uninterrupted_run(tmp_path, uninterrupted, strategy, seed):
+@pytest.mark.parametrize("strategy,extra,seed", [("legend", (), 1), ("hetlora", (), 2), ("fedadapter", (), 3),
+                                                 ("legend", UNRELIABLE, 4)])
+def test_killed_mid_training_and_resumed_equals_an_uninterrupted_run(tmp_path, uninterrupted, strategy, extra, seed):
     gen = random.Random(seed)
     k = gen.randint(2, ROUNDS - 1)  # the round during which the run is killed
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "legendfl", "run", "--strategy", strategy, *ARGS, "--out-dir", str(out)],
+    proc = subprocess.Popen([sys.executable, "-m", "legendfl", "run", "--strategy", strategy, *ARGS, *extra, "--out-dir", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while _lines(out / "rounds.jsonl") < k - 1 and proc.poll() is None and time.monotonic() < deadline:
@@ -77,7 +81,10 @@ def test_killed_mid_training_and_resumed_equals_an_uninterrupted_run(tmp_path, u
     r = cli("run", "--resume", str(out))
     assert r.returncode == 0, r.stderr[-2000:]
     assert "resuming" in r.stdout
-    _same_run(uninterrupted(strategy), out)
+    _same_run(uninterrupted(strategy, extra), out)
+    if extra:  # the resumed rounds drew the same offline and late devices
+        missing = [m["reason"] for line in (out / "rounds.jsonl").read_text().splitlines() for m in json.loads(line)["missing"]]
+        assert any(r.startswith("offline") for r in missing) and any(r.startswith("late") for r in missing)
 
 
 @pytest.mark.slow
