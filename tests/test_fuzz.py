@@ -295,3 +295,33 @@ def test_every_profile_fleet_compare_retime_and_resume_case_is_refused():
             argv = argv + ["--out", "/tmp/legendfl-fuzz-compare"]
         code, stderr = _run(argv)
         _assert_one_line_naming(code, stderr, [name])
+
+
+class _Code:
+    """An object whose unpickling would run code."""
+
+    def __reduce__(self):
+        return (eval, ("1 + 1",))
+
+
+CHECKPOINTS = [  # (what the file holds, the name the error must give)
+    (b"", "checkpoint"), (b"\x80\x04garbage", "checkpoint"), ([1, 2, 3], "checkpoint"), ({"format": 99}, "checkpoint"),
+    ({"format": 1, "round": 1}, "config"),
+    ({"format": 1, "round": 1, "config": {"nonsense": 1}, "strategy": {}, "transport": {}, "records": []}, "nonsense"),
+    ({"format": 1, "round": 1, "config": {"lr": -1.0}, "strategy": {}, "transport": {}, "records": []}, "lr"),
+    ({"format": 1, "round": 1, "config": [], "strategy": {}, "transport": {}, "records": []}, "checkpoint"),
+    ({"format": 1, "round": 1, "config": {}, "strategy": _Code(), "transport": {}, "records": []}, "checkpoint"),
+]
+
+
+def test_every_bad_checkpoint_file_is_refused_naming_the_problem(tmp_path):
+    import torch
+
+    for i, (content, name) in enumerate(CHECKPOINTS):
+        folder = tmp_path / str(i)
+        folder.mkdir()
+        if isinstance(content, bytes):
+            (folder / "checkpoint.pt").write_bytes(content)
+        else:
+            torch.save(content, folder / "checkpoint.pt")
+        _assert_one_line_naming(*_run(["run", "--resume", str(folder)]), [name])

@@ -85,6 +85,11 @@ def load_checkpoint(out_dir: Path) -> dict[str, Any]:
     missing = [k for k in REQUIRED if k not in state]
     if missing:
         raise ValueError(f"resume: {path} lacks {', '.join(missing)} (not a complete legendfl checkpoint)")
+    kinds = {"round": int, "config": dict, "strategy": dict, "transport": dict, "records": list}
+    wrong = [f"{k} ({type(state[k]).__name__}, not {t.__name__})" for k, t in kinds.items()
+             if isinstance(state[k], bool) or not isinstance(state[k], t)]
+    if wrong:
+        raise ValueError(f"resume: {path} is not a legendfl checkpoint: {', '.join(wrong)}")
     return state
 
 
