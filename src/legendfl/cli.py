@@ -21,6 +21,7 @@ from pathlib import Path
 from . import logs
 from .core.files import write_atomic
 from .config import RunConfig, legacy_keys, load_config_file
+from .fleet.cost_model import COST_MODELS
 from .strategies import get_entry, registered_bases, strategy_names
 
 
@@ -293,12 +294,12 @@ def make_parser() -> argparse.ArgumentParser:
     p_cmp.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override run options of the profile")
     p_cmp.add_argument("--seeds", nargs="+", type=int, help="run every strategy once per seed; tables give means with 95%% "
                        "bootstrap CIs (results in <out>/<task>/<cost model>/seed-<s>/)")
-    p_cmp.add_argument("--cost-models", nargs="+", choices=("profile", "flops"),
+    p_cmp.add_argument("--cost-models", nargs="+", choices=COST_MODELS,
                        help="time every run under each cost model (strategies whose decisions ignore timings are re-timed, not re-run)")
     p_cmp.set_defaults(func=_cmd_compare)
     p_rt = sub.add_parser("retime", help="re-time a finished run under another cost model or fleet from its records (no training)")
     p_rt.add_argument("run", help="a run's output folder (config.json, rounds.jsonl)")
-    p_rt.add_argument("--cost-model", required=True, choices=("profile", "flops"), help="how compute time is priced")
+    p_rt.add_argument("--cost-model", required=True, choices=COST_MODELS, help="how compute time is priced")
     p_rt.add_argument("--fleet", help="another fleet (jetson, phones or a TOML file); default: the run's")
     p_rt.add_argument("--out", required=True, help="folder for the re-timed rounds.jsonl, config.json and summary.json "
                       "(an empty or new folder; not the run's own)")

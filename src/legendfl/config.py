@@ -24,6 +24,7 @@ from typing import Any
 
 from .core.options import option, validate
 from .core.training import DEFAULT_LR, TrainConfig
+from .fleet.cost_model import COST_MODELS
 from .fleet.devices import MAX_FLEET_SIZE
 
 
@@ -133,7 +134,7 @@ class RunConfig(TrainConfig):
     fleet: str = option("jetson", "device fleet: jetson, phones, or a TOML file")
     cost_model: str = option("profile", "how compute time is priced: 'profile' = the fleet's measured per-batch latency "
                              "profiles (devices without one fall back to FLOPs), 'flops' = FLOPs / mode throughput "
-                             "(see fleet/cost_model.py)", choices=("profile", "flops"))
+                             "(see fleet/cost_model.py)", choices=COST_MODELS)
     availability: float | None = option(None, "probability that a device is online in a round, for every device (None: "
                                         "the fleet file's per-type availability, 1.0 unless it says; 0 would leave every "
                                         "round empty)", minimum=0.0, maximum=1.0, exclusive_minimum=True)
