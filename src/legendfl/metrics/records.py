@@ -14,6 +14,7 @@ Flower: node, host, round trip, emulation).
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,32 @@ def device_entry(result: DeviceResult, task: DeviceTask, timing: dict[str, float
             "trainable_params": int(sum(v.numel() for v in task.params.values())),
             **config_log.get(str(result.device_id), {}),
             "work": result.work.to_json() if result.work is not None else None}
+
+
+@dataclass
+class RoundRecord:
+    """One round, as every runtime records it; :meth:`to_json` is its line of ``rounds.jsonl``."""
+
+    round: int
+    strategy: str
+    runtime: str  # "inprocess" | "flower"
+    clock: str  # "virtual" | "real"
+    lr: float
+    cost_model: str | None  # the simulator's cost model; None on the real clock
+    clock_fields: dict[str, Any]  # <clock>_time_s, round_time_s, mean_waiting_s, traffic and byte counts
+    aggregation: dict[str, Any]  # the strategy's metrics of the round (or why it was skipped)
+    devices: dict[str, dict[str, Any]]  # device id -> its entry (:func:`device_entry`), for those that answered
+    missing: list[dict[str, Any]] = field(default_factory=list)  # {device, reason, ...} of those that did not
+    rejected: list[dict[str, Any]] = field(default_factory=list)  # {device, reason} of updates refused
+    accuracy: float | None = None  # on the dev split, where evaluated
+    eval_loss: float | None = None
+    wall_s: float = 0.0  # the server's wall seconds for the round
+
+    def to_json(self) -> dict[str, Any]:
+        return {"round": self.round, "strategy": self.strategy, "runtime": self.runtime, "clock": self.clock,
+                "lr": self.lr, "cost_model": self.cost_model, **self.clock_fields, "accuracy": self.accuracy,
+                "eval_loss": self.eval_loss, "aggregation": self.aggregation, "devices": self.devices,
+                "missing": self.missing, "rejected": self.rejected, "wall_s": self.wall_s}
 
 
 class RecordWriter:

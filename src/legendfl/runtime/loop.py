@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..core.strategy import DeviceResult, DeviceTask, Strategy
-from ..metrics.records import RecordWriter, device_entry
+from ..metrics.records import RecordWriter, RoundRecord, device_entry
 from .checkpoint import save_checkpoint
 from .context import RunContext
 
@@ -93,15 +93,16 @@ def run_rounds(strategy: Strategy, transport: Transport, ctx: RunContext, writer
                                                   outcome.waiting_s[r.device_id], config_log,
                                                   outcome.extras.get(r.device_id, {}))
                    for r in outcome.results}
-        rec = {"round": rnd, "strategy": strategy.name, "runtime": transport.runtime, "clock": transport.clock_kind,
-               "lr": strategy.round_lr(rnd), "cost_model": cfg.cost_model if transport.clock_kind == "virtual" else None,
-               **outcome.clock, "accuracy": None, "eval_loss": None, "aggregation": agg, "devices": devices}
-        rec["missing"] = [{"device": d, "reason": why, **outcome.extras.get(d, {})} for d, why in sorted(outcome.missing.items())]
-        rec["rejected"] = [{"device": d, "reason": why} for d, why in sorted(rejected.items())]
+        record = RoundRecord(
+            rnd, strategy.name, transport.runtime, transport.clock_kind, strategy.round_lr(rnd),
+            cfg.cost_model if transport.clock_kind == "virtual" else None, outcome.clock, agg, devices,
+            missing=[{"device": d, "reason": why, **outcome.extras.get(d, {})} for d, why in sorted(outcome.missing.items())],
+            rejected=[{"device": d, "reason": why} for d, why in sorted(rejected.items())])
         if rnd % cfg.eval_every == 0 or rnd == cfg.rounds:
             ev = ctx.evaluate(strategy.evaluation_task())
-            rec["accuracy"], rec["eval_loss"] = ev["accuracy"], ev["loss"]
-        rec["wall_s"] = time.perf_counter() - wall0
+            record.accuracy, record.eval_loss = ev["accuracy"], ev["loss"]
+        record.wall_s = time.perf_counter() - wall0
+        rec = record.to_json()
         writer.write(rec)
         if checkpoint:
             save_checkpoint(writer.path.parent, {"round": rnd, "config": cfg.to_json(), "strategy": strategy.state_dict(),
