@@ -92,7 +92,7 @@ def test_a_restarted_server_resumes_from_its_checkpoint_to_the_same_model(tmp_pa
         run_federation(InProcessGrid({11: 0, 12: 1, 13: 2}, crash_in_round=3), _cfg(cut), _settings(cut))
     assert len(_records(cut)) == 2 and (cut / "checkpoint.pt").exists()
     # a restart with other settings is refused, naming them; one without resume does not write into the run
-    with pytest.raises(ValueError, match=r"other settings \(differing: .*lr.*rounds"):
+    with pytest.raises(ValueError, match=r"other settings \(differing: .*model.*num_devices.*rounds"):
         run_federation(InProcessGrid({21: 0, 22: 1, 23: 2}), RunConfig(out_dir=str(cut)), _settings(cut, resume=1))
     with pytest.raises(ValueError, match="already holds files"):
         run_federation(InProcessGrid({21: 0, 22: 1, 23: 2}), _cfg(cut), _settings(cut))
