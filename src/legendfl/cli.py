@@ -199,9 +199,9 @@ def _cmd_profile(ns: argparse.Namespace) -> int:
     positions = getattr(backbone.model.config, "max_position_embeddings", None)
     if positions and ns.seq_len > positions:
         raise ValueError(f"--seq-len must be at most {positions} (model {ns.model!r}'s positions), got {ns.seq_len}")
-    sides = [min(shape) for shape in backbone.spec.linear_modules.values()]
-    if ns.rank > min(sides):
-        raise ValueError(f"--rank must be at most {min(sides)} for model {ns.model!r}, got {ns.rank}")
+    bound = backbone.spec.max_lora_rank
+    if bound is not None and ns.rank > bound:
+        raise ValueError(f"--rank must be at most {bound} for model {ns.model!r}, got {ns.rank}")
     data = TokenizedData(backbone.tokenizer, examples, ns.seq_len)
     bf16 = False if ns.no_bf16 else "auto"  # as the trainer: bf16 autocast where the hardware has it
     m = measure_profile(backbone, data, ns.batch_size, ns.seq_len, ns.rank, ns.batches, bf16=bf16)

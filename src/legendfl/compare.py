@@ -118,7 +118,8 @@ def settings_in(folder: Path, cfg: RunConfig) -> list[str]:
         return [f"config.json (unreadable: {err.msg})"]
     if not isinstance(old, dict):
         return ["config.json (not a table of options)"]
-    return differing_settings(old, cfg.to_json()) + changed_inputs(recorded_inputs(folder) or {}, cfg.to_json())
+    new = cfg.to_json()
+    return differing_settings(old, new) + changed_inputs(recorded_inputs(folder) or {}, new)
 
 
 def run_strategies(base: dict, strategies: list[str], out: Path,

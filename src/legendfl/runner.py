@@ -12,8 +12,8 @@ import logging
 from pathlib import Path
 
 from .config import RunConfig
-from .fleet.availability import run_availability
-from .fleet.devices import load_fleet
+from .fleet.availability import Availability, run_availability
+from .fleet.devices import Fleet, load_fleet
 from .runtime.context import RunContext
 from .runtime.run_session import execute_run
 from .runtime.simulator import SimulatorTransport
@@ -31,18 +31,18 @@ def _simulation_context(cfg: RunConfig) -> RunContext:
     return ctx
 
 
-def _simulator(cfg: RunConfig, ctx: RunContext) -> SimulatorTransport:
-    fleet = load_fleet(cfg.fleet, cfg.num_devices, cfg.seed)
+def _simulator(cfg: RunConfig, ctx: RunContext, fleet: Fleet | None = None,
+               availability: Availability | None = None) -> SimulatorTransport:
+    fleet = fleet or load_fleet(cfg.fleet, cfg.num_devices, cfg.seed)
     log.info("fleet %s: %s", fleet.name, ", ".join(sorted({d.kind for d in fleet.devices})[:6]))
-    return SimulatorTransport(ctx, fleet, run_availability(cfg, fleet))
+    return SimulatorTransport(ctx, fleet, availability or run_availability(cfg, fleet))
 
 
 def run(cfg: RunConfig, *, overwrite: bool = False) -> dict:
     fleet = load_fleet(cfg.fleet, cfg.num_devices, cfg.seed)  # fleet and trace are refused before the model loads
-    run_availability(cfg, fleet)
-    cfg.build_strategy()
-    return execute_run(cfg, cfg.out_dir, make_context=_simulation_context, make_transport=_simulator,
-                       overwrite=overwrite)
+    availability = run_availability(cfg, fleet)
+    return execute_run(cfg, cfg.out_dir, make_context=_simulation_context, overwrite=overwrite,
+                       make_transport=lambda c, ctx: _simulator(c, ctx, fleet, availability))
 
 
 def resume_run(out_dir: str | Path) -> dict:

@@ -66,6 +66,12 @@ class ModelSpec:
     # the backbone's pretrained weights ("full.<name>"), for strategies that exchange the whole model
     base_state: Tensors | None = field(default=None, repr=False, compare=False)
 
+    @property
+    def max_lora_rank(self) -> int | None:
+        """The smaller side of the smallest LoRA module: a higher rank adds nothing a full-rank update lacks (None:
+        no LoRA modules)."""
+        return min((min(shape) for shape in self.linear_modules.values()), default=None)
+
     def lora_shapes(self, layout: LoraLayout) -> dict[str, tuple[int, ...]]:
         shapes: dict[str, tuple[int, ...]] = {}
         for layer, rank in layout.ranks.items():

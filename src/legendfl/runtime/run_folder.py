@@ -7,7 +7,7 @@
 - **Overwrite.** ``--overwrite`` removes the previous run's outputs (records, summary, configuration, adapter,
   figures, checkpoint; :data:`OUTPUTS`) only after the new run's options, fleet, data and model were
   validated, and never files it did not write.
-- **Fingerprint.** ``inputs.json`` (and every checkpoint) records the content hash of each input file the
+- **Fingerprint.** ``inputs.json`` records the content hash of each input file the
   configuration names (data and dev files, availability trace, fleet file, a local model directory);
   resuming or reusing a run checks them: a file that changed since is refused, naming it.
 """

@@ -30,9 +30,9 @@ log = logging.getLogger(__name__)
 def check_rank(cfg: RunConfig, ctx: RunContext) -> None:
     """A LoRA rank above the smaller side of the model's smallest LoRA module adds nothing a full-rank update lacks
     (and at 10^5 takes minutes and gigabytes before round 1): refused, naming the bound."""
-    sides = [min(shape) for shape in ctx.backbone.spec.linear_modules.values()]
-    if sides and cfg.lora_rank > min(sides):
-        raise ValueError(f"lora_rank must be at most {min(sides)} for model {cfg.model!r} (the smaller side of its "
+    bound = ctx.backbone.spec.max_lora_rank
+    if bound is not None and cfg.lora_rank > bound:
+        raise ValueError(f"lora_rank must be at most {bound} for model {cfg.model!r} (the smaller side of its "
                          f"smallest LoRA module), got {cfg.lora_rank}")
 
 
