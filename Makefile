@@ -25,7 +25,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/python -m pytest -q tests
+	$(VENV)/bin/python -m pytest -q -n auto --dist loadgroup tests
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -1,4 +1,7 @@
 """Shared fixtures (the real model and data, loaded once) and helpers of the test suite."""
+import contextlib
+import io
+import logging
 import os
 import shutil
 import subprocess
@@ -6,11 +9,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-import pytest
-import torch
-
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-torch.set_num_threads(2)
+# one torch thread per test process, and in the processes tests start (their OpenMP reads this at start-up):
+# `make test` runs one pytest worker per core (pytest -n), and threads beyond the cores spin and wait for each
+# other (a tiny model's step took 30x longer with 2 threads per process on 2 busy cores)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 
 RECORD_KEYS = {"round", "strategy", "runtime", "clock", "lr", "virtual_time_s", "round_time_s", "mean_waiting_s", "traffic_bytes",
                "downlink_bytes", "uplink_bytes", "round_downlink_bytes", "round_uplink_bytes", "accuracy",
@@ -19,11 +27,40 @@ DEVICE_KEYS = {"kind", "mode", "download_s", "forward_s", "backward_s", "upload_
                "examples", "tokens", "forward_flops", "backward_flops", "download_bytes", "upload_bytes"}
 
 
-def cli(*args, timeout=600, cwd=None):
-    # CI=true makes transformers send its warnings to the root logger: commands must keep them off stdout
-    env = {**os.environ, "CI": "true"}
-    return subprocess.run([sys.executable, "-m", "legendfl", *args], capture_output=True, text=True, timeout=timeout,
-                          env=env, cwd=cwd)
+def cli(*args, timeout=600, cwd=None, process=False):
+    """``legendfl <args>``: its exit code, standard output and error, as ``subprocess.run`` gives them.
+
+    In this process by default (``legendfl.cli.main`` with the standard streams captured; torch, transformers
+    and the model are imported once per suite, not once per call, which saves seconds a call); with
+    ``process=True`` in a fresh Python, for what only a process shows (start-up, a hang bounded by ``timeout``,
+    the environment's effect on third-party loggers)."""
+    if process:
+        # CI=true makes transformers send its warnings to the root logger: commands must keep them off stdout
+        env = {**os.environ, "CI": "true"}
+        return subprocess.run([sys.executable, "-m", "legendfl", *args], capture_output=True, text=True, timeout=timeout,
+                              env=env, cwd=cwd)
+    from legendfl.cli import main
+    from legendfl.runtime.checkpoint import FAILPOINT_ENV
+
+    if os.environ.get(FAILPOINT_ENV):  # the fault kills the process that runs it: the test's, here
+        raise RuntimeError(f"{FAILPOINT_ENV} is set: run this command with process=True")
+    out, err = io.StringIO(), io.StringIO()
+    here, threads = os.getcwd(), torch.get_num_threads()
+    logger = logging.getLogger("legendfl")  # main() points it at the captured stdout: restored afterwards
+    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main([str(a) for a in args])
+            except SystemExit as exc:  # argparse's usage errors and --help
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        os.chdir(here)
+        torch.set_num_threads(threads)  # a run sets the process's threads (--threads)
+        logger.handlers[:], logger.level, logger.propagate = handlers, level, propagate
+    return subprocess.CompletedProcess(["legendfl", *args], code, out.getvalue(), err.getvalue())
 
 
 def check_records(records):

@@ -93,11 +93,12 @@ def test_pretest_layouts():
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["hetlora", "fedadapter", "full", "legend-no-depth", "legend-no-rank"])
 def test_baseline_runs_from_the_cli_with_the_common_schema(tmp_path, strategy):
-    from conftest import check_records, cli
+    """The schema, not learning: the tiny random BERT (conftest.py)."""
+    from conftest import TINY_BERT, check_records, cli
 
     from legendfl.metrics.summary import read_records
 
-    r = cli("run", "--strategy", strategy, "--num-devices", "3", "--rounds", "2", "--max-local-steps", "2",
+    r = cli("run", "--model", TINY_BERT, "--strategy", strategy, "--num-devices", "3", "--rounds", "2", "--max-local-steps", "2",
             "--max-examples-per-device", "60", "--max-dev-examples", "200", "--eval-every", "2", "--fedadapter.window", "1",
             "--out-dir", str(tmp_path))
     assert r.returncode == 0, r.stderr[-2000:]

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from legendfl.compare import compare_records
+from legendfl.metrics.comparison import compare_records
 from legendfl.metrics.summary import read_records
 from conftest import TINY_BERT, cli
 

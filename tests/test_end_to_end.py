@@ -6,6 +6,9 @@ from conftest import check_records, cli
 
 from legendfl.metrics.summary import read_records
 
+pytestmark = pytest.mark.xdist_group("end_to_end")  # one worker: the LEGEND run is made once for the module (pytest -n)
+
+
 @pytest.fixture(scope="module")
 def legend_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("legend")
@@ -45,7 +48,7 @@ def test_legend_run_writes_records_summary_plots_and_adapter(legend_run):
 def test_exported_adapter_reproduces_accuracy_in_a_fresh_process(legend_run):
     out, _ = legend_run
     final = read_records(out / "rounds.jsonl")[-1]["accuracy"]
-    r = cli("eval-adapter", str(out / "adapter"), "--task", "sst2")
+    r = cli("eval-adapter", str(out / "adapter"), "--task", "sst2", process=True)  # stdout: JSON alone
     assert r.returncode == 0, r.stderr[-2000:]
     assert abs(json.loads(r.stdout)["accuracy"] - final) <= 0.003
 

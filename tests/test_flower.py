@@ -23,6 +23,8 @@ from legendfl.runtime.flower.local import LocalFederation
 from legendfl.runtime.flower.node import NodeSettings
 from legendfl.runtime.flower.server_app import FederationSettings
 
+pytestmark = pytest.mark.xdist_group("flower")  # their SuperLinks and SuperNodes start one after another, on one worker (pytest -n)
+
 APP = Path(__file__).resolve().parents[1] / "deploy" / "flower"
 DEPTHS = [6, 4, 2]
 RUN_OPTIONS = f"""task = "sst2"
@@ -54,8 +56,8 @@ def federation(tmp_path_factory):
         fed.start_supernode("intruder", {"partition-id": 0}, register=False)  # its key was never registered
         for i in range(3):
             node_config = {"partition-id": i, "num-partitions": 3, "threads": 1}
-            if i == 1:  # this device trains in a long-lived worker; the others in Flower's per-message process
-                node_config["worker-socket"] = fed.start_worker("worker-1")
+            if i > 0:  # these devices train in long-lived workers; device 0 in Flower's per-message process
+                node_config["worker-socket"] = fed.start_worker(f"worker-{i}")
             fed.start_supernode(f"node-{i}", node_config)
         yield work, fed
 
@@ -223,6 +225,7 @@ def test_a_device_file_is_labelled_by_the_servers_label_names(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("flower_emulated")  # a federation of its own: may run beside the module's
 def test_an_emulated_fleet_over_flower_makes_the_simulators_legend_decisions(tmp_path):
     """`legendfl flower local --workers --emulate 1`: node i emulates fleet entry i; LEGEND's depths (from the
     nodes' reports) and the global adapter equal the in-process simulation's."""

@@ -15,6 +15,8 @@ from legendfl.runtime.flower import client_app
 from legendfl.runtime.flower.messages import decode_result, encode_result
 from legendfl.runtime.flower.server_app import FederationSettings, run_federation
 
+pytestmark = pytest.mark.xdist_group("flower_server")  # one worker for the module (pytest -n)
+
 OPTIONS = {"model": TINY_BERT, "num_devices": 3, "rounds": 3, "max_examples_per_device": 24, "max_dev_examples": 32, "max_length": 32,
            "batch_size": 8, "max_local_steps": 2, "lr": 2e-3, "fixed_depths": [6, 4, 2], "threads": 1}
 

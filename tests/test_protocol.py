@@ -80,6 +80,18 @@ def test_a_task_and_a_result_survive_flower_messages():
     assert math.isclose(got.train_loss, 0.5)
 
 
+def test_a_nodes_identity_must_name_its_device_examples_and_host():
+    from legendfl.runtime.flower.messages import decode_identity, encode_identity
+
+    good = {"device_id": 2, "num_examples": 40, "hostname": "h"}
+    assert decode_identity(encode_identity(good)) == good
+    for bad, field in [({"num_examples": 40, "hostname": "h"}, "device_id"), ({**good, "device_id": -1}, "device_id"),
+                       ({**good, "num_examples": 0}, "num_examples"), ({**good, "num_examples": 1e9}, "num_examples"),
+                       ({**good, "device_id": True}, "device_id"), ({**good, "hostname": None}, "hostname")]:
+        with pytest.raises(ValueError, match=field):
+            decode_identity(encode_identity(bad))
+
+
 def test_an_unknown_local_term_or_method_is_refused_by_name():
     from legendfl.core.hooks import term_from_json
     from legendfl.models.local_terms import implement

@@ -51,16 +51,20 @@ def _scaled(r):
     r.params = {k: v * 1e6 for k, v in r.params.items()}
 
 
+def _inflated(r):  # claims more examples than its partition can give in a round, to weigh more in the average
+    r.num_examples = 10 ** 6
+
+
 @pytest.fixture(scope="module")
 def contexts(tmp_path_factory):
     cache = {}
 
-    def get(strategy):
-        if strategy not in cache:
-            cfg = RunConfig.from_sources(SMALL, {"strategy": strategy, "max_update_norm": 1e3,
+    def get(strategy, max_update_norm=1e3):
+        if (strategy, max_update_norm) not in cache:
+            cfg = RunConfig.from_sources(SMALL, {"strategy": strategy, "max_update_norm": max_update_norm,
                                                  "out_dir": str(tmp_path_factory.mktemp(strategy))})
-            cache[strategy] = (cfg, RunContext.for_simulation(cfg))
-        return cache[strategy]
+            cache[strategy, max_update_norm] = (cfg, RunContext.for_simulation(cfg))
+        return cache[strategy, max_update_norm]
 
     return get
 
@@ -87,6 +91,21 @@ def test_a_poisoned_update_is_rejected_and_the_global_model_equals_the_run_witho
         for key, value in absent.global_params.items():
             assert torch.equal(got.global_params[key], value), (name, key)
         assert all(torch.isfinite(v).all() for v in got.global_params.values())
+
+
+@pytest.mark.parametrize("strategy", ["legend", "fedadapter"])
+def test_by_default_an_update_beyond_adamws_reach_or_claiming_more_examples_than_held_is_rejected(tmp_path, contexts, strategy):
+    cfg, ctx = contexts(strategy, None)  # the default: no max_update_norm, AdamW's bound
+    absent, honest_records = _run(cfg, ctx, None, tmp_path / "absent")
+    for rec in honest_records:  # honest updates pass, and each shows its change and the bound it was held to
+        assert rec["rejected"] == []
+        for entry in rec["devices"].values():
+            assert 0 < entry["update_norm"] < entry["update_norm_bound"]
+    for name, poison, reason in [("scaled", _scaled, "AdamW steps"), ("examples", _inflated, "num_examples 1000000 exceeds")]:
+        got, records = _run(cfg, ctx, poison, tmp_path / name)
+        for rec in records:
+            assert [r["device"] for r in rec["rejected"]] == [1] and reason in rec["rejected"][0]["reason"], rec["rejected"]
+        assert _same(got.evaluation_task().params, absent.evaluation_task().params), name  # the global model
 
 
 def _same(a, b) -> bool:
@@ -136,3 +155,41 @@ def test_every_strategy_declares_all_the_state_a_round_changes(backbone, name):
     assert a.keys() == b.keys()
     for d in a:
         assert _same(a[d].params, b[d].params) and a[d].layout == b[d].layout and a[d].adapter == b[d].adapter
+
+
+def test_adamws_step_bound_is_reached_by_the_worst_gradients_and_never_passed_by_others():
+    """The bound of ``core.validation`` against torch's AdamW itself: gradients growing by b2/b1 per step (the
+    equality case of its Cauchy-Schwarz argument) reach it at every step; random histories stay below."""
+    from legendfl.core.validation import adamw_change_bound, adamw_step_bound
+
+    assert adamw_step_bound(1) == pytest.approx(1.0)
+    lr, steps = 1e-3, 60
+
+    def largest_steps(grads):
+        w = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.AdamW([w], lr=lr, betas=(0.9, 0.999), eps=1e-30, weight_decay=0.0)
+        moves = []
+        for g in grads:
+            before = w.detach().clone()
+            w.grad = torch.tensor([g], dtype=torch.float64)
+            opt.step()
+            moves.append(abs(float(w.detach() - before)) / lr)
+        return moves
+
+    for t in (1, 2, 10, 60):  # the worst history for step t: g_i proportional to (b1 / b2) ** (t - i)
+        worst = [(0.9 / 0.999) ** (t - i) for i in range(1, t + 1)]
+        assert largest_steps(worst)[-1] == pytest.approx(adamw_step_bound(t), rel=1e-9)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        grads = (torch.randn(steps, generator=gen, dtype=torch.float64) * torch.rand(steps, generator=gen, dtype=torch.float64)
+                 ** 4 * 10).tolist()
+        assert all(m <= adamw_step_bound(t) * (1 + 1e-9) for t, m in enumerate(largest_steps(grads), start=1))
+    # with weight decay, over many weights: the L2 change of a real AdamW run stays under the bound
+    w0 = torch.randn(500, generator=gen)
+    w = w0.clone().requires_grad_(True)
+    opt = torch.optim.AdamW([w], lr=1e-2, weight_decay=0.5)
+    for t in range(1, 31):
+        w.grad = torch.randn(500, generator=gen) * t
+        opt.step()
+    change = float((w.detach() - w0).norm())
+    assert 0 < change < adamw_change_bound(500, float(w0.norm()), 1e-2, 30, 0.5)

@@ -8,6 +8,7 @@ import pickle
 
 import pytest
 import torch
+from safetensors import safe_open
 from conftest import cli
 
 from legendfl.runtime.run_folder import LOCK, RunFolder, changed_inputs, input_fingerprint
@@ -32,7 +33,7 @@ def test_a_folder_being_written_is_refused_to_a_second_process(tmp_path, tiny_be
     with RunFolder(out):
         with pytest.raises(ValueError, match="being written by another process"):
             RunFolder(out).__enter__()
-        r = cli("run", "--model", tiny_bert_dir, *TINY, "--out-dir", str(out), timeout=120)
+        r = cli("run", "--model", tiny_bert_dir, *TINY, "--out-dir", str(out), timeout=120, process=True)
         assert r.returncode == 2 and f"pid {os.getpid()}" in r.stderr and "Traceback" not in r.stderr
         assert not (out / "config.json").exists()
     with RunFolder(out):  # released: a second holder now gets it
@@ -54,7 +55,11 @@ def test_overwrite_removes_the_old_outputs_only_after_validation(tmp_path, tiny_
     r = cli("run", "--model", tiny_bert_dir, *TINY, "--strategy", "fedadapter", "--out-dir", str(out), "--overwrite",
             timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert not (out / "adapter").exists() and "adapter/" not in r.stdout  # FedAdapter exports none: not the old one
+    assert not (out / "adapter").exists() and "adapter/" not in r.stdout  # FedAdapter exports no peft adapter: not the old one
+    assert "global_params.safetensors" in r.stdout  # but its own global tensors, reloadable by name
+    with safe_open(out / "global_params.safetensors", "pt") as f:
+        meta = json.loads(f.metadata()["legendfl"])
+        assert (meta["method"], meta["labels"]) == ("adapter", ["0", "1"]) and any("adapter_down" in k for k in f.keys())
     assert not (out / "fig7.png").exists() and (out / "notes.txt").read_text() == old["notes.txt"]
     assert len((out / "rounds.jsonl").read_text().splitlines()) == 2
     inputs = json.loads((out / "inputs.json").read_text())
@@ -66,7 +71,7 @@ def test_resume_refuses_input_files_that_changed(tmp_path, tiny_bert_dir, monkey
     args = ("run", "--model", tiny_bert_dir, *TINY, "--rounds", "3", "--task", "file", "--data-file", data,
                 "--out-dir", str(out))
     monkeypatch.setenv("LEGENDFL_FAILPOINT", "checkpoint-write:2")  # killed halfway through round 2's checkpoint
-    r = cli(*args, timeout=300)
+    r = cli(*args, timeout=300, process=True)  # the fault kills the process that runs it
     monkeypatch.delenv("LEGENDFL_FAILPOINT")
     assert r.returncode != 0 and (out / "checkpoint.pt").exists()
     with open(data, "a") as fh:

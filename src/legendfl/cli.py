@@ -118,7 +118,7 @@ def _cmd_run(ns: argparse.Namespace) -> int:
     keys = ["final_accuracy", "best_accuracy", "target_accuracy", "time_to_target_s", "traffic_to_target_bytes",
             "virtual_time_s", "traffic_bytes", "mean_waiting_s", "wall_time_s"]
     print("summary: " + json.dumps({k: summary.get(k) for k in keys}))
-    adapter = ["adapter/"] if (Path(out_dir) / "adapter").exists() else []
+    adapter = [name for name in ("adapter/", "global_params.safetensors") if (Path(out_dir) / name).exists()]
     print(f"outputs in {out_dir}: " + ", ".join(["rounds.jsonl", "summary.json", *adapter, *summary.get("plots", [])]))
     return 0
 
@@ -292,8 +292,9 @@ def make_parser() -> argparse.ArgumentParser:
     p_cmp.add_argument("--target", type=float, help="target accuracy (default: the lowest final accuracy of the compared strategies)")
     p_cmp.add_argument("--hub", action="store_true", help="use the profile's hub models (needs a reachable hub)")
     p_cmp.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override run options of the profile")
-    p_cmp.add_argument("--seeds", nargs="+", type=int, help="run every strategy once per seed; tables give means with 95%% "
-                       "bootstrap CIs (results in <out>/<task>/<cost model>/seed-<s>/)")
+    p_cmp.add_argument("--seeds", nargs="+", type=int, help="run every strategy once per seed; ratios to the first strategy are "
+                       "paired by seed, with a Student-t 95%% interval on their logs from 5 seeds on and the seeds' "
+                       "range below that, n shown (results in <out>/<task>/<cost model>/seed-<s>/)")
     p_cmp.add_argument("--cost-models", nargs="+", choices=COST_MODELS,
                        help="time every run under each cost model (strategies whose decisions ignore timings are re-timed, not re-run)")
     p_cmp.set_defaults(func=_cmd_compare)

@@ -23,81 +23,19 @@ Compared names are registered strategies or presets (``legendfl strategies``): e
 """
 from __future__ import annotations
 
-import csv
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .config import RunConfig
 from .core.files import write_atomic
-from .metrics.comparison import final_accuracy
-from .metrics.summary import read_records, summarize
+from .metrics.comparison import compare_records, table_markdown, write_csv
+from .metrics.summary import read_records
 from .runtime.run_folder import changed_inputs, differing_settings, recorded_inputs
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ComparisonRow:
-    strategy: str
-    final_accuracy: float
-    time_to_target_s: float | None
-    traffic_to_target_bytes: int | None
-    mean_waiting_s: float
-    speedup: float | None  # of the first strategy over this one
-    traffic_reduction: float | None
-    waiting_reduction: float | None
-
-
-def compare_records(runs: dict[str, list[dict]], target: float | None = None) -> tuple[float, list[ComparisonRow]]:
-    """The comparison table from records alone (the first strategy is the reference)."""
-    if not runs:
-        raise ValueError("runs must not be empty")
-    if target is None:
-        target = min(final_accuracy(rec) for rec in runs.values())
-    summaries = {n: summarize(rec, target) for n, rec in runs.items()}
-    ref = summaries[next(iter(runs))]
-    rows = []
-    for name, s in summaries.items():
-        t, tr, w = s["time_to_target_s"], s["traffic_to_target_bytes"], s["mean_waiting_s"]
-        rt, rtr, rw = ref["time_to_target_s"], ref["traffic_to_target_bytes"], ref["mean_waiting_s"]
-        rows.append(ComparisonRow(
-            name, s["final_accuracy"], t, tr, w,
-            speedup=t / rt if t and rt else None,
-            traffic_reduction=1 - rtr / tr if tr and rtr else None,
-            waiting_reduction=1 - rw / w if w else None))
-    return target, rows
-
-
-def _fmt(value, pattern: str) -> str:
-    return "-" if value is None else pattern.format(value)
-
-
-def table_markdown(target: float, rows: list[ComparisonRow], title: str = "") -> str:
-    ref = rows[0].strategy
-    lines = [f"{title}target accuracy {100 * target:.2f}%", "",
-             f"| strategy | final accuracy | time to target (s) | speed-up of {ref} | traffic to target (MB) | "
-             f"traffic reduction by {ref} | mean waiting (s) | waiting reduction by {ref} |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r.strategy} | {100 * r.final_accuracy:.2f}% | {_fmt(r.time_to_target_s, '{:.1f}')} | "
-                     f"{_fmt(r.speedup, '{:.2f}x')} | {_fmt(r.traffic_to_target_bytes and r.traffic_to_target_bytes / 1e6, '{:.1f}')} | "
-                     f"{_fmt(r.traffic_reduction and 100 * r.traffic_reduction, '{:.1f}%')} | {r.mean_waiting_s:.2f} | "
-                     f"{_fmt(r.waiting_reduction and 100 * r.waiting_reduction, '{:.1f}%')} |")
-    return "\n".join(lines) + "\n"
-
-
-def write_csv(target: float, rows: list[ComparisonRow], path: Path) -> None:
-    with path.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["strategy", "target_accuracy", "final_accuracy", "time_to_target_s", "speedup",
-                    "traffic_to_target_bytes", "traffic_reduction", "mean_waiting_s", "waiting_reduction"])
-        for r in rows:
-            w.writerow([r.strategy, target, r.final_accuracy, r.time_to_target_s, r.speedup,
-                        r.traffic_to_target_bytes, r.traffic_reduction, r.mean_waiting_s, r.waiting_reduction])
 
 
 def run_config(base: dict, name: str, folder: Path) -> RunConfig:

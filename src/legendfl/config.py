@@ -145,8 +145,10 @@ class RunConfig(TrainConfig):
     round_deadline_median: float | None = option(None, "a deadline of this multiple of the round's median device completion "
                                                  "time (instead of --round-deadline seconds)", minimum=0.0, exclusive_minimum=True)
     max_update_norm: float | None = option(None, "reject a device's update whose change (L2 norm over all its tensors) "
-                                           "exceeds this (None: no bound; NaN/Inf, missing keys, wrong shapes or "
-                                           "dtypes are always rejected)", minimum=0.0, exclusive_minimum=True)
+                                           "exceeds this (None: the most its AdamW steps can change it, "
+                                           "core/validation.py; inf: no bound; NaN/Inf, missing keys, wrong shapes "
+                                           "or dtypes and more examples than the device holds are always rejected)",
+                                           minimum=0.0, exclusive_minimum=True)
     report_noise: float = option(0.0, "relative noise on devices' measured timings (simulator)", minimum=0.0)
     target_accuracy: float | None = option(None, "target accuracy for time/traffic-to-target (default: final accuracy)",
                                            minimum=0.0, maximum=1.0, exclusive_minimum=True)

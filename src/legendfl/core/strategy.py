@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from .hooks import LocalTerm
 from .lora_layout import AdapterLayout, LoraLayout
 from .training import DEFAULT_LR
-from .validation import update_problem
+from .validation import UpdateLimit, update_problem
 from .work import DeviceTiming, DeviceWork
 
 if TYPE_CHECKING:  # torch is imported where tensors are made, so a forwarding ClientApp never loads it
@@ -227,14 +227,17 @@ class Strategy(ABC):
     def configure_round(self, rnd: int, device_ids: list[int]) -> dict[int, DeviceTask]:
         """One task per participating device."""
 
-    def screen(self, tasks: dict[int, DeviceTask], results: list[DeviceResult]
-               ) -> tuple[list[DeviceResult], dict[int, str]]:
-        """Results fit to aggregate, and why the others were rejected (``core.validation``). A rejected device
-        is then treated as one that did not answer. Override to add a strategy's own checks."""
+    def screen(self, tasks: dict[int, DeviceTask], results: list[DeviceResult],
+               limits: dict[int, UpdateLimit] | None = None) -> tuple[list[DeviceResult], dict[int, str]]:
+        """Results fit to aggregate, and why the others were rejected (``core.validation``; ``limits``: what each
+        device can have done, from the runtime). A rejected device is then treated as one that did not answer.
+        Override to add a strategy's own checks."""
         accepted, rejected = [], {}
+        limits = limits or {}
         for r in results:
             task = tasks.get(r.device_id)
-            problem = "no task was sent to this device" if task is None else update_problem(task, r, self.max_update_norm)
+            problem = ("no task was sent to this device" if task is None else
+                       update_problem(task, r, self.max_update_norm, limits.get(r.device_id)))
             if problem is None:
                 accepted.append(r)
             else:

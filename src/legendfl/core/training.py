@@ -7,6 +7,7 @@ a ``legendfl run`` flag), and a runtime passes ``cfg.train_config()`` to the tra
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from .options import option, validate
@@ -15,6 +16,9 @@ from .options import option, validate
 # the peak learning rate of the README's main job (configs/default.toml) and the paper's: one default for every
 # entry point (``legendfl run``, ``flower local``, a strategy built in code)
 DEFAULT_LR = 2e-3
+# AdamW's moment decay rates (torch's defaults) for every client method; ``core.validation`` bounds an honest
+# update's change with them
+ADAMW_BETAS = (0.9, 0.999)
 
 
 @dataclass
@@ -38,6 +42,15 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         validate(self)
+
+    def local_steps(self, partition_size: int) -> int:
+        """Steps a device holding ``partition_size`` examples trains per round (``models.trainer.local_batches``)."""
+        steps = max(1, math.ceil(math.ceil(partition_size / self.batch_size) * self.local_epochs))
+        return steps if self.max_local_steps is None else min(steps, self.max_local_steps)
+
+    def max_examples(self, partition_size: int) -> int:
+        """The most examples such a device can train on in a round (what its ``num_examples`` may say)."""
+        return self.local_steps(partition_size) * self.batch_size
 
     def train_config(self) -> "TrainConfig":
         """The local training settings alone (a plain :class:`TrainConfig`)."""

@@ -1,4 +1,7 @@
-"""Comparisons of strategies over seeds, from records alone (the protocol of ``metrics.protocol``).
+"""Comparisons of strategies, from records alone: every table ``compare`` writes.
+
+One seed by the paper's rule (:func:`compare_records`, :func:`table_markdown`, :func:`write_csv`), and over
+seeds by the protocol of ``metrics.protocol`` (:func:`over_seeds`, :func:`markdown`), described below.
 
 Per seed and strategy: final accuracy; accuracy at equal time and mean accuracy over the equal-time window
 (no target); time and traffic to the **headline target** (sustained, interpolated crossing; the target is
@@ -11,10 +14,14 @@ summarised by ``stats.t_interval``. With fewer than 5 seeds both are ranges, and
 """
 from __future__ import annotations
 
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
 from . import protocol
 from .records import time_field
 from .stats import MIN_SEEDS_FOR_CI, Interval, ratio_interval, t_interval
-from .summary import crossing
+from .summary import crossing, summarize
 
 VALUES = ("final_accuracy", "accuracy_equal_time", "mean_accuracy_equal_time", "time_headline_s",
           "traffic_headline_bytes", "time_paper_s", "mean_waiting_s", "mean_round_time_s")
@@ -92,6 +99,68 @@ def over_seeds(seeds: dict[int, dict[str, list[dict]]], target: float | None = N
     return {"headline_target": headline, "headline_rule": "declared" if target is not None else "grid",
             "per_seed": per_seed, "intervals": intervals, "plateaued": plateaus, "reference": names[0],
             "seeds": list(seeds), "grid": grid, "grid_early": early, "grid_speedups": speedup_curve(seeds, grid)}
+
+
+@dataclass
+class ComparisonRow:
+    strategy: str
+    final_accuracy: float
+    time_to_target_s: float | None
+    traffic_to_target_bytes: int | None
+    mean_waiting_s: float
+    speedup: float | None  # of the first strategy over this one
+    traffic_reduction: float | None
+    waiting_reduction: float | None
+
+
+def compare_records(runs: dict[str, list[dict]], target: float | None = None) -> tuple[float, list[ComparisonRow]]:
+    """One seed's table by the paper's rule (target: the lowest final accuracy unless given; the first strategy is
+    the reference): speed-up = time_X / time_S, traffic reduction = 1 - traffic_S / traffic_X, waiting
+    reduction = 1 - waiting_S / waiting_X (mean waiting over all rounds)."""
+    if not runs:
+        raise ValueError("runs must not be empty")
+    if target is None:
+        target = paper_target(runs)
+    summaries = {n: summarize(rec, target) for n, rec in runs.items()}
+    ref = summaries[next(iter(runs))]
+    rows = []
+    for name, s in summaries.items():
+        t, tr, w = s["time_to_target_s"], s["traffic_to_target_bytes"], s["mean_waiting_s"]
+        rt, rtr, rw = ref["time_to_target_s"], ref["traffic_to_target_bytes"], ref["mean_waiting_s"]
+        rows.append(ComparisonRow(
+            name, s["final_accuracy"], t, tr, w,
+            speedup=t / rt if t and rt else None,
+            traffic_reduction=1 - rtr / tr if tr and rtr else None,
+            waiting_reduction=1 - rw / w if w else None))
+    return target, rows
+
+
+def _fmt(value, pattern: str) -> str:
+    return "-" if value is None else pattern.format(value)
+
+
+def table_markdown(target: float, rows: list[ComparisonRow], title: str = "") -> str:
+    ref = rows[0].strategy
+    lines = [f"{title}target accuracy {100 * target:.2f}%", "",
+             f"| strategy | final accuracy | time to target (s) | speed-up of {ref} | traffic to target (MB) | "
+             f"traffic reduction by {ref} | mean waiting (s) | waiting reduction by {ref} |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r.strategy} | {100 * r.final_accuracy:.2f}% | {_fmt(r.time_to_target_s, '{:.1f}')} | "
+                     f"{_fmt(r.speedup, '{:.2f}x')} | {_fmt(r.traffic_to_target_bytes and r.traffic_to_target_bytes / 1e6, '{:.1f}')} | "
+                     f"{_fmt(r.traffic_reduction and 100 * r.traffic_reduction, '{:.1f}%')} | {r.mean_waiting_s:.2f} | "
+                     f"{_fmt(r.waiting_reduction and 100 * r.waiting_reduction, '{:.1f}%')} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(target: float, rows: list[ComparisonRow], path: Path) -> None:
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["strategy", "target_accuracy", "final_accuracy", "time_to_target_s", "speedup",
+                    "traffic_to_target_bytes", "traffic_reduction", "mean_waiting_s", "waiting_reduction"])
+        for r in rows:
+            w.writerow([r.strategy, target, r.final_accuracy, r.time_to_target_s, r.speedup,
+                        r.traffic_to_target_bytes, r.traffic_reduction, r.mean_waiting_s, r.waiting_reduction])
 
 
 def _interval_note(n: int) -> str:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..core.strategy import ModelSpec
+from .gguf_cache import plain_folder
 from .keys import full_key, head_key
 
 DEFAULT_MODEL = "minilm"
@@ -246,6 +247,9 @@ def load_backbone(name: str = DEFAULT_MODEL, num_labels: int = 2, seed: int = 0,
     hf_logging.set_verbosity_error()
     torch.manual_seed(seed)  # the new head's initialisation is part of the run's seed
     found = gguf_file(path)
+    if found and task_type == "causal_lm":  # dequantised once into a plain folder (models/gguf_cache.py)
+        path = plain_folder(path, found)
+        found = gguf_file(path)
     gguf = {"gguf_file": found} if found else {}  # a GGUF file: dequantised to torch
     # the config is read once and handed on: from a GGUF file every read parses the whole file again
     config = AutoConfig.from_pretrained(path, **gguf)

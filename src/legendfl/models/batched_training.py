@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from ..core.hooks import RankTailPenalty
 from ..core.seeding import derive_seed
 from ..core.strategy import DeviceResult, DeviceTask
-from ..core.training import TrainConfig
+from ..core.training import ADAMW_BETAS, TrainConfig
 from .backbone import Backbone
 from .batched_lora import batchable_head, inject_batched
 from .device_rows import DeviceRows, Segment, device_dropout
@@ -203,7 +203,8 @@ def _train_group(backbone: Backbone, tasks: list[DeviceTask], data, batches: lis
         for i in range(n):
             for term in terms[i]:
                 term.start(None, start_metrics[i])
-        opts = [torch.optim.AdamW(slot.trainable(), lr=t.lr, weight_decay=cfg.weight_decay) for t, slot in zip(tasks, slots)]
+        opts = [torch.optim.AdamW(slot.trainable(), lr=t.lr, betas=ADAMW_BETAS, weight_decay=cfg.weight_decay)
+                for t, slot in zip(tasks, slots)]
         flops = [method.flops(backbone, t) for t in tasks]
         device = next(model.parameters()).device
         model.train()

@@ -8,7 +8,6 @@ backward FLOPs and measured wall times; the client method (``models.methods``) a
 """
 from __future__ import annotations
 
-import math
 import time
 from typing import Callable, Sequence
 
@@ -17,7 +16,7 @@ import torch
 
 from ..core.seeding import derive_seed, rng
 from ..core.strategy import DeviceResult, DeviceTask
-from ..core.training import TrainConfig
+from ..core.training import ADAMW_BETAS, TrainConfig
 from ..core.flops import BatchFlops
 from .device_rows import DeviceRows, Segment, device_dropout
 
@@ -82,10 +81,7 @@ def local_batches(indices: list[int], cfg: TrainConfig, seed: int, rnd: int, dev
     work on SST-2), the same examples per epoch.
     """
     gen = rng(seed, "batches", rnd, device_id)
-    per_epoch = math.ceil(len(indices) / cfg.batch_size)
-    total = max(1, math.ceil(per_epoch * cfg.local_epochs))
-    if cfg.max_local_steps is not None:
-        total = min(total, cfg.max_local_steps)
+    total = cfg.local_steps(len(indices))
     batches: list[np.ndarray] = []
     arr = np.asarray(indices)
     while len(batches) < total:
@@ -127,7 +123,7 @@ def _train_steps(model, task, data, batches, rows: DeviceRows, cfg: TrainConfig,
     losses = []
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=task.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(trainable, lr=task.lr, betas=ADAMW_BETAS, weight_decay=cfg.weight_decay)
     device = next(model.parameters()).device
     for idx in batches:
         batch = {k: v.to(device) for k, v in data.batch(idx).items()}

@@ -1,14 +1,23 @@
-"""What every runtime leaves after a run: ``summary.json``, the exported model, the figures."""
+"""What every runtime leaves after a run: ``summary.json``, the exported model, the figures.
+
+The model: where the client method has a standard format (LoRA: a peft adapter) it goes to ``adapter/``;
+otherwise (bottleneck adapters, full fine-tuning, plugins without an export) the global tensors under their
+canonical names go to ``global_params.safetensors``, so no run's trained model is lost.
+"""
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+from safetensors.torch import save
 
 from ..core.files import write_atomic
 from ..core.strategy import Strategy
 from ..metrics.summary import summarize
 from ..models.methods import get_method
 from .context import RunContext
+
+GLOBAL_PARAMS = "global_params.safetensors"
 
 
 def write_outputs(ctx: RunContext, strategy: Strategy, records: list[dict], out: Path, wall_time_s: float, **extra) -> dict:
@@ -19,6 +28,11 @@ def write_outputs(ctx: RunContext, strategy: Strategy, records: list[dict], out:
     task = strategy.evaluation_task()
     if get_method(task.method).export(task, ctx.backbone, str(out / "adapter"), ctx.train_cfg):
         write_atomic(out / "adapter" / "labels.json", json.dumps(ctx.label_names))
+    else:
+        # one metadata entry: safetensors writes several in a per-process order, and the bytes would differ
+        meta = {"legendfl": json.dumps({"strategy": strategy.name, "method": task.method, "model": cfg.model,
+                                        "labels": ctx.label_names})}
+        write_atomic(out / GLOBAL_PARAMS, save({k: v.contiguous() for k, v in task.params.items()}, metadata=meta))
     try:
         from ..metrics.plots import run_plots
 

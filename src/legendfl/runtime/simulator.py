@@ -43,6 +43,9 @@ class SimulatorTransport(ClockState):
         self.offline = {d: self.availability.why_offline(d) for d in range(len(self.fleet)) if d not in online}
         return online
 
+    def partition_size(self, device_id: int) -> int:
+        return len(self.ctx.partitions[device_id])
+
     def deadline(self, completion: dict[int, float]) -> float | None:
         cfg = self.ctx.cfg
         if cfg.round_deadline is not None:

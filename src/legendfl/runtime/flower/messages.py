@@ -75,4 +75,15 @@ def encode_identity(identity: dict[str, Any]) -> RecordDict:
 
 
 def decode_identity(content: RecordDict) -> dict[str, Any]:
-    return json.loads(str(content.config_records["identity"]["identity-json"]))
+    """A node's answer to the query; ``ValueError`` unless it names a device id (>= 0), the number of examples
+    the device holds (> 0) and a host name."""
+    ident = json.loads(str(content.config_records["identity"]["identity-json"]))
+    if not isinstance(ident, dict):
+        raise ValueError("identity is not a JSON object")
+    for key, low in (("device_id", 0), ("num_examples", 1)):
+        value = ident.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"identity {key} must be an integer >= {low}, got {value!r}")
+    if not isinstance(ident.get("hostname"), str):
+        raise ValueError(f"identity hostname must be a string, got {ident.get('hostname')!r}")
+    return ident

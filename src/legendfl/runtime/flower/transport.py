@@ -55,8 +55,13 @@ class Federation:
         msgs = {n: Message(encode_query(self.cfg.to_json(), self.label_names), dst_node_id=n, message_type=QUERY) for n in new}
         replies, missing = self.exchange(msgs, timeout_s)
         for node, (reply, _) in sorted(replies.items()):
-            ident = decode_identity(reply.content)
-            dev = int(ident["device_id"])
+            try:
+                ident = decode_identity(reply.content)
+            except Exception as err:  # a node that cannot say who it is takes no part
+                log.warning("node %s: malformed identity (%s: %s): ignored", node, type(err).__name__, str(err)[:200])
+                self.refused.add(node)
+                continue
+            dev = ident["device_id"]
             if dev in self.node_of:
                 log.warning("node %s says it is device %d, already node %s: ignored", node, dev, self.node_of[dev])
                 self.refused.add(node)
@@ -113,6 +118,9 @@ class FlowerTransport(ClockState):
         self.query_timeout_s, self.round_timeout_s = query_timeout_s, round_timeout_s
         self.clock = VirtualClock("real")
         self.offline: dict[int, str] = {}
+
+    def partition_size(self, device_id: int) -> int:
+        return int(self.fed.identity[device_id]["num_examples"])  # what the node said when it joined
 
     def participants(self, rnd: int) -> list[int]:
         fed = self.fed
