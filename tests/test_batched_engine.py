@@ -248,13 +248,16 @@ def test_stacked_lora_deltas_equal_each_devices_own_and_keep_gradients_apart():
 
     gen = torch.Generator().manual_seed(0)
     base = torch.nn.Linear(16, 12, dtype=torch.float64)
-    rows = DeviceRows([0, 1, 2], [Segment(0, 0, 2, 5), Segment(1, 2, 4, 3), Segment(2, 4, 6, 5)])
+    rows = DeviceRows([0, 1, 2])
     module = BatchedLoraLinear(base, rows, scaling=2.0, dropout=0.0)
     pairs = [module.add(s, torch.randn(r, 16, generator=gen, dtype=torch.float64), torch.randn(12, r, generator=gen, dtype=torch.float64))
              for s, r in enumerate((2, 4, 3))]
     x = torch.randn(6, 5, 16, generator=gen, dtype=torch.float64)
-    assert module.stackable(x)
-    out = module(x)
+    with pytest.raises(RuntimeError, match="outside a step"):  # no segments but those of the running step
+        module(x)
+    with rows.step([Segment(0, 0, 2, 5), Segment(1, 2, 4, 3), Segment(2, 4, 6, 5)]):
+        assert module.stackable(x)
+        out = module(x)
     expected = torch.cat([base(x[2 * s:2 * s + 2]) + 2.0 * (x[2 * s:2 * s + 2] @ a.T @ b.T) for s, (a, b) in enumerate(pairs)])
     torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
     weights = torch.randn(out.shape, generator=gen, dtype=torch.float64)

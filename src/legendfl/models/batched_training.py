@@ -152,16 +152,16 @@ def _train_pass(model, data, indices: list[np.ndarray], slots: list[int], rows: 
     widths = [p["input_ids"].shape[1] for p in parts]
     batch = _stack(parts, max(widths), data.pad_id, device)
     labels = batch.pop("labels")
-    rows.segments, at = [], 0
+    segments, at = [], 0
     for i, part, w in zip(slots, parts, widths):
-        rows.segments.append(Segment(i, at, at + len(part["input_ids"]), w))
+        segments.append(Segment(i, at, at + len(part["input_ids"]), w))
         at += len(part["input_ids"])
     t0 = time.perf_counter()
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16(cfg.bf16, device)):
+    with rows.step(segments), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16(cfg.bf16, device)):
         logits = model(**batch).logits
-        device_losses = [_device_loss(logits[g.start:g.stop], labels[g.start:g.stop], causal) for g in rows.segments]
+        device_losses = [_device_loss(logits[g.start:g.stop], labels[g.start:g.stop], causal) for g in segments]
     total = torch.zeros((), device=device)
-    for seg, model_loss in zip(rows.segments, device_losses):
+    for seg, model_loss in zip(segments, device_losses):
         losses[seg.slot].append(float(model_loss.detach()))
         loss = model_loss.float()
         for term in terms[seg.slot]:

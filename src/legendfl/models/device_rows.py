@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -32,11 +32,32 @@ class Segment:
 
 @dataclass
 class DeviceRows:
-    """The current step's row segments and each slot's dropout generator seed."""
+    """Each slot's dropout generator seed and, during a step, the step's row segments.
+
+    The modules that read the segments (batched LoRA, per-device heads, dropout) sit inside a transformers
+    model whose forward cannot carry them, so an engine hands them over for one step only: ``with
+    rows.step(segments): model(...)``. Outside a step reading them raises, so no module can use a stale step."""
 
     seeds: list[int]
-    segments: list[Segment] = field(default_factory=list)
+    _segments: tuple[Segment, ...] | None = None
     _generators: dict = field(default_factory=dict)
+
+    @property
+    def segments(self) -> tuple[Segment, ...]:
+        if self._segments is None:
+            raise RuntimeError("device rows read outside a step (DeviceRows.step)")
+        return self._segments
+
+    @contextmanager
+    def step(self, segments: Sequence[Segment]) -> Iterator[tuple[Segment, ...]]:
+        """The segments of one forward pass (the backward pass reads none)."""
+        if self._segments is not None:
+            raise RuntimeError("a step of these device rows is already running")
+        self._segments = tuple(segments)
+        try:
+            yield self._segments
+        finally:
+            self._segments = None
 
     def generator(self, slot: int, device: torch.device) -> torch.Generator:
         key = (slot, str(device))

@@ -127,9 +127,9 @@ def _train_steps(model, task, data, batches, rows: DeviceRows, cfg: TrainConfig,
     device = next(model.parameters()).device
     for idx in batches:
         batch = {k: v.to(device) for k, v in data.batch(idx).items()}
-        rows.segments = [Segment(0, 0, len(idx), batch["input_ids"].shape[1])]
         t0 = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16(cfg.bf16, device)):
+        with (rows.step([Segment(0, 0, len(idx), batch["input_ids"].shape[1])]),
+              torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16(cfg.bf16, device))):
             out = model(**batch)
         loss = out.loss.float()
         for penalty in penalties:
