@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from legendfl.core.lora_layout import LoraLayout
-from legendfl.core.options import option, validate
+from legendfl.core.options import StrategyOptions, option, validate
 from legendfl.fleet.devices import FLEETS, register_fleet
 from legendfl.models.lora_method import LoraMethod
 from legendfl.models.methods import register_method
@@ -14,7 +14,7 @@ from legendfl.strategies.registry import register_strategy
 
 
 @dataclass(frozen=True)
-class BottomLayerOptions:
+class BottomLayerOptions(StrategyOptions):
     rank: int = option(4, "LoRA rank on the bottom layer", minimum=1, integer=True)
 
     def __post_init__(self) -> None:

@@ -9,7 +9,7 @@ from conftest import TINY_BERT
 from legendfl.cli import build_config, make_parser
 from legendfl.config import RunConfig
 from legendfl.core.lora_layout import LoraLayout
-from legendfl.core.options import option, validate
+from legendfl.core.options import StrategyOptions, option, validate
 from legendfl.core.strategy import DeviceTask
 from legendfl.strategies import build_strategy, get_entry, strategy_names
 from legendfl.strategies.fedlora import FedLoRA
@@ -87,7 +87,7 @@ def test_bad_options_name_the_strategy_and_field(tmp_path):
 
 # --- a toy strategy, written by following docs/architecture.md ------------------------------------------------
 @dataclass(frozen=True)
-class TopLayerOptions:
+class TopLayerOptions(StrategyOptions):
     rank: int = option(2, "LoRA rank on the top layer", minimum=1, integer=True)
 
     def __post_init__(self) -> None:
@@ -111,6 +111,23 @@ def toy_strategy():
     register_strategy("toy-top-layer", help="toy: LoRA on the top layer only")(TopLayerOnly)
     yield "toy-top-layer"
     unregister("toy-top-layer")
+
+
+def test_options_without_the_hooks_base_class_are_refused_at_registration():
+    @dataclass(frozen=True)
+    class Bare:
+        rank: int = 2
+
+    class BareOptions(TopLayerOnly):
+        Options = Bare
+
+    with pytest.raises(TypeError, match="deriving from legendfl.core.options.StrategyOptions"):
+        register_strategy("toy-bare", help="toy")(BareOptions)
+    assert "toy-bare" not in strategy_names()
+    # the hooks do nothing unless a strategy overrides them
+    TopLayerOptions().check_run(RunConfig())
+    TopLayerOptions().check_num_layers(1)
+    assert TopLayerOptions.legacy == {}
 
 
 def test_a_toy_strategy_registered_from_a_test_file_runs_end_to_end(tmp_path, toy_strategy):

@@ -41,7 +41,7 @@ def legacy_keys() -> dict[str, list[tuple[str, str]]]:
     """Flat key of earlier versions -> [(strategy, option)] (one key may feed several strategies, e.g. ``ema``)."""
     out: dict[str, list[tuple[str, str]]] = {}
     for name, entry in _registry().registered_bases().items():
-        for old, new in getattr(entry.options_cls, "legacy", {}).items():
+        for old, new in entry.options_cls.legacy.items():
             out.setdefault(old, []).append((name, new))
     return out
 
@@ -189,9 +189,7 @@ class RunConfig(TrainConfig):
                 raise ValueError(f"options of strategy {name!r} must be a table, got {section!r}")
             bases[name].options(section)  # validates
         chosen = entry.options(self.strategy_options.get(entry.base))
-        check = getattr(chosen, "check_run", None)  # the strategy's checks against the common options
-        if check is not None:
-            check(self)
+        chosen.check_run(self)  # the strategy's checks against the common options
 
     @classmethod
     def from_sources(cls, *sources: dict[str, Any]) -> "RunConfig":

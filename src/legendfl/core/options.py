@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import field
-from typing import Any
+from typing import Any, ClassVar
 
 
 def option(default: Any, help: str, *, choices: tuple | None = None, minimum: float | None = None,
@@ -60,3 +60,17 @@ def validate(obj: Any, prefix: str = "") -> None:
             raise ValueError(f"{name} must be {'>' if meta.get('exclusive_minimum') else '>='} {lo}, got {value!r}")
         if hi is not None and value > hi:
             raise ValueError(f"{name} must be <= {hi}, got {value!r}")
+
+
+class StrategyOptions:
+    """Base of every strategy's options dataclass: the hooks the run configuration calls, doing nothing unless a
+    strategy overrides them (a class attribute, so a frozen dataclass may inherit it)."""
+
+    # flat option names of earlier versions -> this strategy's option (read with a deprecation warning)
+    legacy: ClassVar[dict[str, str]] = {}
+
+    def check_run(self, cfg: Any) -> None:
+        """Refuse, naming the option, what cannot go with the run's common options (``cfg``: the RunConfig)."""
+
+    def check_num_layers(self, num_layers: int) -> None:
+        """Refuse, before the model's weights load, what cannot fit a model of ``num_layers`` blocks."""

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .hooks import LocalTerm
+from .options import StrategyOptions
 from .lora_layout import AdapterLayout, LoraLayout
 from .training import DEFAULT_LR
 from .validation import UpdateLimit, update_problem
@@ -144,7 +145,7 @@ class DeviceResult:
 
 
 @dataclass(frozen=True)
-class NoOptions:
+class NoOptions(StrategyOptions):
     """A strategy without options of its own."""
 
 

@@ -44,10 +44,9 @@ class RunContext:
     # --- construction ---------------------------------------------------------------------------------------
     @staticmethod
     def _model(cfg: RunConfig, num_labels: int) -> Backbone:
-        check = getattr(cfg.strategy_options_resolved(), "check_num_layers", None)
-        layers = peek_num_layers(cfg.model) if check is not None else None
+        layers = peek_num_layers(cfg.model)
         if layers is not None:  # options that cannot fit the model are refused before its weights load
-            check(layers)
+            cfg.strategy_options_resolved().check_num_layers(layers)
         if is_generative(cfg):  # a decoder; its LM head stays frozen
             return load_backbone(cfg.model, num_labels, cfg.seed, cfg.device, task_type="causal_lm")
         return load_backbone(cfg.model, num_labels, cfg.seed, cfg.device)

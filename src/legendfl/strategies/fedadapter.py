@@ -29,7 +29,7 @@ import torch
 
 from ..core.aggregation import weighted_average
 from ..core.lora_layout import AdapterLayout
-from ..core.options import option, validate
+from ..core.options import StrategyOptions, option, validate
 from ..core.seeding import derive_seed, rng
 from ..core.strategy import DeviceResult, DeviceTask, ModelSpec, Strategy, Tensors, key_layer
 from .registry import register_strategy
@@ -46,7 +46,7 @@ def adapter_shapes(hidden: int, width: int) -> dict[str, tuple[int, ...]]:
 
 
 @dataclass(frozen=True)
-class FedAdapterOptions:
+class FedAdapterOptions(StrategyOptions):
     depth: int = option(2, "initial adapter depth d (top layers)", minimum=1, integer=True)
     width: int = option(8, f"initial bottleneck width w (steps of {WIDTH_STEP}, at most {MAX_WIDTH})", minimum=1,
                         maximum=MAX_WIDTH, integer=True)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..core.lora_layout import LoraLayout
-from ..core.options import option, validate
+from ..core.options import StrategyOptions, option, validate
 from ..core.strategy import DeviceTask, ModelSpec
 from .lora_base import LoraStrategy
 from .pretests import PRETESTS, check_pretest, pretest_layout
@@ -18,7 +18,7 @@ from .registry import register_family, register_preset, register_strategy
 
 
 @dataclass(frozen=True)
-class FedLoRAOptions:
+class FedLoRAOptions(StrategyOptions):
     pretest: str | None = option(None, "a pre-test layout of the paper's section 2: " + ", ".join(PRETESTS))
     rank_budget: int | None = option(None, "psi of the rank-* pre-tests: total rank over all L layers (default: lora_rank * L)",
                                      minimum=1, integer=True)

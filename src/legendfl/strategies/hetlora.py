@@ -29,7 +29,7 @@ import torch
 from ..core.aggregation import weighted_average
 from ..core.hooks import RankTailPenalty
 from ..core.lora_layout import LoraLayout
-from ..core.options import option, validate
+from ..core.options import StrategyOptions, option, validate
 from ..core.strategy import DeviceResult, DeviceTask, ModelSpec, Tensors, key_layer
 from .capacity import CapacityEstimator
 from .lora_base import LoraStrategy
@@ -74,7 +74,7 @@ def sparsity_weighted_aggregate(updates: list[Tensors], r_max: int) -> Tensors:
 
 
 @dataclass(frozen=True)
-class HetLoRAOptions:
+class HetLoRAOptions(StrategyOptions):
     # Defaults, chosen before any comparison was run with them: the server's rank r_max equals FedLoRA's
     # default rank (8), so HetLoRA's global LoRA is FedLoRA's and no device sends more than a FedLoRA device
     # (the paper's Fig. 11 puts HetLoRA's traffic below FedLoRA's); r_min = r_max / 4 keeps the 4x spread of

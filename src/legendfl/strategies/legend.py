@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..core.lora_layout import LoraLayout
-from ..core.options import option, validate
+from ..core.options import StrategyOptions, option, validate
 from ..core.strategy import DeviceResult, DeviceTask, ModelSpec
 from .capacity import CapacityEstimator
 from .lcd import LCD_VARIANTS, Budgets, LcdDecision, configure_depths, rank_distribution, uniform_distribution
@@ -35,7 +35,7 @@ from .registry import register_preset, register_strategy
 
 
 @dataclass(frozen=True)
-class LegendOptions:
+class LegendOptions(StrategyOptions):
     rank_budget: int | None = option(None, "psi: total rank over all L layers (default: lora_rank * L)", minimum=1, integer=True)
     rank_step: int | None = option(None, "lambda: common difference of the rank distribution (None: 1 where the rank "
                                    "budget allows it, else the steepest even rise from rank 1 that fits, for deep models)",

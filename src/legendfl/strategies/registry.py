@@ -19,6 +19,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ..core.options import StrategyOptions
 from ..core.strategy import Strategy
 
 
@@ -52,8 +53,9 @@ def register_strategy(name: str, *, help: str = "") -> Callable[[type[Strategy]]
     """Class decorator: register ``cls`` under ``name`` (its ``name`` attribute is set to it)."""
 
     def decorate(cls: type[Strategy]) -> type[Strategy]:
-        if not dataclasses.is_dataclass(cls.Options):
-            raise TypeError(f"strategy {name!r}: Options must be a dataclass, got {cls.Options!r}")
+        if not dataclasses.is_dataclass(cls.Options) or not issubclass(cls.Options, StrategyOptions):
+            raise TypeError(f"strategy {name!r}: Options must be a dataclass deriving from "
+                            f"legendfl.core.options.StrategyOptions, got {cls.Options!r}")
         cls.name = name
         _ENTRIES[name] = StrategyEntry(name, cls, name, {}, help or (cls.__doc__ or "").strip().splitlines()[0])
         return cls
