@@ -12,7 +12,7 @@ import argparse
 import json
 import time
 
-from legendfl.compare import load_profile
+from legendfl.experiments.compare import load_profile
 from legendfl.config import RunConfig
 from legendfl.runtime.context import RunContext
 

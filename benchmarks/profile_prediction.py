@@ -22,8 +22,8 @@ from legendfl.core.lora_layout import LoraLayout
 from legendfl.data.tasks import load_task
 from legendfl.fleet.profiles import LatencyProfile, device_type_entry
 from legendfl.models.backbone import load_backbone
-from legendfl.models.profiling import fixed_batches, measure_profile, time_layout
-from legendfl.models.trainer import TokenizedData
+from legendfl.experiments.profiling import fixed_batches, measure_profile, time_layout
+from legendfl.models.tokenized import TokenizedData
 
 
 def main() -> None:

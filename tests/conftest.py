@@ -146,6 +146,6 @@ def sst2():
 @pytest.fixture(scope="session")
 def sst2_small(backbone, sst2):
     """Real SST-2: 600 training and 200 dev examples, tokenised."""
-    from legendfl.models.trainer import TokenizedData
+    from legendfl.models.tokenized import TokenizedData
 
     return TokenizedData(backbone.tokenizer, sst2.train[:600], 64), TokenizedData(backbone.tokenizer, sst2.dev[:200], 64)

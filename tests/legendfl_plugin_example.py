@@ -7,8 +7,8 @@ from pathlib import Path
 from legendfl.core.lora_layout import LoraLayout
 from legendfl.core.options import StrategyOptions, option, validate
 from legendfl.fleet.devices import FLEETS, register_fleet
-from legendfl.models.lora_method import LoraMethod
-from legendfl.models.methods import register_method
+from legendfl.methods.lora import LoraMethod
+from legendfl.methods.base import register_method
 from legendfl.strategies.lora_base import LoraStrategy
 from legendfl.strategies.registry import register_strategy
 

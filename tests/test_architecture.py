@@ -95,13 +95,30 @@ def test_layers_import_only_what_is_below_them():
         "legendfl.data": {"legendfl.core"},
         "legendfl.metrics": {"legendfl.core"},
         "legendfl.models": {"legendfl.core", "legendfl.data"},
+        "legendfl.engine": {"legendfl.core", "legendfl.data", "legendfl.models"},
+        "legendfl.methods": {"legendfl.core", "legendfl.data", "legendfl.models", "legendfl.engine"},
     }
+    everything_but_commands = {"legendfl.core", "legendfl.strategies", "legendfl.fleet", "legendfl.data",
+                               "legendfl.metrics", "legendfl.models", "legendfl.engine", "legendfl.methods",
+                               "legendfl.config", "legendfl.logs"}
+    below["legendfl.runtime"] = everything_but_commands
+    below["legendfl.experiments"] = everything_but_commands | {"legendfl.runtime"}
     for layer, allowed in below.items():
-        for target in _imports_of(layer, graph):
+        for target in _imports_of(layer, graph) - {"legendfl"}:  # "from legendfl import logs" names the root too
             top = ".".join(target.split(".")[:2])
             assert top == layer or top in allowed, f"{layer} imports {target}"
     # and the strategy layer, in particular, imports no runtime
     assert not any(t.startswith("legendfl.runtime") for t in _imports_of("legendfl.strategies", graph))
+    # every room of the package is placed in a layer (a new room must say where it stands)
+    rooms = {f"legendfl.{p.name}" for p in ROOT.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert rooms <= set(below), f"rooms without a layer: {sorted(rooms - set(below))}"
+
+
+def test_the_package_root_holds_only_the_entry_points():
+    """Commands live in experiments/, the engine in engine/, methods in methods/: the root keeps the CLI, the run
+    configuration and logging."""
+    loose = {p.name for p in ROOT.glob("*.py")}
+    assert loose == {"__init__.py", "__main__.py", "cli.py", "config.py", "logs.py"}
 
 
 def test_no_file_is_over_400_lines():

@@ -9,7 +9,7 @@ from transformers import AutoModelForSequenceClassification, DebertaV2Config, MP
 
 from legendfl.core.lora_layout import LoraLayout
 from legendfl.models.backbone import load_backbone
-from legendfl.models.lora import get_lora_tensors, lora_adapter
+from legendfl.methods.lora import get_lora_tensors, lora_adapter
 
 SMALL = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64, vocab_size=31000,
              max_position_embeddings=128)

@@ -9,7 +9,7 @@ from legendfl.config import RunConfig
 from legendfl.fleet.availability import Availability, load_trace
 from legendfl.fleet.devices import load_fleet
 from legendfl.metrics.summary import read_records
-from legendfl.runner import run
+from legendfl.experiments.runner import run
 
 SMALL = {"model": TINY_BERT, "num_devices": 5, "rounds": 3, "max_local_steps": 2, "max_examples_per_device": 32, "max_dev_examples": 32,
          "max_length": 32, "validation_examples": 30, "fedadapter.window": 1}

@@ -109,11 +109,11 @@ def test_baseline_runs_from_the_cli_with_the_common_schema(tmp_path, strategy):
 
 
 def test_bottleneck_adapters_leave_the_shared_model_unchanged_when_removed(sst2_small):
-    """models/bottleneck.py: adapters.init is applied once to the shared model; with no active adapter
+    """methods/adapter.py: adapters.init is applied once to the shared model; with no active adapter
     (after a task's adapters are deleted) its outputs are the pretrained model's."""
     from legendfl.models.backbone import load_backbone
-    from legendfl.models.methods import get_method
-    from legendfl.models.trainer import TrainConfig
+    from legendfl.methods.base import get_method
+    from legendfl.engine.trainer import TrainConfig
 
     own = load_backbone("minilm", num_labels=2, seed=0)  # adapters.init changes the model's classes: not the shared fixture
     train, _ = sst2_small

@@ -13,15 +13,18 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-import legendfl.models.batched_training as batched_training
+import legendfl.engine.batched_training as batched_training
 from legendfl.core.hooks import RankTailPenalty
 from legendfl.core.lora_layout import LoraLayout
 from legendfl.core.strategy import DeviceTask, lora_key
 from legendfl.core.training import TrainConfig
-from legendfl.models.batched_lora import BatchedLoraLinear
-from legendfl.models.batched_training import plan_groups, train_batched
-from legendfl.models.lora_method import LoraMethod
-from legendfl.models.trainer import TokenizedData, local_batches
+from legendfl.engine.batched_lora import BatchedLoraLinear
+from legendfl.engine.batched_training import plan_groups, train_batched
+from legendfl.engine.trainer import local_batches
+from legendfl.methods.lora import LoraMethod
+from legendfl.models.tokenized import TokenizedData
+
+LORA = LoraMethod()  # counts the batched devices' FLOPs and work, as the runtime's does
 
 FP32 = TrainConfig(batch_size=8, max_local_steps=5, bf16=False, seed=3)
 
@@ -130,7 +133,7 @@ def test_batched_round_equals_sequential_peft_on_the_same_padded_batches_in_fp32
         return out
 
     with _dropout_off(backbone.model):
-        together = train_batched(backbone, tasks, train, PARTITIONS, cfg, max_batch_tokens=10**9)
+        together = train_batched(backbone, tasks, train, PARTITIONS, cfg, LORA, max_batch_tokens=10**9)
         assert shared_passes and any(w > int(train.lengths[list(k)].max()) for k, w in widths.items())  # padded
         with monkeypatch.context() as m:
             m.setattr(TokenizedData, "batch", padded_as_batched)
@@ -153,10 +156,10 @@ def test_batched_round_equals_sequential_peft_in_fp32(backbone, sst2_small, lora
     tasks = _tasks(backbone)
     sequential = {t.device_id: LoraMethod().train(t, backbone, train, PARTITIONS[t.device_id], cfg) for t in tasks}
     assert len({r.num_steps for r in sequential.values()}) > 1
-    alone = train_batched(backbone, tasks, train, PARTITIONS, cfg, max_batch_tokens=1)
+    alone = train_batched(backbone, tasks, train, PARTITIONS, cfg, LORA, max_batch_tokens=1)
     _assert_same(alone, sequential, tasks, tol=1e-6)  # the same arithmetic as peft's, shape for shape
     assert not shared_passes
-    batched = train_batched(backbone, tasks, train, PARTITIONS, cfg, max_batch_tokens=10**9)
+    batched = train_batched(backbone, tasks, train, PARTITIONS, cfg, LORA, max_batch_tokens=10**9)
     assert bool(shared_passes) == (lora_dropout == 0.0)  # LoRA dropout takes the per-device path
     _assert_same(batched, sequential, tasks, tol=1e-3)  # padded: fp32 rounding only (see the module doc)
     # the shared model is left as it was: a sequential run afterwards gives the same tensors again
@@ -171,7 +174,7 @@ def test_batched_round_equals_sequential_peft_in_float64(backbone, sst2_small, s
     backbone.model.double()
     try:
         sequential = {t.device_id: LoraMethod().train(t, backbone, train, PARTITIONS[t.device_id], FP32) for t in tasks}
-        batched = train_batched(backbone, tasks, train, PARTITIONS, FP32, max_batch_tokens=10**9)
+        batched = train_batched(backbone, tasks, train, PARTITIONS, FP32, LORA, max_batch_tokens=10**9)
     finally:
         backbone.model.float()
     assert next(iter(sequential[0].params.values())).dtype == torch.float64 and shared_passes
@@ -185,9 +188,9 @@ def test_a_devices_result_does_not_depend_on_who_shares_its_group(backbone, sst2
     batches = {t.device_id: local_batches(PARTITIONS[t.device_id], FP32, FP32.seed, t.round, t.device_id, train.lengths)
                for t in tasks}
     assert len(plan_groups(tasks, batches, train.lengths, 1)) == len(tasks)  # a tiny budget: one device per group
-    together = train_batched(backbone, tasks, train, PARTITIONS, FP32, max_batch_tokens=10**9)
-    alone = train_batched(backbone, tasks, train, PARTITIONS, FP32, max_batch_tokens=1)
-    pairs = train_batched(backbone, tasks[::-1][:2], train, PARTITIONS, FP32, max_batch_tokens=10**9)
+    together = train_batched(backbone, tasks, train, PARTITIONS, FP32, LORA, max_batch_tokens=10**9)
+    alone = train_batched(backbone, tasks, train, PARTITIONS, FP32, LORA, max_batch_tokens=1)
+    pairs = train_batched(backbone, tasks[::-1][:2], train, PARTITIONS, FP32, LORA, max_batch_tokens=10**9)
     _assert_same(alone, together, tasks, tol=1e-3)
     _assert_same(pairs, together, tasks[::-1][:2], tol=1e-3)
 
@@ -211,9 +214,9 @@ def test_batched_decoder_round_equals_sequential_peft(kind, backbone, tmp_path):
     parts = {0: list(range(0, 16)), 1: list(range(16, 40)), 2: list(range(40, 48))}
     cfg = TrainConfig(batch_size=4, max_local_steps=3, bf16=False, seed=1)
     sequential = {t.device_id: LoraMethod().train(t, dec, data, parts[t.device_id], cfg) for t in tasks}
-    alone = train_batched(dec, tasks, data, parts, cfg, max_batch_tokens=1)
+    alone = train_batched(dec, tasks, data, parts, cfg, LORA, max_batch_tokens=1)
     _assert_same(alone, sequential, tasks, tol=1e-6)
-    together = train_batched(dec, tasks, data, parts, cfg, max_batch_tokens=10**9)
+    together = train_batched(dec, tasks, data, parts, cfg, LORA, max_batch_tokens=10**9)
     _assert_same(together, sequential, tasks, tol=1e-4)
     assert all(not any(k.startswith("head.") for k in r.params) for r in together.values())
 
@@ -243,8 +246,8 @@ def test_run_with_either_engine_gives_the_same_records(tmp_path):
 def test_stacked_lora_deltas_equal_each_devices_own_and_keep_gradients_apart():
     """The batched matmul path (devices with equal rows, ranks zero-padded) against per-device LoRA by hand, in
     float64 so that the comparison checks the algebra, not one CPU's fp32 summation order."""
-    from legendfl.models.batched_lora import BatchedLoraLinear
-    from legendfl.models.device_rows import DeviceRows, Segment
+    from legendfl.engine.batched_lora import BatchedLoraLinear
+    from legendfl.engine.device_rows import DeviceRows, Segment
 
     gen = torch.Generator().manual_seed(0)
     base = torch.nn.Linear(16, 12, dtype=torch.float64)

@@ -116,7 +116,7 @@ def test_compare_refuses_unknown_strategy_before_training(tmp_path):
 
 
 def test_every_shipped_profile_validates_for_each_of_its_tasks_and_strategies(tmp_path):
-    from legendfl.compare import PROFILES, load_profile, run_config
+    from legendfl.experiments.compare import PROFILES, load_profile, run_config
 
     for path in sorted(PROFILES.glob("*.toml")):
         prof = load_profile(path.stem)
@@ -156,7 +156,7 @@ def test_compare_reuses_only_results_of_the_same_settings(tmp_path):
     """compare.run_strategies reuses a finished run (or resumes a checkpoint) only when its config.json holds the
     settings asked for; otherwise one error naming the differing settings (issue 21). No training here: the
     reused folder is written by hand."""
-    from legendfl.compare import run_config, run_strategies
+    from legendfl.experiments.compare import run_config, run_strategies
 
     base = {"task": "sst2", "num_devices": 3, "rounds": 2, "seed": 0}
     folder = tmp_path / "legend"
@@ -181,8 +181,8 @@ def test_compare_target_must_be_an_accuracy(tmp_path):
 def test_retime_refuses_its_own_folder_a_full_folder_and_empty_records(tmp_path):
     """retiming.retime_run never replaces the run it reads, never writes over other files unasked, and
     refuses a run with no rounds (it wrote a summary of nulls before; issue 21)."""
-    from legendfl.compare import run_config
-    from legendfl.retiming import retime_run
+    from legendfl.experiments.compare import run_config
+    from legendfl.experiments.retiming import retime_run
 
     run = tmp_path / "run"
     run.mkdir()

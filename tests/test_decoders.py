@@ -12,8 +12,8 @@ from legendfl.core.lora_layout import LoraLayout
 from legendfl.core.training import TrainConfig
 from legendfl.models.generative import (CausalLMData, final_number, gsm8k_correct, gsm8k_prompt, letter_token_ids,
                                         mmlu_choice, mmlu_prompt)
-from legendfl.models.lora import export_adapter, lora_adapter
-from legendfl.models.methods import get_method
+from legendfl.methods.lora import export_adapter, lora_adapter
+from legendfl.methods.base import get_method
 from legendfl.strategies.legend import Legend, LegendOptions
 
 
@@ -153,7 +153,7 @@ def test_generative_evaluation_scores_letters_and_generated_numbers(decoder):
 def test_a_decoder_runs_a_generative_task_through_the_engine(tmp_path, backbone, task, strategy):
     from legendfl.config import RunConfig
     from legendfl.metrics.summary import read_records
-    from legendfl.runner import run
+    from legendfl.experiments.runner import run
 
     tiny_decoder("llama", tmp_path / "model", backbone.tokenizer)
     cfg = RunConfig.from_sources({"task": task, "model": str(tmp_path / "model"), "strategy": strategy, "num_devices": 3,
@@ -191,7 +191,7 @@ def test_a_users_instruction_file_loads_with_its_own_field_names(tmp_path):
 def test_instructions_train_a_decoder_end_to_end(tmp_path, backbone):
     from legendfl.config import RunConfig
     from legendfl.metrics.summary import read_records
-    from legendfl.runner import run
+    from legendfl.experiments.runner import run
 
     tiny_decoder("gpt2", tmp_path / "model", backbone.tokenizer)
     data = tmp_path / "pairs.jsonl"

@@ -189,7 +189,7 @@ def test_adapter_backward_prices_what_backpropagation_traverses_by_hand():
     from legendfl.core.lora_layout import AdapterLayout
     from legendfl.core.strategy import DeviceTask
     from legendfl.fleet.devices import DeviceRoundState
-    from legendfl.models.bottleneck import BottleneckMethod
+    from legendfl.methods.adapter import BottleneckMethod
 
     spec = _roberta_base_spec()
     task = DeviceTask(0, 1, {}, None, "adapter", adapter=AdapterLayout(3, 16))

@@ -18,7 +18,7 @@ from conftest import TINY_BERT
 from safetensors.torch import load_file
 
 from legendfl.config import RunConfig
-from legendfl.runner import run
+from legendfl.experiments.runner import run
 from legendfl.runtime.flower.local import LocalFederation
 from legendfl.runtime.flower.node import NodeSettings
 from legendfl.runtime.flower.server_app import FederationSettings

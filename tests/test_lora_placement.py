@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from legendfl.core.lora_layout import LoraLayout
-from legendfl.models.lora import get_lora_tensors, lora_adapter, set_lora_tensors
+from legendfl.methods.lora import get_lora_tensors, lora_adapter, set_lora_tensors
 
 
 def _ranks_by_layer(model, prefix):

@@ -37,7 +37,7 @@ def test_profile_entry_is_a_fleet_file_that_prices_depth_as_the_command_measured
     profile = fleet.devices[0].profile
     assert profile is not None and fleet.devices[0].modes_gflops[0] == pytest.approx(profile.reference_gflops)
     # the fleet prices depth k as the least-squares line through the measurements (1-decimal rounding aside), with
-    # the fit's documented bounds (models/profiling.py): the fixed part is the depth-1 forward pass, or the
+    # the fit's documented bounds (experiments/profiling.py): the fixed part is the depth-1 forward pass, or the
     # intercept where that is smaller; no part is negative
     slope, intercept = np.polyfit(list(measured), list(measured.values()), 1)
     forward = min(float(re.search(r"; forward ([0-9.]+)", text).group(1)), max(intercept, 1e-6))

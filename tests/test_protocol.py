@@ -94,8 +94,8 @@ def test_a_nodes_identity_must_name_its_device_examples_and_host():
 
 def test_an_unknown_local_term_or_method_is_refused_by_name():
     from legendfl.core.hooks import term_from_json
-    from legendfl.models.local_terms import implement
-    from legendfl.models.methods import get_method
+    from legendfl.engine.local_terms import implement
+    from legendfl.methods.base import get_method
 
     with pytest.raises(ValueError, match="local term kind must be one of"):
         term_from_json({"kind": "dropout_schedule"})

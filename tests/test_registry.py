@@ -132,7 +132,7 @@ def test_options_without_the_hooks_base_class_are_refused_at_registration():
 
 def test_a_toy_strategy_registered_from_a_test_file_runs_end_to_end(tmp_path, toy_strategy):
     from legendfl.metrics.summary import read_records
-    from legendfl.runner import run
+    from legendfl.experiments.runner import run
 
     cfg = RunConfig.from_sources({"model": TINY_BERT, "strategy": toy_strategy, "toy-top-layer.rank": 3, "num_devices": 2, "rounds": 2,
                                   "max_local_steps": 2, "max_examples_per_device": 32, "max_dev_examples": 32,
@@ -155,7 +155,7 @@ def test_a_plugin_package_registers_a_strategy_a_client_method_and_a_fleet(tmp_p
     from legendfl.core import plugins
     from legendfl.fleet.devices import load_fleet
     from legendfl.metrics.summary import read_records
-    from legendfl.runner import run
+    from legendfl.experiments.runner import run
 
     points = [importlib.metadata.EntryPoint("example", "legendfl_plugin_example", plugins.GROUP),
               importlib.metadata.EntryPoint("broken", "no_such_module_of_anyone", plugins.GROUP)]

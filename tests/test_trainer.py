@@ -5,9 +5,9 @@ import torch
 from legendfl.core.lora_layout import LoraLayout
 from legendfl.core.strategy import DeviceTask
 from legendfl.core.flops import batch_flops
-from legendfl.models.lora import lora_adapter
-from legendfl.models.lora_method import train_lora
-from legendfl.models.trainer import TrainConfig, local_batches
+from legendfl.methods.lora import lora_adapter
+from legendfl.methods.lora import train_lora
+from legendfl.engine.trainer import TrainConfig, local_batches
 
 
 def _task(backbone, layout, rnd=1, dev=0, lr=1e-3):

@@ -8,10 +8,14 @@ Layout (the folders show the architecture; docs/architecture.md has the picture)
                  with its LCD and capacity estimator, HetLoRA, FedAdapter, full fine-tuning; presets).
 - ``fleet``      the simulated heterogeneous fleet: device definitions, latency profiles, cost model, clock.
 - ``data``       tasks shipped with the project, user files, partitioning.
-- ``models``     backbone loading, canonical tensor keys, client methods as plugins (LoRA through peft,
-                 bottleneck adapters, full fine-tuning), the local training loop.
-- ``runtime``    one round loop for every runtime, one run context, the simulator's and Flower's transports.
 - ``metrics``    per-round records and their writer, summaries, confidence intervals, plots.
+- ``models``     model families: backbone discovery, canonical tensor keys, tokenised inputs, generative data.
+- ``engine``     local training: the loop every client method runs, per-device dropout rows, local terms,
+                 and the batched engine (many devices' LoRA in one pass of the shared model).
+- ``methods``    client methods, one file each: LoRA through peft, bottleneck adapters, full fine-tuning.
+- ``runtime``    one round loop for every runtime, one run context, the simulator's and Flower's transports.
+- ``experiments`` commands above the runtimes: one simulated run, compare, re-timing, pre-tests, profiling.
+- ``cli.py``, ``config.py``, ``logs.py``: the command line, the run configuration, logging.
 """
 
 __version__ = "0.1.0"

@@ -101,7 +101,7 @@ def build_config(ns: argparse.Namespace) -> RunConfig:
 
 
 def _cmd_run(ns: argparse.Namespace) -> int:
-    from .runner import resume_run, run
+    from .experiments.runner import resume_run, run
 
     if ns.resume:  # flags given (argparse keeps only those) other than the command's own
         given = sorted(k for k in vars(ns) if k not in ("command", "func", "quiet", "debug", "resume", "overwrite", "config"))
@@ -147,7 +147,7 @@ def _cmd_fleet(ns: argparse.Namespace) -> int:
 
 
 def _cmd_compare(ns: argparse.Namespace) -> int:
-    from .compare import run_profile
+    from .experiments.compare import run_profile
 
     overrides = {}
     known = {f.name for f in dataclasses.fields(RunConfig)} | set(legacy_keys())
@@ -164,7 +164,7 @@ def _cmd_compare(ns: argparse.Namespace) -> int:
 
 
 def _cmd_retime(ns: argparse.Namespace) -> int:
-    from .retiming import retime_run
+    from .experiments.retiming import retime_run
 
     summary = retime_run(Path(ns.run), Path(ns.out), ns.cost_model, ns.fleet, ns.overwrite)
     keys = ["final_accuracy", "virtual_time_s", "time_to_target_s", "time_to_target_sustained_s", "mean_waiting_s",
@@ -183,8 +183,9 @@ def _cmd_profile(ns: argparse.Namespace) -> int:
     from .data.tasks import load_task
     from .fleet.profiles import device_type_entry
     from .models.backbone import load_backbone
-    from .models.profiling import measure_profile
-    from .models.trainer import TokenizedData, autocast_bf16
+    from .experiments.profiling import measure_profile
+    from .engine.trainer import autocast_bf16
+    from .models.tokenized import TokenizedData
 
     for name in ("batch_size", "seq_len", "rank", "batches") + (("threads",) if ns.threads is not None else ()):
         if getattr(ns, name) <= 0:
@@ -249,7 +250,7 @@ def _cmd_flower_local(ns: argparse.Namespace) -> int:
 
 
 def _cmd_eval_adapter(ns: argparse.Namespace) -> int:
-    from .models.evaluate_export import evaluate_exported
+    from .experiments.evaluate_export import evaluate_exported
 
     acc = evaluate_exported(ns.adapter, ns.task, ns.model, ns.max_length)
     print(json.dumps({"accuracy": acc}))

@@ -156,7 +156,7 @@ class RunConfig(TrainConfig):
     device: str = option("auto", "where training runs: auto (cuda when available), cpu or cuda", choices=("auto", "cpu", "cuda"))
     threads: int | None = option(None, "torch CPU threads (default: all cores)", minimum=1, integer=True)
     engine: str = option("batched", "simulator: train a round's LoRA devices together through one frozen base "
-                         "('batched', the same results as 'sequential', see models/batched_training.py) or one after "
+                         "('batched', the same results as 'sequential', see engine/batched_training.py) or one after "
                          "another ('sequential'); bottleneck adapters and full fine-tuning always run one after another",
                          choices=("batched", "sequential"))
     max_batch_tokens: int | None = option(None, "batched engine: padded tokens one step may stack; more devices are "

@@ -1,7 +1,7 @@
 """Typed local terms a strategy asks a device to add to its training (the strategy <-> client protocol).
 
 A strategy puts instances in :attr:`DeviceTask.local_terms`; the client method that trains the task
-implements each term it supports (``models/local_terms.py``) and refuses any other by name. Terms travel
+implements each term it supports (``engine/local_terms.py``) and refuses any other by name. Terms travel
 over Flower as JSON (``to_json`` / :func:`term_from_json`), so every term is a small frozen dataclass
 registered here by its ``kind``.
 """

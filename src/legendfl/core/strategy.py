@@ -107,7 +107,7 @@ class DeviceTask:
     round: int
     params: Tensors  # what the device downloads (LoRA tensors of its layers, head, ...)
     layout: LoraLayout | None = None  # LoRA placement (method "lora")
-    method: str = "lora"  # the client method that trains it (models.methods): "lora" | "adapter" | "full" | plugins
+    method: str = "lora"  # the client method that trains it (methods.base): "lora" | "adapter" | "full" | plugins
     lr: float = DEFAULT_LR
     adapter: AdapterLayout | None = None  # bottleneck adapter placement (method "adapter")
     local_terms: tuple[LocalTerm, ...] = ()  # typed additions to the local objective (e.g. HetLoRA's penalty)

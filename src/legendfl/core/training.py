@@ -44,7 +44,7 @@ class TrainConfig:
         validate(self)
 
     def local_steps(self, partition_size: int) -> int:
-        """Steps a device holding ``partition_size`` examples trains per round (``models.trainer.local_batches``)."""
+        """Steps a device holding ``partition_size`` examples trains per round (``engine.trainer.local_batches``)."""
         steps = max(1, math.ceil(math.ceil(partition_size / self.batch_size) * self.local_epochs))
         return steps if self.max_local_steps is None else min(steps, self.max_local_steps)
 

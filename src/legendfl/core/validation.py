@@ -7,7 +7,7 @@ device had not answered. Both runtimes call this through ``Strategy.screen``, so
 simulated device are handled the same way.
 
 **The default bound on the change** is what AdamW can do at most: every client method trains with AdamW
-(``models.trainer``), whose step moves each weight by at most ``lr * c_t`` (``adamw_step_bound``), so after
+(``engine.trainer``), whose step moves each weight by at most ``lr * c_t`` (``adamw_step_bound``), so after
 ``T`` steps no honest update's change exceeds ``adamw_change_bound``. Unlike a fixed number it follows the
 method, rank, learning rate and number of steps. ``max_update_norm`` replaces it (a client method with
 another optimizer; ``inf`` for none).

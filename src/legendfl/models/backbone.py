@@ -198,7 +198,7 @@ ATTENTION_DROPOUT_FIELDS = ("attention_probs_dropout_prob", "attn_pdrop", "atten
 
 def attention_implementation(config) -> dict:
     """``attn_implementation="eager"`` where the model drops attention weights: its dropout is then an
-    ``nn.Dropout`` that draws from each device's own generator (``models.device_rows``); fused attention
+    ``nn.Dropout`` that draws from each device's own generator (``engine.device_rows``); fused attention
     would draw from the global one. Models without attention dropout keep their default (SDPA)."""
     drops = any(float(getattr(config, f, 0.0) or 0.0) > 0.0 for f in ATTENTION_DROPOUT_FIELDS)
     return {"attn_implementation": "eager"} if drops else {}

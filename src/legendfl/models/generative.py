@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..data.generative_tasks import LETTERS, gsm8k_prompt, mmlu_prompt  # noqa: F401  (the prompt formats)
-from .trainer import right_padded
+from .tokenized import right_padded
 
 IGNORE = -100  # label of tokens outside the loss
 

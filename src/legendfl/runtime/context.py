@@ -21,9 +21,9 @@ from ..data.run_data import is_generative, load_run_task, run_partitions, server
 from ..data.tasks import TaskData
 from ..models.backbone import Backbone, load_backbone, peek_num_layers
 from ..models.generative import CausalLMData, GenerativeSplit
-from ..models.batched_training import batched_applies, train_batched
-from ..models.methods import get_method
-from ..models.trainer import TokenizedData
+from ..engine.batched_training import batched_applies, train_batched
+from ..methods.base import get_method
+from ..models.tokenized import TokenizedData
 
 log = logging.getLogger(__name__)
 
@@ -118,13 +118,13 @@ class RunContext:
                     done: Callable[[DeviceResult], None] = lambda result: None) -> dict[int, DeviceResult]:
         """Train every task on its device's partition; results by device (``done`` hears of each as it finishes).
         With ``engine = "batched"`` the tasks the batched engine covers train together
-        (``models.batched_training``), the others one after another."""
+        (``engine.batched_training``), the others one after another."""
         results: dict[int, DeviceResult] = {}
         if self.cfg.engine == "batched":
             chosen = [t for _, t in sorted(tasks.items()) if batched_applies(self.backbone, t)]
             if chosen:
                 results = train_batched(self.backbone, chosen, self.train, {t.device_id: partitions[t.device_id] for t in chosen},
-                                        self.train_cfg, self.cfg.max_batch_tokens, done)
+                                        self.train_cfg, get_method("lora"), self.cfg.max_batch_tokens, done)
         for d in sorted(set(tasks) - set(results)):
             results[d] = self.train_task(tasks[d], partitions[d])
             done(results[d])

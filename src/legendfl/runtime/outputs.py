@@ -14,7 +14,7 @@ from safetensors.torch import save
 from ..core.files import write_atomic
 from ..core.strategy import Strategy
 from ..metrics.summary import summarize
-from ..models.methods import get_method
+from ..methods.base import get_method
 from .context import RunContext
 
 GLOBAL_PARAMS = "global_params.safetensors"

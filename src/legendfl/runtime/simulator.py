@@ -1,7 +1,7 @@
 """The in-process simulator's transport: the round's devices train on one shared frozen backbone.
 
 With the batched engine (``--engine batched``, the default) the LoRA devices of a round train together, step
-by step, through one pass of the shared model (``models.batched_training``); otherwise, and for the other
+by step, through one pass of the shared model (``engine.batched_training``); otherwise, and for the other
 client methods, a device's method injects its modules into the shared model and removes them again (never a
 model copy per device). Either way each device's result is its own, and the fleet's cost model turns the
 work each device really did into time; the virtual clock closes the round. Devices report the timing they

@@ -1,6 +1,6 @@
 """FedAdapter (Cai et al., "FedAdapter: Efficient Federated Learning for Modern NLP", MobiCom 2023).
 
-Bottleneck adapters (AdapterHub ``adapters``, ``models/bottleneck.py``) in the top ``d`` layers with
+Bottleneck adapters (AdapterHub ``adapters``, ``methods/adapter.py``) in the top ``d`` layers with
 bottleneck width ``w``; the layers below are frozen and carry no adapter. The configuration is searched
 online by trial groups, as in its public code (``trial_error.py``):
 

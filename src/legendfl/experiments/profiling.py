@@ -22,9 +22,10 @@ import torch
 
 from ..core.lora_layout import LoraLayout
 from ..core.flops import layer_forward_flops
-from .backbone import Backbone
-from .lora import lora_adapter
-from .trainer import TokenizedData, autocast_bf16
+from ..models.backbone import Backbone
+from ..methods.lora import lora_adapter
+from ..engine.trainer import autocast_bf16
+from ..models.tokenized import TokenizedData
 
 
 def fixed_batches(data: TokenizedData, batch_size: int, seq_len: int, count: int, seed: int = 0) -> list[dict]:

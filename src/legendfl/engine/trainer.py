@@ -1,10 +1,10 @@
 """The local training loop shared by every client method: AdamW on a device's own data.
 
 Batches are drawn in an order derived from (seed, round, device); dropout masks come from the device's own
-generator seeded the same way (``models.device_rows``, shared with the batched engine). The base
+generator seeded the same way (``engine.device_rows``, shared with the batched engine). The base
 model is frozen and, because no tensor below the shallowest LoRA layer requires a gradient, autograd
 computes no gradient there (tests/test_trainer.py). Each result reports examples, tokens, forward and
-backward FLOPs and measured wall times; the client method (``models.methods``) adds what it uploads.
+backward FLOPs and measured wall times; the client method (``methods.base``) adds what it uploads.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from ..core.seeding import derive_seed, rng
 from ..core.strategy import DeviceResult, DeviceTask
 from ..core.training import ADAMW_BETAS, TrainConfig
 from ..core.flops import BatchFlops
+from ..models.tokenized import TokenizedData
 from .device_rows import DeviceRows, Segment, device_dropout
 
 
@@ -35,42 +36,6 @@ def native_bf16(device: torch.device) -> bool:
 def autocast_bf16(setting: bool | str, device: torch.device) -> bool:
     """The ``bf16`` option resolved on ``device``: True, False, or "auto" (:func:`native_bf16`)."""
     return native_bf16(device) if setting == "auto" else bool(setting)
-
-def right_padded(sequences: list[list[int]], indices, fill: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``indices`` of ``sequences``, right-padded with ``fill`` to the longest, and their attention mask."""
-    width = max(len(sequences[i]) for i in indices)
-    out = torch.full((len(indices), width), fill, dtype=torch.long)
-    mask = torch.zeros((len(indices), width), dtype=torch.long)
-    for row, i in enumerate(indices):
-        n = len(sequences[i])
-        out[row, :n] = torch.tensor(sequences[i], dtype=torch.long)
-        mask[row, :n] = 1
-    return out, mask
-
-
-class TokenizedData:
-    """A tokenised split: token ids (and token type ids) per example, and labels; padding per batch."""
-
-    def __init__(self, tokenizer, examples: list, max_length: int = 128) -> None:
-        a = [ex[0] for ex in examples]
-        b = [ex[1] for ex in examples] if any(ex[1] is not None for ex in examples) else None
-        enc = tokenizer(a, b, truncation=True, max_length=max_length)
-        self.input_ids: list[list[int]] = enc["input_ids"]
-        self.token_type_ids: list[list[int]] | None = enc.get("token_type_ids")
-        self.labels = np.asarray([ex[2] for ex in examples], dtype=np.int64)
-        self.lengths = np.asarray([len(x) for x in self.input_ids])
-        self.pad_id = tokenizer.pad_token_id or 0
-
-    def __len__(self) -> int:
-        return len(self.input_ids)
-
-    def batch(self, indices) -> dict[str, torch.Tensor]:
-        ids, mask = right_padded(self.input_ids, indices, self.pad_id)
-        out = {"input_ids": ids, "attention_mask": mask, "labels": torch.from_numpy(self.labels[indices])}
-        if self.token_type_ids is not None:
-            out["token_type_ids"] = right_padded(self.token_type_ids, indices, 0)[0]
-        return out
-
 
 def local_batches(indices: list[int], cfg: TrainConfig, seed: int, rnd: int, device_id: int,
                   lengths: np.ndarray | None = None) -> list[np.ndarray]:
@@ -99,7 +64,7 @@ def local_batches(indices: list[int], cfg: TrainConfig, seed: int, rnd: int, dev
     return batches[:total]
 
 
-Penalty = Callable[[torch.nn.Module], torch.Tensor]  # a term added to every step's loss (``models.local_terms``)
+Penalty = Callable[[torch.nn.Module], torch.Tensor]  # a term added to every step's loss (``engine.local_terms``)
 FlopsFn = Callable[[int, int], BatchFlops]  # (sequences, padded width) -> FLOPs of that batch
 
 

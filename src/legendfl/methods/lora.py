@@ -1,4 +1,7 @@
-"""Per-layer LoRA on the shared backbone through peft.
+"""LoRA as a client method: per-layer LoRA on the shared backbone through peft, plus the head.
+
+The method trains the layout's LoRA pairs and the classification head, uploads both and exports a peft
+adapter (:class:`LoraMethod`, at the end of this file).
 
 A :class:`~legendfl.core.lora_layout.LoraLayout` becomes a ``peft.LoraConfig`` with
 ``layers_to_transform`` (the chosen layers), ``rank_pattern`` (each layer's rank) and ``alpha_pattern``.
@@ -21,11 +24,15 @@ from typing import Iterator
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
+from ..core.flops import batch_work
 from ..core.lora_layout import LoraLayout
-from ..core.strategy import Tensors
-from .backbone import Backbone, head_parameters, resolve_model_path
-from .keys import PEFT_ADAPTER as ADAPTER
-from .keys import is_head_key, lora_key_of, lora_regex
+from ..core.strategy import DeviceResult, DeviceTask, Tensors
+from ..core.training import TrainConfig
+from ..engine.trainer import FlopsFn
+from ..models.backbone import Backbone, head_parameters, resolve_model_path
+from ..models.keys import PEFT_ADAPTER as ADAPTER
+from ..models.keys import is_head_key, lora_key_of, lora_regex
+from .base import ClientMethod, register_method
 
 
 def lora_config(backbone: Backbone, layout: LoraLayout, *, scaling: float = 2.0, dropout: float = 0.0,
@@ -125,3 +132,38 @@ def export_adapter(backbone: Backbone, layout: LoraLayout, params: Tensors, out_
         for p in backbone.model.parameters():
             p.requires_grad_(False)
         backbone.model.eval()
+
+
+class LoraMethod(ClientMethod):
+    name = "lora"
+
+    @contextmanager
+    def inject(self, backbone: Backbone, task: DeviceTask, cfg: TrainConfig, train: bool) -> Iterator[torch.nn.Module]:
+        if task.layout is None:
+            raise ValueError("a LoRA task needs a layout")
+        with lora_adapter(backbone, task.layout, task.params, scaling=cfg.lora_scaling,
+                          dropout=cfg.lora_dropout if train else 0.0, train_head=train) as model:
+            yield model
+
+    def collect(self, backbone: Backbone, model: torch.nn.Module, task: DeviceTask) -> Tensors:
+        out = get_lora_tensors(backbone, model)
+        out.update({k: p.detach().to("cpu", copy=True) for k, p in head_parameters(backbone, model).items()})
+        return out
+
+    def flops(self, backbone: Backbone, task: DeviceTask) -> FlopsFn:
+        return lambda seqs, width: batch_work(backbone.spec, task.layout, seqs, width)
+
+    def shape(self, task: DeviceTask, result: DeviceResult, num_layers: int) -> tuple[int, int, int]:
+        return task.layout.depth, len(task.layout.ranks), task.layout.rank_sum
+
+    def export(self, task: DeviceTask, backbone: Backbone, out_dir: str, cfg: TrainConfig) -> bool:
+        export_adapter(backbone, task.layout, task.params, out_dir, scaling=cfg.lora_scaling)
+        return True
+
+
+def train_lora(backbone: Backbone, task: DeviceTask, data, indices: list[int], cfg: TrainConfig) -> DeviceResult:
+    """Train ``task`` (a LoRA task, with its local terms) on ``indices`` of ``data``."""
+    return LoraMethod().train(task, backbone, data, indices, cfg)
+
+
+register_method(LoraMethod())

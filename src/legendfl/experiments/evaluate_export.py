@@ -13,7 +13,7 @@ def evaluate_exported(adapter_dir: str, task: str = "sst2", model: str = "minilm
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from ..data.tasks import load_task
-    from .backbone import resolve_model_path
+    from ..models.backbone import resolve_model_path
 
     if max_length <= 0:
         raise ValueError(f"--max-length must be a positive integer, got {max_length}")

@@ -18,12 +18,12 @@ import torch
 
 from ..core.strategy import DeviceResult, DeviceTask, Tensors
 from ..core.training import TrainConfig
-from .backbone import Backbone, head_parameters
+from ..models.backbone import Backbone, head_parameters
 from ..core.flops import BatchFlops, batch_work, traversed_layers
-from .keys import BOTTLENECK_ADAPTER as NAME
-from .keys import adapter_key_of, adapter_regex, is_head_key
-from .methods import ClientMethod
-from .trainer import FlopsFn
+from ..models.keys import BOTTLENECK_ADAPTER as NAME
+from ..models.keys import adapter_key_of, adapter_regex, is_head_key
+from .base import ClientMethod, register_method
+from ..engine.trainer import FlopsFn
 
 
 def _live(backbone: Backbone) -> dict[str, torch.nn.Parameter]:
@@ -109,3 +109,6 @@ class BottleneckMethod(ClientMethod):
         # adapter only (priced with the trainable modules), the depth - 1 blocks above it in full
         traversed = traversed_layers(num_layers, (), range(num_layers - task.adapter.depth, num_layers))
         return traversed, traversed, 0
+
+
+register_method(BottleneckMethod())

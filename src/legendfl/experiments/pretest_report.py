@@ -12,14 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .core.lora_layout import LoraLayout
-from .metrics.summary import summarize
+from ..core.lora_layout import LoraLayout
+from ..metrics.summary import summarize
 
 
 def measure_depth_costs(backbone, data, batch_size: int = 16, batches: int = 12, seed: int = 0) -> list[dict]:
     """Per-batch latency and step memory for every LoRA depth (rank 8, fp32), on real batches of ``data``
-    (``models.profiling.time_layout``, the loop ``legendfl profile`` times with)."""
-    from .models.profiling import time_layout
+    (``experiments.profiling.time_layout``, the loop ``legendfl profile`` times with)."""
+    from .profiling import time_layout
 
     L = backbone.num_layers
     gen = np.random.default_rng(seed)
@@ -35,7 +35,7 @@ def measure_depth_costs(backbone, data, batch_size: int = 16, batches: int = 12,
 def _save(fig, title: str, path: Path) -> str:
     import matplotlib.pyplot as plt
 
-    from .metrics.plots import save_figure
+    from ..metrics.plots import save_figure
 
     fig.suptitle(title)
     fig.tight_layout()
@@ -81,7 +81,7 @@ def pretest_figures(groups: dict[str, dict[str, list[dict]]], depth_costs: list[
         made.append(_save(fig, "Fig. 4: LoRA depth", out / "fig4_depth.png"))
     rank = groups.get("rank", {})
     if rank:
-        from .metrics.plots import plot_accuracy_vs_round
+        from ..metrics.plots import plot_accuracy_vs_round
 
         plot_accuracy_vs_round({n.removeprefix("fedlora-"): r for n, r in rank.items()}, out / "fig5_rank_distribution.png",
                                "Fig. 5: rank distribution (same total rank)")

@@ -11,12 +11,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .config import RunConfig
-from .fleet.availability import Availability, run_availability
-from .fleet.devices import Fleet, load_fleet
-from .runtime.context import RunContext
-from .runtime.run_session import execute_run
-from .runtime.simulator import SimulatorTransport
+from ..config import RunConfig
+from ..fleet.availability import Availability, run_availability
+from ..fleet.devices import Fleet, load_fleet
+from ..runtime.context import RunContext
+from ..runtime.run_session import execute_run
+from ..runtime.simulator import SimulatorTransport
 
 log = logging.getLogger(__name__)
 

@@ -29,11 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import RunConfig
-from .core.files import write_atomic
-from .metrics.comparison import compare_records, table_markdown, write_csv
-from .metrics.summary import read_records
-from .runtime.run_folder import changed_inputs, differing_settings, recorded_inputs
+from ..config import RunConfig
+from ..core.files import write_atomic
+from ..metrics.comparison import compare_records, table_markdown, write_csv
+from ..metrics.summary import read_records
+from ..runtime.run_folder import changed_inputs, differing_settings, recorded_inputs
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def run_strategies(base: dict, strategies: list[str], out: Path,
     """
     from .retiming import decisions_use_time, retime_run
 
-    from .runtime.checkpoint import has_checkpoint
+    from ..runtime.checkpoint import has_checkpoint
 
     runs = {}
     for name in strategies:
@@ -106,7 +106,7 @@ PAPER_FIGURES = {"mmlu": ("fig9a_accuracy_vs_time", "fig9b_time_to_target"),
 def compare(base: dict, strategies: list[str], out: Path, *, target: float | None = None, ablation: list[str] | None = None,
             title: str = "") -> dict:
     """Run (or reuse) the strategies, then write table.md, table.csv and the figures into ``out``."""
-    from .metrics import comparison, plots
+    from ..metrics import comparison, plots
 
     out.mkdir(parents=True, exist_ok=True)
     runs = run_strategies(base, strategies, out)
@@ -137,7 +137,7 @@ def compare(base: dict, strategies: list[str], out: Path, *, target: float | Non
 def compare_seeds(base: dict, strategies: list[str], out: Path, *, seeds: list[int], cost_models: list[str],
                   target: float | None = None, ablation: list[str] | None = None, title: str = "") -> dict:
     """Every strategy per cost model and seed; tables with 95% CIs and the speed-up-vs-target figure."""
-    from .metrics import comparison, plots
+    from ..metrics import comparison, plots
 
     order = list(dict.fromkeys([*strategies, *(ablation or [])]))
     results = {}
@@ -241,9 +241,9 @@ def _pretests(base: dict, groups: dict[str, list[str]], out: Path) -> dict:
     runs = {g: run_strategies(base, names, out) for g, names in groups.items()}
     costs_path = out / "depth_costs.json"
     if "depth" in groups and not costs_path.exists():
-        from .data.tasks import load_task
-        from .models.backbone import load_backbone
-        from .models.trainer import TokenizedData
+        from ..data.tasks import load_task
+        from ..models.backbone import load_backbone
+        from ..models.tokenized import TokenizedData
 
         data = load_task(base["task"])
         backbone = load_backbone(base.get("model", "minilm"), data.num_labels, device=base.get("device", "auto"))

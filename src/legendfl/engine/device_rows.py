@@ -1,6 +1,6 @@
 """Which rows of a batch belong to which device, and dropout drawn from each device's own generator.
 
-One batch may carry several devices' examples (the batched engine, ``models.batched_training``) or one
+One batch may carry several devices' examples (the batched engine, ``engine.batched_training``) or one
 device's (the sequential trainer). :class:`DeviceRows` names, for the current step, each device's slot, its
 rows ``[start, stop)`` and its own padded width (the group's batch is padded to the widest device).
 

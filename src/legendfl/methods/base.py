@@ -10,13 +10,15 @@ A :class:`ClientMethod` implements four parts:
 - ``evaluate`` and, where the method has a standard format, ``export`` (LoRA: a peft adapter).
 
 The base class turns these into local training (``trainer.local_training``) with the task's typed local
-terms (``models.local_terms``) and fills the result's uploaded tensors and work. Built-in methods are
-found by name without importing them all (``lora``, ``adapter``, ``full``); a plugin calls
-:func:`register_method`. A task names its method in ``DeviceTask.method``.
+terms (``engine.local_terms``) and fills the result's uploaded tensors and work. A built-in method is one
+module of this package named after the method (``lora``, ``adapter``, ``full``), which calls
+:func:`register_method` at its end and is imported the first time a task names it; a plugin calls
+:func:`register_method` itself. A task names its method in ``DeviceTask.method``.
 """
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
 from typing import ClassVar
@@ -27,10 +29,11 @@ from ..core.plugins import load_plugins
 from ..core.strategy import DeviceResult, DeviceTask, Tensors, key_layer, tensors_bytes
 from ..core.training import TrainConfig
 from ..core.work import DeviceWork
-from .backbone import Backbone
-from .generative import GenerativeSplit, evaluate_split
-from .local_terms import implement
-from .trainer import FlopsFn, TokenizedData, evaluate_model, local_training
+from ..models.backbone import Backbone
+from ..models.generative import GenerativeSplit, evaluate_split
+from ..engine.local_terms import implement
+from ..engine.trainer import FlopsFn, evaluate_model, local_training
+from ..models.tokenized import TokenizedData
 
 
 class ClientMethod(ABC):
@@ -93,9 +96,6 @@ class ClientMethod(ABC):
                           result.trainable_forward_flops, layers, num_layers, self.full, per_layer(task.params))
 
 
-_BUILTIN = {"lora": "legendfl.models.lora_method:LoraMethod",
-            "adapter": "legendfl.models.bottleneck:BottleneckMethod",
-            "full": "legendfl.models.full_model:FullMethod"}
 _METHODS: dict[str, ClientMethod] = {}
 
 
@@ -107,12 +107,18 @@ def register_method(method: ClientMethod) -> ClientMethod:
     return method
 
 
+def builtin_methods() -> list[str]:
+    """The client methods that ship in this package: one module each, named after the method (``methods/lora.py``
+    is "lora"), imported on first use so that a run loads only the libraries of the methods it uses."""
+    package = importlib.import_module(__package__)
+    return sorted(info.name for info in pkgutil.iter_modules(package.__path__) if info.name != "base")
+
+
 def get_method(name: str) -> ClientMethod:
-    if name not in _METHODS and name in _BUILTIN:
-        module, _, cls = _BUILTIN[name].partition(":")
-        register_method(getattr(importlib.import_module(module), cls)())
+    if name not in _METHODS and name in builtin_methods():
+        importlib.import_module(f"{__package__}.{name}")  # the module registers its method
     if name not in _METHODS:
         load_plugins()  # a plugin's client method (core/plugins.py)
     if name not in _METHODS:
-        raise ValueError(f"task method must be one of {sorted(set(_BUILTIN) | set(_METHODS))}, got {name!r}")
+        raise ValueError(f"task method must be one of {sorted(set(builtin_methods()) | set(_METHODS))}, got {name!r}")
     return _METHODS[name]

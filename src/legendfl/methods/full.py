@@ -12,11 +12,11 @@ import torch
 
 from ..core.strategy import DeviceResult, DeviceTask, Tensors
 from ..core.training import TrainConfig
-from .backbone import Backbone
+from ..models.backbone import Backbone
 from ..core.flops import batch_work
-from .keys import full_key, head_key
-from .methods import ClientMethod
-from .trainer import FlopsFn
+from ..models.keys import full_key, head_key
+from .base import ClientMethod, register_method
+from ..engine.trainer import FlopsFn
 
 
 def _live(backbone: Backbone) -> dict[str, torch.nn.Parameter]:
@@ -61,3 +61,6 @@ class FullMethod(ClientMethod):
 
     def shape(self, task: DeviceTask, result: DeviceResult, num_layers: int) -> tuple[int, int, int]:
         return num_layers, num_layers, 0
+
+
+register_method(FullMethod())

@@ -11,14 +11,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .config import RunConfig, legacy_keys
-from .core.files import write_atomic
-from .core.work import DeviceWork
-from .fleet.cost_model import device_timing, state_fields
-from .fleet.devices import Fleet, load_fleet
-from .fleet.virtual_clock import VirtualClock
-from .metrics.records import timing_fields
-from .metrics.summary import read_records, summarize
+from ..config import RunConfig, legacy_keys
+from ..core.files import write_atomic
+from ..core.work import DeviceWork
+from ..fleet.cost_model import device_timing, state_fields
+from ..fleet.devices import Fleet, load_fleet
+from ..fleet.virtual_clock import VirtualClock
+from ..metrics.records import timing_fields
+from ..metrics.summary import read_records, summarize
 
 
 def retime_records(records: list[dict], fleet: Fleet, cost_model: str) -> list[dict]:

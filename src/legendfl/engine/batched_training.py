@@ -3,12 +3,12 @@
 At every step the active devices' batches (each the batch it would train on alone: ``trainer.local_batches``) are
 padded on the right to the widest and stacked; devices with the same shallowest LoRA layer share one forward and
 one backward through the shared frozen backbone (a pass), in which every targeted module adds each device's own
-LoRA delta to its own rows (``models.batched_lora``). Passes are split by that layer because a backward runs down
+LoRA delta to its own rows (``engine.batched_lora``). Passes are split by that layer because a backward runs down
 to the shallowest trained layer of its batch: mixed in one pass, a depth-1 device would pay for a depth-6
 device's backward (measured on 2 CPU cores: 1.5x slower than sequential; split, on par). The loss is the sum over
 devices of each device's own mean loss (plus its local terms), so each device's gradient is exactly its own; each
 device then clips its own gradients and steps its own AdamW with its own learning rate. Dropout masks come from
-each device's own generator (``models.device_rows``). The result of every device therefore equals the sequential
+each device's own generator (``engine.device_rows``). The result of every device therefore equals the sequential
 engine's on the same padded batches (1e-5 relative in fp32, 1e-10 in float64: ``tests/test_batched_engine.py``);
 padding to the pass's widest device moves fp32 results by rounding only (as much as it moves peft's), whoever
 shares the pass.
@@ -21,7 +21,7 @@ share (by tokens) of the shared passes. The virtual clock prices each device's o
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
@@ -31,12 +31,12 @@ from ..core.hooks import RankTailPenalty
 from ..core.seeding import derive_seed
 from ..core.strategy import DeviceResult, DeviceTask
 from ..core.training import ADAMW_BETAS, TrainConfig
-from .backbone import Backbone
+from ..core.work import DeviceWork
+from ..models.backbone import Backbone
 from .batched_lora import batchable_head, inject_batched
 from .device_rows import DeviceRows, Segment, device_dropout
 from .local_terms import implement
-from .methods import get_method
-from .trainer import autocast_bf16, local_batches
+from .trainer import FlopsFn, autocast_bf16, local_batches
 
 IGNORE_INDEX = -100
 CPU_MAX_PADDING = 0.25  # on a CPU padded tokens cost compute: cut a pass rather than pad it by more than this
@@ -82,17 +82,26 @@ def plan_groups(tasks: list[DeviceTask], batches: dict[int, list[np.ndarray]], l
     return groups
 
 
+class Counting(Protocol):
+    """What the engine asks of the tasks' client method (``methods.base.ClientMethod``; the runtime passes LoRA's):
+    the FLOPs of a batch and the work the cost model prices."""
+
+    def flops(self, backbone: Backbone, task: DeviceTask) -> FlopsFn: ...
+
+    def work(self, task: DeviceTask, result: DeviceResult, num_layers: int) -> DeviceWork: ...
+
+
 def train_batched(backbone: Backbone, tasks: list[DeviceTask], data, partitions: dict[int, list[int]],
-                  cfg: TrainConfig, max_batch_tokens: int | None = None,
+                  cfg: TrainConfig, method: Counting, max_batch_tokens: int | None = None,
                   done: Callable[[DeviceResult], None] = lambda result: None) -> dict[int, DeviceResult]:
     """Train every task (all :func:`batched_applies`) on its device's partition; results by device (``done``
-    hears of each device when its group finishes)."""
+    hears of each device when its group finishes). ``method`` counts each device's FLOPs and work."""
     batches = {t.device_id: local_batches(partitions[t.device_id], cfg, cfg.seed, t.round, t.device_id, data.lengths)
                for t in tasks}
     budget = max_batch_tokens or default_batch_tokens(backbone)
     results = {}
     for group in plan_groups(tasks, batches, data.lengths, budget):
-        for task, result in zip(group, _train_group(backbone, group, data, [batches[t.device_id] for t in group], cfg)):
+        for task, result in zip(group, _train_group(backbone, group, data, [batches[t.device_id] for t in group], cfg, method)):
             results[task.device_id] = result
             done(result)
     return results
@@ -187,9 +196,8 @@ def _train_pass(model, data, indices: list[np.ndarray], slots: list[int], rows: 
 
 
 def _train_group(backbone: Backbone, tasks: list[DeviceTask], data, batches: list[list[np.ndarray]],
-                 cfg: TrainConfig) -> list[DeviceResult]:
+                 cfg: TrainConfig, method: Counting) -> list[DeviceResult]:
     model, n = backbone.model, len(tasks)
-    method = get_method("lora")
     causal = backbone.task_type == "causal_lm"
     rows = DeviceRows([derive_seed(cfg.seed, "dropout", t.round, t.device_id) for t in tasks])
     start = time.perf_counter()
