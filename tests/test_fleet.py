@@ -18,7 +18,8 @@ def test_depth_k_computes_faster_than_depth_L_by_the_flop_ratio(backbone):
 
     def timing(depth):
         f, b = batch_flops(spec, LoraLayout.top(depth, [8] * 6), 16, 30)
-        return device_timing(state, DeviceWork(f * 25, b * 25, 0, 0, depth), "flops"), (f + b) * 25
+        return device_timing(state, DeviceWork(forward_flops=f * 25, backward_flops=b * 25, download_bytes=0,
+                                               upload_bytes=0, trained_depth=depth), "flops"), (f + b) * 25
 
     t2, flops2 = timing(2)
     t6, flops6 = timing(6)
@@ -40,9 +41,11 @@ def _batch_work(spec, layout, batches, seqs, width, **kw):
 
     w = batch_work(spec, layout, seqs, width, **kw)
     depth = layout.depth if layout is not None else 0
-    return DeviceWork(w.forward * batches, w.backward * batches, 0, 0, depth, 0, 0, batches, w.layer_forward * batches,
-                      w.trainable_forward * batches, len(layout.ranks) if layout is not None else 0, spec.num_layers,
-                      kw.get("full", False))
+    return DeviceWork(forward_flops=w.forward * batches, backward_flops=w.backward * batches, download_bytes=0,
+                      upload_bytes=0, trained_depth=depth, rank_sum=0, lora_upload_bytes=0, steps=batches,
+                      layer_forward_flops=w.layer_forward * batches, trainable_forward_flops=w.trainable_forward * batches,
+                      trained_layers=len(layout.ranks) if layout is not None else 0, num_layers=spec.num_layers,
+                      full=kw.get("full", False))
 
 
 def test_profile_model_reproduces_the_papers_fig4a_line():
@@ -121,7 +124,8 @@ def test_upload_time_is_proportional_to_rank_sum(backbone):
         layout = LoraLayout.top(6, ranks)
         nbytes = per_rank * layout.rank_sum
         assert nbytes == 4 * backbone.spec.lora_param_count(layout)
-        work = DeviceWork(0, 0, 0, nbytes, 6, layout.rank_sum, nbytes)
+        work = DeviceWork(forward_flops=0, backward_flops=0, download_bytes=0, upload_bytes=nbytes, trained_depth=6,
+                          rank_sum=layout.rank_sum, lora_upload_bytes=nbytes)
         t = device_timing(state, work)
         times.append(t.upload_s / layout.rank_sum)
         # LEGEND's beta-hat, derived from the generic measurements a device reports
@@ -203,7 +207,9 @@ def test_adapter_backward_prices_what_backpropagation_traverses_by_hand():
     # plus the adapters' own forward and backward (priced as trainable modules)
     agx = next(d for d in load_fleet("jetson", 80, seed=0).devices if d.kind == "agx-xavier")
     state = DeviceRoundState(agx.device_id, 1, 0, agx.modes_gflops[0], 10.0, 10.0, agx.profile)
-    work = DeviceWork(w.forward, w.backward, 0, 0, 2, 0, 0, 1, w.layer_forward, w.trainable_forward, 2, 12)
+    work = DeviceWork(forward_flops=w.forward, backward_flops=w.backward, download_bytes=0, upload_bytes=0,
+                      trained_depth=2, rank_sum=0, lora_upload_bytes=0, steps=1, layer_forward_flops=w.layer_forward,
+                      trainable_forward_flops=w.trainable_forward, trained_layers=2, num_layers=12)
     per_flop = 1.4 / w.layer_forward  # ms per FLOP of a layer's forward
     expected = 16.8 + per_flop * 3 * adapter + 2 * 5.0 + (5.0 / 1.4) * per_flop * 3 * adapter
     assert 1000 * device_timing(state, work).compute_s == pytest.approx(expected, rel=1e-6)

@@ -135,7 +135,7 @@ def test_completion_time_predicts_every_term_the_clock_charges_by_hand():
 
     rank_bytes, head = 1000, 500  # bytes of one layer's LoRA at unit rank; of the head
     lora = 7 * rank_bytes
-    work = DeviceWork(0, 0, download_bytes=lora + head, upload_bytes=lora + head, trained_depth=2, rank_sum=7,
+    work = DeviceWork(forward_flops=0, backward_flops=0, download_bytes=lora + head, upload_bytes=lora + head, trained_depth=2, rank_sum=7,
                       lora_upload_bytes=lora, lora_download_bytes=lora)
     mbps = 8.0  # 1 MB/s
     timing = DeviceTiming(download_s=(lora + head) / (mbps * MEGABIT), forward_s=3.0, backward_s=4.0,

@@ -20,7 +20,8 @@ def _spec():
 def _result(dev, rnd, layers, value, forward, backward, upload, rank_sum):
     params = {f"{l}.q.lora_{p}": torch.full((1,), float(value)) for l in layers for p in "AB"}
     params["head.w"] = torch.full((2,), float(value))
-    work = DeviceWork(0, 0, 0, 100, trained_depth=len(layers), rank_sum=rank_sum, lora_upload_bytes=100)
+    work = DeviceWork(forward_flops=0, backward_flops=0, download_bytes=0, upload_bytes=100,
+                      trained_depth=len(layers), rank_sum=rank_sum, lora_upload_bytes=100)
     return DeviceResult(dev, rnd, params, num_examples=10 * (dev + 1), work=work,
                         timing=DeviceTiming(0.0, forward, backward, upload))
 
@@ -70,7 +71,9 @@ def test_a_task_and_a_result_survive_flower_messages():
     adapter = DeviceTask(1, 2, {}, None, "adapter", adapter=AdapterLayout(2, 16))
     assert decode_task(encode_task(adapter, {}, []))[0].adapter == AdapterLayout(2, 16)
 
-    work = DeviceWork(1.5, 2.5, 10, 20, 1, 4, 16, 3, 0.5, 0.25, 1, 6, False)
+    work = DeviceWork(forward_flops=1.5, backward_flops=2.5, download_bytes=10, upload_bytes=20, trained_depth=1,
+                      rank_sum=4, lora_upload_bytes=16, steps=3, layer_forward_flops=0.5,
+                      trainable_forward_flops=0.25, trained_layers=1, num_layers=6, full=False)
     result = DeviceResult(3, 7, {"5.q.lora_A": torch.randn(4, 3)}, num_examples=12, num_tokens=300, num_steps=3,
                           train_loss=0.5, metrics={"tail_norm": 0.1}, work=work, timing=DeviceTiming(0.1, 0.2, 0.3, 0.4))
     got, node = decode_result(encode_result(result, {"hostname": "h", "busy_s": 1.0}))

@@ -124,7 +124,8 @@ def _fake_results(tasks, rnd):
     out = []
     for d, t in tasks.items():
         params = {k: v + 0.01 * (d + 1) for k, v in t.params.items()}
-        work = DeviceWork(1.0, 1.0, 10, 10, trained_depth=max(1, t.layout.depth if t.layout else 1), rank_sum=4,
+        work = DeviceWork(forward_flops=1.0, backward_flops=1.0, download_bytes=10, upload_bytes=10,
+                          trained_depth=max(1, t.layout.depth if t.layout else 1), rank_sum=4,
                           lora_upload_bytes=8)
         out.append(DeviceResult(d, rnd, params, num_examples=5 + d, work=work,
                                 timing=DeviceTiming(0.1, 1.0 + d, 2.0 * (d + 1), 0.3 * (d + 1)),

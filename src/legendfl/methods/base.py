@@ -91,9 +91,12 @@ class ClientMethod(ABC):
         def per_layer(params: Tensors) -> int:  # bytes of the LoRA or adapter tensors (not the head)
             return tensors_bytes({k: v for k, v in params.items() if key_layer(k) is not None})
 
-        return DeviceWork(result.forward_flops, result.backward_flops, task.download_bytes, result.upload_bytes,
-                          depth, rank_sum, per_layer(result.params), result.num_steps, result.layer_forward_flops,
-                          result.trainable_forward_flops, layers, num_layers, self.full, per_layer(task.params))
+        return DeviceWork(
+            forward_flops=result.forward_flops, backward_flops=result.backward_flops,
+            download_bytes=task.download_bytes, upload_bytes=result.upload_bytes,
+            trained_depth=depth, rank_sum=rank_sum, trained_layers=layers, num_layers=num_layers, full=self.full,
+            lora_upload_bytes=per_layer(result.params), lora_download_bytes=per_layer(task.params), steps=result.num_steps,
+            layer_forward_flops=result.layer_forward_flops, trainable_forward_flops=result.trainable_forward_flops)
 
 
 _METHODS: dict[str, ClientMethod] = {}
