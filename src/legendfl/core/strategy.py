@@ -25,7 +25,7 @@ from .hooks import LocalTerm
 from .options import StrategyOptions
 from .lora_layout import AdapterLayout, LoraLayout
 from .training import DEFAULT_LR
-from .validation import UpdateLimit, update_problem
+from .validation import UpdateCheck, UpdateLimit, check_update
 from .work import DeviceTiming, DeviceWork
 
 if TYPE_CHECKING:  # torch is imported where tensors are made, so a forwarding ClientApp never loads it
@@ -149,6 +149,16 @@ class NoOptions(StrategyOptions):
     """A strategy without options of its own."""
 
 
+@dataclass
+class Screening:
+    """What :meth:`Strategy.screen` found: the results to aggregate, why the others were refused (device ->
+    reason), and every checked update's verdict with its measured change (device -> ``UpdateCheck``)."""
+
+    accepted: list[DeviceResult] = field(default_factory=list)
+    rejected: dict[int, str] = field(default_factory=dict)
+    checks: dict[int, UpdateCheck] = field(default_factory=dict)
+
+
 class Strategy(ABC):
     """Base class of all federated algorithms. Subclasses implement the three hooks.
 
@@ -229,21 +239,22 @@ class Strategy(ABC):
         """One task per participating device."""
 
     def screen(self, tasks: dict[int, DeviceTask], results: list[DeviceResult],
-               limits: dict[int, UpdateLimit] | None = None) -> tuple[list[DeviceResult], dict[int, str]]:
-        """Results fit to aggregate, and why the others were rejected (``core.validation``; ``limits``: what each
-        device can have done, from the runtime). A rejected device is then treated as one that did not answer.
-        Override to add a strategy's own checks."""
-        accepted, rejected = [], {}
+               limits: dict[int, UpdateLimit] | None = None) -> Screening:
+        """Results fit to aggregate, why the others were rejected, and each checked update's change and bound
+        (``core.validation``; ``limits``: what each device can have done, from the runtime). A rejected device is
+        then treated as one that did not answer. Override to add a strategy's own checks."""
+        screening = Screening()
         limits = limits or {}
         for r in results:
             task = tasks.get(r.device_id)
-            problem = ("no task was sent to this device" if task is None else
-                       update_problem(task, r, self.max_update_norm, limits.get(r.device_id)))
-            if problem is None:
-                accepted.append(r)
+            check = (UpdateCheck("no task was sent to this device") if task is None else
+                     check_update(task, r, self.max_update_norm, limits.get(r.device_id)))
+            screening.checks[r.device_id] = check
+            if check.problem is None:
+                screening.accepted.append(r)
             else:
-                rejected[r.device_id] = problem
-        return accepted, rejected
+                screening.rejected[r.device_id] = check.problem
+        return screening
 
     @abstractmethod
     def aggregate_round(self, rnd: int, results: list[DeviceResult]) -> dict[str, Any]:

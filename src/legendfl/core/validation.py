@@ -57,7 +57,7 @@ def adamw_change_bound(numel: int, start_norm: float, lr: float, steps: int, wei
 
 def update_change(task: Any, result: Any) -> tuple[float, float, int]:
     """The L2 norm of the change ``result`` makes to what ``task`` sent, the norm of what was sent and the
-    number of weights (shapes as sent; call after the structural checks of :func:`update_problem`)."""
+    number of weights (shapes as sent; call after the structural checks of :func:`check_update`)."""
     change = start = 0.0
     numel = 0
     for key, sent in task.params.items():
@@ -78,39 +78,55 @@ def change_bound(task: Any, numel: int, start_norm: float, max_update_norm: floa
     return adamw_change_bound(numel, start_norm, task.lr, limit.max_steps, limit.weight_decay)
 
 
-def update_problem(task: Any, result: Any, max_update_norm: float | None = None,
-                   limit: UpdateLimit | None = None) -> str | None:
-    """Why ``result`` (a ``DeviceResult``) cannot be aggregated, as one line, or ``None`` when it is sound;
-    ``task`` is the ``DeviceTask`` the device was sent, ``limit`` what the device can have done (None: no
-    bound on examples, and no change bound unless ``max_update_norm`` gives one)."""
+@dataclass(frozen=True)
+class UpdateCheck:
+    """The verdict on one device's update: why it cannot be aggregated (``problem``; None when sound) and, once
+    its structure is sound, its change (L2 norm over all its tensors) and the bound it was held to (None: none)."""
+
+    problem: str | None
+    norm: float | None = None
+    bound: float | None = None
+
+    def record_fields(self) -> dict[str, float | None]:
+        """The change and its bound, as a device's record entry shows them."""
+        return {"update_norm": None if self.norm is None else round(self.norm, 6),
+                "update_norm_bound": None if self.bound is None else round(self.bound, 6)}
+
+
+def check_update(task: Any, result: Any, max_update_norm: float | None = None,
+                 limit: UpdateLimit | None = None) -> UpdateCheck:
+    """Whether ``result`` (a ``DeviceResult``) can be aggregated; ``task`` is the ``DeviceTask`` the device was
+    sent, ``limit`` what the device can have done (None: no bound on examples, and no change bound unless
+    ``max_update_norm`` gives one). The change is measured once, here."""
     import torch
 
     expected, got = task.params, result.params
     missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
     if missing:
-        return f"missing tensors {missing[:3]}{' ...' if len(missing) > 3 else ''}"
+        return UpdateCheck(f"missing tensors {missing[:3]}{' ...' if len(missing) > 3 else ''}")
     if extra:
-        return f"unexpected tensors {extra[:3]}{' ...' if len(extra) > 3 else ''}"
+        return UpdateCheck(f"unexpected tensors {extra[:3]}{' ...' if len(extra) > 3 else ''}")
     if isinstance(result.num_examples, bool) or not isinstance(result.num_examples, int) or result.num_examples <= 0:
-        return f"num_examples must be a positive integer, got {result.num_examples!r}"
+        return UpdateCheck(f"num_examples must be a positive integer, got {result.num_examples!r}")
     if limit is not None and result.num_examples > limit.max_examples:
-        return (f"num_examples {result.num_examples} exceeds the {limit.max_examples} a device holding "
-                f"{limit.partition_size} examples trains on in a round")
+        return UpdateCheck(f"num_examples {result.num_examples} exceeds the {limit.max_examples} a device holding "
+                           f"{limit.partition_size} examples trains on in a round")
     for key, sent in expected.items():
         value = got[key]
         if not isinstance(value, torch.Tensor):
-            return f"{key}: not a tensor ({type(value).__name__})"
+            return UpdateCheck(f"{key}: not a tensor ({type(value).__name__})")
         if tuple(value.shape) != tuple(sent.shape):
-            return f"{key}: shape {tuple(value.shape)}, expected {tuple(sent.shape)}"
+            return UpdateCheck(f"{key}: shape {tuple(value.shape)}, expected {tuple(sent.shape)}")
         if value.dtype != sent.dtype:
-            return f"{key}: dtype {value.dtype}, expected {sent.dtype}"
+            return UpdateCheck(f"{key}: dtype {value.dtype}, expected {sent.dtype}")
         if not bool(torch.isfinite(value).all()):
-            return f"{key}: NaN or Inf values"
+            return UpdateCheck(f"{key}: NaN or Inf values")
     norm, start, numel = update_change(task, result)
     bound = change_bound(task, numel, start, max_update_norm, limit)
+    problem = None
     if bound is not None and norm > bound:
-        if max_update_norm is not None:
-            return f"update norm {norm:.4g} exceeds max_update_norm {max_update_norm:g}"
-        return (f"update norm {norm:.4g} exceeds {bound:.4g}, the most {limit.max_steps} AdamW steps at lr "
-                f"{task.lr:g} can change these {numel:,} weights (max_update_norm sets another bound)")
-    return None
+        problem = (f"update norm {norm:.4g} exceeds max_update_norm {max_update_norm:g}" if max_update_norm is not None else
+                   f"update norm {norm:.4g} exceeds {bound:.4g}, the most {limit.max_steps} AdamW steps at lr "
+                   f"{task.lr:g} can change these {numel:,} weights (max_update_norm sets another bound)")
+    return UpdateCheck(problem, norm, bound)
+

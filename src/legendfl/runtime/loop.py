@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from ..core.strategy import DeviceResult, DeviceTask, Strategy
 from ..core.training import TrainConfig
-from ..core.validation import UpdateLimit, change_bound, update_change
+from ..core.validation import UpdateLimit
 from ..metrics.records import RecordWriter, RoundRecord, device_entry
 from .checkpoint import save_checkpoint
 from .context import RunContext
@@ -85,7 +85,8 @@ def run_rounds(strategy: Strategy, transport: Transport, ctx: RunContext, writer
         tasks = strategy.configure_round(rnd, transport.participants(rnd))
         outcome = transport.run_round(rnd, tasks)
         limits = {r.device_id: update_limit(ctx.train_cfg, transport.partition_size(r.device_id)) for r in outcome.results}
-        accepted, rejected = strategy.screen(tasks, outcome.results, limits)
+        screening = strategy.screen(tasks, outcome.results, limits)
+        accepted, rejected = screening.accepted, screening.rejected
         for dev, why in sorted(rejected.items()):
             log.warning("[%s] round %d: update of device %d rejected: %s", strategy.name, rnd, dev, why)
         agg = (strategy.aggregate_round(rnd, accepted) if accepted else
@@ -99,7 +100,7 @@ def run_rounds(strategy: Strategy, transport: Transport, ctx: RunContext, writer
                                                   outcome.waiting_s[r.device_id], config_log,
                                                   {**outcome.extras.get(r.device_id, {}),
                                                    **({} if r.device_id in rejected else
-                                                      change_fields(strategy, tasks[r.device_id], r, limits[r.device_id]))})
+                                                      screening.checks[r.device_id].record_fields())})
                    for r in outcome.results if r.device_id in tasks}
         record = RoundRecord(
             rnd, strategy.name, transport.runtime, transport.clock_kind, strategy.round_lr(rnd),
@@ -123,13 +124,6 @@ def update_limit(train_cfg: TrainConfig, partition_size: int) -> UpdateLimit:
     """What a device holding ``partition_size`` examples can do in a round under ``train_cfg``."""
     return UpdateLimit(partition_size, train_cfg.local_steps(partition_size), train_cfg.max_examples(partition_size),
                        train_cfg.weight_decay)
-
-
-def change_fields(strategy: Strategy, task: DeviceTask, result: DeviceResult, limit: UpdateLimit) -> dict[str, float]:
-    """An accepted update's change (L2 norm) and the bound it was held to, for its device entry."""
-    norm, start, numel = update_change(task, result)
-    bound = change_bound(task, numel, start, strategy.max_update_norm, limit)
-    return {"update_norm": round(norm, 6), "update_norm_bound": None if bound is None else round(bound, 6)}
 
 
 def _log_round(strategy: Strategy, transport: Transport, rec: dict, devices: dict, outcome: RoundOutcome, rounds: int) -> None:
