@@ -48,7 +48,7 @@ def _records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not "module": a worker that runs another module's test in between keeps it up
 def federation(tmp_path_factory):
     work = tmp_path_factory.mktemp("flower")
     (work / "legend.toml").write_text(RUN_OPTIONS)

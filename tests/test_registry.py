@@ -54,7 +54,12 @@ gamma = 0.8
 """)
     ns = make_parser().parse_args(["run", "--config", str(path), "--rounds", "3", "--hetlora.r-min", "3",
                                    "--hetlora-gamma", "0.7", "--max-grad-norm", "none", "--bf16", "false"])
-    cfg = build_config(ns)
+    with pytest.warns(FutureWarning) as caught:  # the old names still work, each with a warning naming the new one
+        cfg = build_config(ns)
+    said = " ".join(str(w.message) for w in caught)
+    for old, new in (("'ema'", "hetlora.ema / legend.ema"), ("'hetlora_r_max'", "hetlora.r_max"),
+                     ("'hetlora_gamma'", "hetlora.gamma")):
+        assert f"option {old} is deprecated: use {new}" in said
     assert cfg.strategy == "hetlora" and cfg.rounds == 3 and cfg.lr == 1e-3  # flag over file; file over default
     opts = cfg.strategy_options_resolved()
     assert (opts.r_min, opts.r_max, opts.gamma, opts.ema) == (3, 12, 0.7, 0.5)

@@ -12,12 +12,14 @@ A strategy's options live in a section named after it (its ``Options`` dataclass
 
 On the command line: ``--hetlora.r-min 2`` (or ``--set hetlora.r_min=2`` in ``compare``). The flat keys of
 earlier versions (``hetlora_r_min``, ``rank_step``, ``lcd``, ...) still work: each strategy's options
-declare them (``Options.legacy``) and they are moved into the sections here.
+declare them (``Options.legacy``, the one translation table) and they are moved into the sections
+here, with a ``FutureWarning`` that names the new key.
 """
 from __future__ import annotations
 
 import dataclasses
 import tomllib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +65,9 @@ def normalize(data: dict[str, Any]) -> dict[str, Any]:
     legacy = legacy_keys()
     for key in [k for k in data if k in legacy]:
         value = data.pop(key)
+        warnings.warn(f"option {key!r} is deprecated: use {' / '.join(f'{s}.{o}' for s, o in legacy[key])} "
+                      f"([strategy.<name>] in a config file, --<name>.<option> on the command line)", FutureWarning,
+                      stacklevel=2)
         for strategy, opt in legacy[key]:
             sections.setdefault(strategy, {})[opt] = value
     for key in [k for k in data if "." in k]:

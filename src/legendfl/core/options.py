@@ -66,7 +66,7 @@ class StrategyOptions:
     """Base of every strategy's options dataclass: the hooks the run configuration calls, doing nothing unless a
     strategy overrides them (a class attribute, so a frozen dataclass may inherit it)."""
 
-    # flat option names of earlier versions -> this strategy's option (read with a deprecation warning)
+    # flat option names of earlier versions -> this strategy's option (config.normalize: read with a FutureWarning)
     legacy: ClassVar[dict[str, str]] = {}
 
     def check_run(self, cfg: Any) -> None:
