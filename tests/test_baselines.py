@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from legendfl.core.strategy import DeviceResult
+from legendfl.core.hooks import RankTailPenalty, RankTailReport
+from legendfl.core.strategy import DeviceResult, ModelSpec, lora_ranks
 from legendfl.strategies.fedadapter import FedAdapter, FedAdapterOptions
 from legendfl.strategies.fedlora import FedLoRA
 from legendfl.strategies.full_finetune import FullFineTuning
@@ -77,6 +78,31 @@ def test_hetlora_tasks_use_truncated_ranks(backbone):
     assert task.layout.ranks == {l: 10 for l in range(6)}  # the middle rank before any report
     assert task.params["0.attention.self.query.lora_A"].shape == (10, 384)
     assert s.global_params["0.attention.self.query.lora_A"].shape == (16, 384)
+
+
+def test_hetlora_self_prunes_a_device_whose_tail_shrank_by_hand():
+    """HetLoRA's self-pruning (its paper's rank self-pruning): a device whose rank-tail norm fell during local training
+    (``RankTailPenalty.report``) gets rank floor(gamma * r) from the next round on; one whose tail grew, or that
+    reported nothing, keeps its rank; and never below r_min."""
+    spec = ModelSpec(num_layers=2, linear_modules={"q": (4, 4)}, head={"head.w": torch.zeros(2)}, hidden_size=4,
+                     base_param_count=0)
+    s = HetLoRA(HetLoRAOptions(r_min=2, r_max=8, gamma=0.5), seed=0)
+    s.initialize(spec, [0, 1, 2, 3])
+    tasks = s.configure_round(1, [0, 1, 2, 3])
+    assert {d: t.layout.ranks[0] for d, t in tasks.items()} == {0: 5, 1: 5, 2: 5, 3: 5}  # the middle rank
+    reports = {0: {"tail_norm_start": 1.0, "tail_norm": 0.5}, 1: {"tail_norm_start": 1.0, "tail_norm": 1.5}, 2: {},
+               3: {"tail_norm_start": 1.0, "tail_norm": 0.2}}
+    results = [DeviceResult(d, 1, {k: v + 0.1 for k, v in t.params.items()}, num_examples=8, metrics=reports[d])
+               for d, t in tasks.items()]
+    s.pruned_rank[3] = 2  # already at r_min: stays there
+    results[3] = DeviceResult(3, 1, {k: v[:2] if k.endswith("lora_A") else v[:, :2] if k.endswith("lora_B") else v
+                                     for k, v in results[3].params.items()}, num_examples=8, metrics=reports[3])
+    assert lora_ranks(results[0].params) == {0: 5, 1: 5} and lora_ranks(results[3].params) == {0: 2, 1: 2}
+    assert RankTailPenalty.report(reports[0]) == RankTailReport(1.0, 0.5) and RankTailPenalty.report({}) is None
+    metrics = s.aggregate_round(1, results)
+    assert metrics["pruned_devices"] == [0]
+    assert s.pruned_rank == {0: 2, 3: 2}  # floor(0.5 * 5) = 2; device 3 not pruned below r_min
+    assert {d: t.layout.ranks[0] for d, t in s.configure_round(2, [0, 1, 2, 3]).items()} == {0: 2, 1: 5, 2: 5, 3: 2}
 
 
 def test_pretest_layouts():

@@ -45,6 +45,13 @@ def key_layer(key: str) -> int | None:
     return int(head) if head.isdigit() else None
 
 
+def lora_ranks(params: Tensors) -> dict[int, int]:
+    """The LoRA rank of each layer that ``params`` (canonical keys) carry pairs for: an A tensor's first dimension."""
+    suffix = lora_key(0, "", "A").rpartition(".")[2]  # "lora_A"
+    return {key_layer(k): int(v.shape[0]) for k, v in sorted(params.items()) if k.rpartition(".")[2] == suffix
+            and key_layer(k) is not None}
+
+
 def tensors_bytes(tensors: Tensors) -> int:
     """Bytes on the wire of a set of tensors (their numeric payload, in their own dtype)."""
     return int(sum(t.numel() * t.element_size() for t in tensors.values()))

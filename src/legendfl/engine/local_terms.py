@@ -55,14 +55,14 @@ class RankTailTerm:
 
     def start(self, model: torch.nn.Module, metrics: dict) -> None:
         with torch.no_grad():
-            metrics["tail_norm_start"] = float(rank_tail_norm(self._pairs(model), self.term.gamma))
+            metrics[RankTailPenalty.START] = float(rank_tail_norm(self._pairs(model), self.term.gamma))
 
     def penalty(self, model: torch.nn.Module) -> torch.Tensor:
         return self.term.strength * rank_tail_norm(self._pairs(model), self.term.gamma)
 
     def finish(self, model: torch.nn.Module, metrics: dict) -> None:
         with torch.no_grad():
-            metrics["tail_norm"] = float(rank_tail_norm(self._pairs(model), self.term.gamma))
+            metrics[RankTailPenalty.END] = float(rank_tail_norm(self._pairs(model), self.term.gamma))
 
 
 IMPLEMENTATIONS = {RankTailPenalty: RankTailTerm}

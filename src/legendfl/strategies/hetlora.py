@@ -30,7 +30,7 @@ from ..core.aggregation import weighted_average
 from ..core.hooks import RankTailPenalty
 from ..core.lora_layout import LoraLayout
 from ..core.options import StrategyOptions, option, validate
-from ..core.strategy import DeviceResult, DeviceTask, ModelSpec, Tensors, key_layer
+from ..core.strategy import DeviceResult, DeviceTask, ModelSpec, Tensors, key_layer, lora_ranks
 from .capacity import CapacityEstimator
 from .lora_base import LoraStrategy
 from .registry import register_strategy
@@ -142,10 +142,10 @@ class HetLoRA(LoraStrategy):
         pruned = []
         for r in results:
             self.estimator.observe(r)
-            tail, start = r.metrics.get("tail_norm"), r.metrics.get("tail_norm_start")
-            if tail is not None and start is not None:
-                rank = r.params[next(k for k in r.params if k.endswith("lora_A"))].shape[0]
-                if tail < start and rank > self.r_min:
+            report = RankTailPenalty.report(r.metrics)
+            if report is not None:
+                rank = max(lora_ranks(r.params).values())  # the rank it trained (every layer's, here)
+                if report.shrank and rank > self.r_min:
                     self.pruned_rank[r.device_id] = max(self.r_min, math.floor(self.gamma * rank))
                     pruned.append(r.device_id)
         lora = sparsity_weighted_aggregate([r.params for r in results], self.r_max)
