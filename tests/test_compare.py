@@ -5,8 +5,10 @@ import json
 
 import pytest
 
+from legendfl.experiments.retiming import retime_run
 from legendfl.metrics.comparison import compare_records
 from legendfl.metrics.summary import read_records
+from legendfl.runtime.run_folder import RunFolder
 from conftest import TINY_BERT, cli
 
 TINY = [f"model={TINY_BERT}", "num_devices=3", "rounds=2", "max_local_steps=2", "max_examples_per_device=60", "max_dev_examples=200"]
@@ -80,6 +82,16 @@ def test_compare_over_seeds_and_cost_models_retimes_what_ignores_time(tmp_path):
             assert {x["cost_model"] for x in rec} == {cost} and not any(x.get("retimed") for x in rec)
         retimed = read_records(task / "flops" / f"seed-{seed}" / "fedlora" / "rounds.jsonl")
         assert all(x["retimed"] and x["cost_model"] == "flops" for x in retimed)
+        # written as a run's folder: its configuration and the source run's input fingerprint
+        source = task / "profile" / f"seed-{seed}" / "fedlora"
+        folder = task / "flops" / f"seed-{seed}" / "fedlora"
+        assert json.loads((folder / "config.json").read_text())["retimed_from"] == str(source)
+        assert (folder / "inputs.json").read_text() == (source / "inputs.json").read_text()
+    # a folder that a run is writing (locked) is refused, and nothing is written into it
+    with RunFolder(tmp_path / "busy"):
+        with pytest.raises(ValueError, match="being written by another process"):
+            retime_run(task / "profile" / "seed-0" / "fedlora", tmp_path / "busy", "flops")
+    assert sorted(p.name for p in (tmp_path / "busy").iterdir()) == [".legendfl.lock"]
     assert r.stdout.count("re-timed under the flops cost model") == 2  # fedlora only; LEGEND's depths read time
     # seeds differ (partition, fleet, init); a seed's strategies share one fleet trace
     p0 = read_records(task / "profile" / "seed-0" / "fedlora" / "rounds.jsonl")
@@ -182,7 +194,6 @@ def test_retime_refuses_its_own_folder_a_full_folder_and_empty_records(tmp_path)
     """retiming.retime_run never replaces the run it reads, never writes over other files unasked, and
     refuses a run with no rounds (it wrote a summary of nulls before; issue 21)."""
     from legendfl.experiments.compare import run_config
-    from legendfl.experiments.retiming import retime_run
 
     run = tmp_path / "run"
     run.mkdir()

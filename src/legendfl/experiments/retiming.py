@@ -1,8 +1,9 @@
 """``legendfl retime``: a finished run's folder re-timed under another cost model or fleet, no training.
 
 Reads ``config.json`` and ``rounds.jsonl``, prices every device's recorded work again (:func:`retime_records`)
-and writes ``rounds.jsonl``, ``config.json`` (with the new cost model and fleet, and ``retimed_from``) and
-``summary.json`` into the output folder. Accuracy and every decision stay those of the original run: exact
+and writes ``rounds.jsonl``, ``config.json`` (with the new cost model and fleet, and ``retimed_from``), the input
+fingerprint and ``summary.json`` into the output folder, locked and written as a run's folder is
+(``runtime.run_folder.RunFolder``, ``metrics.records.RecordWriter``). Accuracy and every decision stay those of the original run: exact
 for strategies whose decisions do not read device timings; for the others (LEGEND with adaptive depth,
 HetLoRA) the summary says so and the numbers are those decisions re-priced, not a re-run.
 """
@@ -17,8 +18,9 @@ from ..core.work import DeviceWork
 from ..fleet.cost_model import device_timing, state_fields
 from ..fleet.devices import Fleet, load_fleet
 from ..fleet.virtual_clock import VirtualClock
-from ..metrics.records import timing_fields
+from ..metrics.records import RecordWriter, timing_fields
 from ..metrics.summary import read_records, summarize
+from ..runtime.run_folder import RunFolder, input_fingerprint, recorded_inputs
 
 
 def retime_records(records: list[dict], fleet: Fleet, cost_model: str) -> list[dict]:
@@ -70,30 +72,34 @@ def retime_run(source: Path, out: Path, cost_model: str, fleet: str | None = Non
             raise ValueError(f"{source} is not a run folder: {name} is missing")
     if out.resolve() == source.resolve():
         raise ValueError(f"--out must not be the run folder itself ({source}): re-timing would replace its records")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ValueError(f"--out {out} already holds files; choose an empty folder or pass --overwrite")
-    if not read_records(source / "rounds.jsonl"):
-        raise ValueError(f"{source / 'rounds.jsonl'} holds no rounds: nothing to re-time")
-    try:
-        values = json.loads((source / "config.json").read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{source / 'config.json'} is not valid JSON ({err.msg}, line {err.lineno})") from None
-    if not isinstance(values, dict):
-        raise ValueError(f"{source / 'config.json'} must hold a JSON object of run options")
-    known = set(RunConfig.__dataclass_fields__) | set(legacy_keys())  # config.json of earlier versions: flat keys
-    values = {k: v for k, v in values.items() if k in known}
-    cfg = RunConfig.from_sources(values, {"cost_model": cost_model, "fleet": fleet or values.get("fleet", "jetson"),
-                                          "out_dir": str(out)})
-    records = retime_records(read_records(source / "rounds.jsonl"), load_fleet(cfg.fleet, cfg.num_devices, cfg.seed),
-                             cost_model)
-    out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "rounds.jsonl", "".join(json.dumps(r) + "\n" for r in records))
-    write_atomic(out / "config.json", json.dumps({**cfg.to_json(), "retimed_from": str(source)}, indent=2))
-    uses_time = decisions_use_time(cfg)
-    summary = {**summarize(records, cfg.target_accuracy), "strategy": records[0]["strategy"] if records else cfg.strategy,
-               "task": cfg.task, "model": cfg.model, "fleet": cfg.fleet, "num_devices": cfg.num_devices,
-               "cost_model": cost_model, "retimed_from": str(source), "decisions_use_time": uses_time,
-               "note": ("decisions were made under the original run's timings; re-run for a faithful result"
-                        if uses_time else "exact: this strategy's decisions do not read device timings")}
-    write_atomic(out / "summary.json", json.dumps(summary, indent=2))
-    return summary
+    with RunFolder(out) as folder:  # locked as a run's folder is; written by the writers every run uses
+        if folder.holds_outputs() and not overwrite:
+            raise ValueError(f"--out {out} already holds files; choose an empty folder or pass --overwrite")
+        if not read_records(source / "rounds.jsonl"):
+            raise ValueError(f"{source / 'rounds.jsonl'} holds no rounds: nothing to re-time")
+        try:
+            values = json.loads((source / "config.json").read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{source / 'config.json'} is not valid JSON ({err.msg}, line {err.lineno})") from None
+        if not isinstance(values, dict):
+            raise ValueError(f"{source / 'config.json'} must hold a JSON object of run options")
+        known = set(RunConfig.__dataclass_fields__) | set(legacy_keys())  # config.json of earlier versions: flat keys
+        values = {k: v for k, v in values.items() if k in known}
+        cfg = RunConfig.from_sources(values, {"cost_model": cost_model, "fleet": fleet or values.get("fleet", "jetson"),
+                                              "out_dir": str(out)})
+        records = retime_records(read_records(source / "rounds.jsonl"), load_fleet(cfg.fleet, cfg.num_devices, cfg.seed),
+                                 cost_model)
+        inputs = dict(recorded_inputs(source) or {})  # the source run's input files; the fleet's is the one now used
+        inputs.pop("fleet", None)
+        inputs.update({k: v for k, v in input_fingerprint(cfg.to_json()).items() if k == "fleet"})
+        uses_time = decisions_use_time(cfg)
+        summary = {**summarize(records, cfg.target_accuracy), "strategy": records[0]["strategy"] if records else cfg.strategy,
+                   "task": cfg.task, "model": cfg.model, "fleet": cfg.fleet, "num_devices": cfg.num_devices,
+                   "cost_model": cost_model, "retimed_from": str(source), "decisions_use_time": uses_time,
+                   "note": ("decisions were made under the original run's timings; re-run for a faithful result"
+                            if uses_time else "exact: this strategy's decisions do not read device timings")}
+        folder.clear()
+        folder.write_start({**cfg.to_json(), "retimed_from": str(source)}, inputs)
+        RecordWriter(out, records)
+        write_atomic(out / "summary.json", json.dumps(summary, indent=2))
+        return summary
