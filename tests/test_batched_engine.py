@@ -273,3 +273,38 @@ def test_stacked_lora_deltas_equal_each_devices_own_and_keep_gradients_apart():
         torch.testing.assert_close(ga, a.grad, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(gb, b.grad, rtol=1e-12, atol=1e-12)
     assert pairs[1][0].shape == (4, 16) and pairs[0][0].grad.shape == (2, 16)  # each keeps its own rank
+
+
+def test_the_engine_takes_tasks_by_declared_capability_not_by_name(backbone, monkeypatch):
+    """A client method says whether its tasks train in the batched engine (``batched``), and so does each local term's
+    implementation: a LoRA variant under another name is taken, LoRA with the capability switched off is not, and
+    a task carrying a term whose implementation does not declare it trains sequentially."""
+    from legendfl.core.hooks import LocalTerm
+    from legendfl.engine import local_terms
+    from legendfl.engine.batched_training import batched_applies
+
+    class RenamedLora(LoraMethod):  # e.g. a plugin's LoRA variant
+        name = "lora-variant"
+
+    class SequentialLora(LoraMethod):
+        name = "lora-sequential"
+        batched = False
+
+    @dataclasses.dataclass(frozen=True)
+    class Probe(LocalTerm):
+        kind = "probe"
+
+    class ProbeTerm:  # implemented for LoRA, without declaring the batched engine
+        methods = ("lora",)
+
+        def __init__(self, term):
+            self.term = term
+
+    monkeypatch.setitem(local_terms.IMPLEMENTATIONS, Probe, ProbeTerm)
+    task = _tasks(backbone)[0]
+    assert batched_applies(backbone, task, LORA)
+    assert batched_applies(backbone, dataclasses.replace(task, method="lora-variant"), RenamedLora())
+    assert not batched_applies(backbone, dataclasses.replace(task, method="lora-sequential"), SequentialLora())
+    assert batched_applies(backbone, dataclasses.replace(task, local_terms=(RankTailPenalty(),)), LORA)
+    assert not batched_applies(backbone, dataclasses.replace(task, local_terms=(Probe(),)), LORA)
+    assert not batched_applies(backbone, dataclasses.replace(task, layout=None), LORA)

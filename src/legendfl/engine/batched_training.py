@@ -27,7 +27,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core.hooks import RankTailPenalty
 from ..core.seeding import derive_seed
 from ..core.strategy import DeviceResult, DeviceTask
 from ..core.training import ADAMW_BETAS, TrainConfig
@@ -35,7 +34,7 @@ from ..core.work import DeviceWork
 from ..models.backbone import Backbone
 from .batched_lora import batchable_head, inject_batched
 from .device_rows import DeviceRows, Segment, device_dropout
-from .local_terms import implement
+from .local_terms import batched_support, implement
 from .trainer import FlopsFn, autocast_bf16, local_batches
 
 IGNORE_INDEX = -100
@@ -43,10 +42,11 @@ CPU_MAX_PADDING = 0.25  # on a CPU padded tokens cost compute: cut a pass rather
 BATCH_MEMORY_BYTES = {"cpu": 4 * 2**30}  # activations one step may hold; on a GPU: half its memory
 
 
-def batched_applies(backbone: Backbone, task: DeviceTask) -> bool:
-    """A LoRA task whose local terms the engine implements, on a model whose head is made of linear modules."""
-    return (task.method == "lora" and task.layout is not None and batchable_head(backbone)
-            and all(isinstance(term, RankTailPenalty) for term in task.local_terms))
+def batched_applies(backbone: Backbone, task: DeviceTask, method: Counting) -> bool:
+    """Whether this engine trains ``task``: its client method declares the capability (``batched``: LoRA of a layout),
+    every local term's implementation does too (``engine.local_terms``), and the head is made of linear modules."""
+    return (getattr(method, "batched", False) and task.layout is not None and batchable_head(backbone)
+            and all(batched_support(term) for term in task.local_terms))
 
 
 def default_batch_tokens(backbone: Backbone) -> int:
@@ -83,8 +83,10 @@ def plan_groups(tasks: list[DeviceTask], batches: dict[int, list[np.ndarray]], l
 
 
 class Counting(Protocol):
-    """What the engine asks of the tasks' client method (``methods.base.ClientMethod``; the runtime passes LoRA's):
-    the FLOPs of a batch and the work the cost model prices."""
+    """What the engine asks of the tasks' client method (``methods.base.ClientMethod``, one whose ``batched`` says
+    its tasks are LoRA layouts this engine trains): the FLOPs of a batch and the work the cost model prices."""
+
+    batched: bool
 
     def flops(self, backbone: Backbone, task: DeviceTask) -> FlopsFn: ...
 
@@ -206,7 +208,7 @@ def _train_group(backbone: Backbone, tasks: list[DeviceTask], data, batches: lis
     losses: list[list[float]] = [[] for _ in tasks]
     with inject_batched(backbone, [t.layout for t in tasks], [t.params for t in tasks], rows, cfg.lora_scaling,
                         cfg.lora_dropout) as slots, device_dropout(model, rows):
-        terms = [[implement(term, "lora").bind(slot.pairs) for term in t.local_terms] for t, slot in zip(tasks, slots)]
+        terms = [[implement(term, t.method).bind(slot.pairs) for term in t.local_terms] for t, slot in zip(tasks, slots)]
         start_metrics: list[dict] = [{} for _ in tasks]
         for i in range(n):
             for term in terms[i]:

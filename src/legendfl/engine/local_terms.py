@@ -1,8 +1,9 @@
 """Implementations of the typed local terms of ``core.hooks`` on a live model.
 
 Each implementation has ``start(model, metrics)`` (before local training), ``penalty(model)`` (added to
-every step's loss) and ``finish(model, metrics)`` (after). A client method that cannot carry a term
-refuses it by name.
+every step's loss) and ``finish(model, metrics)`` (after), and declares the client methods it works with
+(``methods``) and whether the batched engine can carry it (``batched``). A client method that cannot carry a
+term refuses it by name.
 """
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ def rank_tail_norm(pairs, gamma: float) -> torch.Tensor:
 class RankTailTerm:
     """:class:`~legendfl.core.hooks.RankTailPenalty` on a peft LoRA model."""
 
-    methods = ("lora",)
+    methods = ("lora",)  # the client methods it works with
+    batched = True  # also in the batched engine (``bind`` takes the engine's own LoRA pairs)
 
     def __init__(self, term: RankTailPenalty) -> None:
         self.term = term
@@ -73,3 +75,9 @@ def implement(term: LocalTerm, method: str):
     if impl is None or method not in impl.methods:
         raise ValueError(f"local term {term.kind!r} is not supported by client method {method!r}")
     return impl(term)
+
+
+def batched_support(term: LocalTerm) -> bool:
+    """Whether the batched engine carries ``term`` (its implementation says so)."""
+    impl = IMPLEMENTATIONS.get(type(term))
+    return impl is not None and getattr(impl, "batched", False)

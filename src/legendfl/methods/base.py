@@ -41,6 +41,7 @@ class ClientMethod(ABC):
 
     name: ClassVar[str] = ""
     full: ClassVar[bool] = False  # every weight trained (the cost model adds weight gradients)
+    batched: ClassVar[bool] = False  # its tasks may train in the batched engine (a LoRA layout on the shared backbone)
 
     @abstractmethod
     def inject(self, backbone: Backbone, task: DeviceTask, cfg: TrainConfig, train: bool) -> AbstractContextManager[torch.nn.Module]:

@@ -136,6 +136,7 @@ def export_adapter(backbone: Backbone, layout: LoraLayout, params: Tensors, out_
 
 class LoraMethod(ClientMethod):
     name = "lora"
+    batched = True  # the batched engine trains its tasks (engine/batched_training.py)
 
     @contextmanager
     def inject(self, backbone: Backbone, task: DeviceTask, cfg: TrainConfig, train: bool) -> Iterator[torch.nn.Module]:

@@ -121,10 +121,14 @@ class RunContext:
         (``engine.batched_training``), the others one after another."""
         results: dict[int, DeviceResult] = {}
         if self.cfg.engine == "batched":
-            chosen = [t for _, t in sorted(tasks.items()) if batched_applies(self.backbone, t)]
-            if chosen:
-                results = train_batched(self.backbone, chosen, self.train, {t.device_id: partitions[t.device_id] for t in chosen},
-                                        self.train_cfg, get_method("lora"), self.cfg.max_batch_tokens, done)
+            chosen: dict[str, list[DeviceTask]] = {}  # by client method: each counts its own devices' work
+            for _, t in sorted(tasks.items()):
+                if batched_applies(self.backbone, t, get_method(t.method)):
+                    chosen.setdefault(t.method, []).append(t)
+            for name, group in chosen.items():
+                results.update(train_batched(self.backbone, group, self.train,
+                                             {t.device_id: partitions[t.device_id] for t in group}, self.train_cfg,
+                                             get_method(name), self.cfg.max_batch_tokens, done))
         for d in sorted(set(tasks) - set(results)):
             results[d] = self.train_task(tasks[d], partitions[d])
             done(results[d])
