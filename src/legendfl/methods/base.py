@@ -5,11 +5,11 @@ A :class:`ClientMethod` implements four parts:
 - ``inject(backbone, task, cfg, train)``: a context in which the shared frozen backbone carries the task's
   trainable modules loaded with the task's tensors (and nothing of them afterwards);
 - ``collect(backbone, model, task)``: the tensors the device uploads, under canonical keys (``models.keys``);
-- ``flops(backbone, task)``: FLOPs of a batch (``models.flops``) and ``shape(task, result, num_layers)``: the
+- ``flops(backbone, task)``: FLOPs of a batch (``core.flops``) and ``shape(task, result, num_layers)``: the
   trained depth, trained layers and rank sum the cost model prices;
 - ``evaluate`` and, where the method has a standard format, ``export`` (LoRA: a peft adapter).
 
-The base class turns these into local training (``trainer.local_training``) with the task's typed local
+The base class turns these into local training (``engine.trainer.local_training``) with the task's typed local
 terms (``engine.local_terms``) and fills the result's uploaded tensors and work. A built-in method is one
 module of this package named after the method (``lora``, ``adapter``, ``full``), which calls
 :func:`register_method` at its end and is imported the first time a task names it; a plugin calls
