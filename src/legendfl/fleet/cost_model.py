@@ -23,7 +23,7 @@ Why a profile: on GPU-class devices the backward of a trained layer costs severa
 (LEGEND Fig. 4a: +5 ms per LoRA layer against ~1.4 ms forward per layer; an H100: depth 12 / depth 1 =
 3.9x), which a FLOP count does not show.
 
-``flops``: FLOPs the device really did (``models.flops``) over its mode's throughput. On this project's
+``flops``: FLOPs the device really did (``core.flops``) over its mode's throughput. On this project's
 2-core CPU that ratio matches (depth 6 / depth 1 = 1.71x measured), so it describes a CPU, not a Jetson.
 
 A simulated device reports its timing (``measured_timing``, optionally with multiplicative noise) and its
