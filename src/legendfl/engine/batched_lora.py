@@ -23,8 +23,8 @@ from torch import nn
 
 from ..core.lora_layout import LoraLayout
 from ..core.strategy import Tensors, lora_key
-from ..models.keys import head_key
 from ..models.backbone import Backbone
+from ..models.keys import head_key
 from .device_rows import DeviceRows, segment_dropout
 
 

@@ -14,13 +14,12 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from ..core.flops import BatchFlops
 from ..core.seeding import derive_seed, rng
 from ..core.strategy import DeviceResult, DeviceTask
 from ..core.training import ADAMW_BETAS, TrainConfig
-from ..core.flops import BatchFlops
 from ..models.tokenized import TokenizedData
 from .device_rows import DeviceRows, Segment, device_dropout
-
 
 
 def native_bf16(device: torch.device) -> bool:

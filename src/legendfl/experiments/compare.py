@@ -67,9 +67,8 @@ def run_strategies(base: dict, strategies: list[str], out: Path,
     With ``retime_from``, a strategy whose decisions do not read device timings is re-timed from its run
     there (same seed, another cost model) instead of trained again.
     """
-    from .retiming import decisions_use_time, retime_run
-
     from ..runtime.checkpoint import has_checkpoint
+    from .retiming import decisions_use_time, retime_run
 
     runs = {}
     for name in strategies:

@@ -20,11 +20,11 @@ import time
 import numpy as np
 import torch
 
-from ..core.lora_layout import LoraLayout
 from ..core.flops import layer_forward_flops
-from ..models.backbone import Backbone
-from ..methods.lora import lora_adapter
+from ..core.lora_layout import LoraLayout
 from ..engine.trainer import autocast_bf16
+from ..methods.lora import lora_adapter
+from ..models.backbone import Backbone
 from ..models.tokenized import TokenizedData
 
 

@@ -16,14 +16,14 @@ from typing import Iterator
 
 import torch
 
+from ..core.flops import BatchFlops, batch_work, traversed_layers
 from ..core.strategy import DeviceResult, DeviceTask, Tensors
 from ..core.training import TrainConfig
+from ..engine.trainer import FlopsFn
 from ..models.backbone import Backbone, head_parameters
-from ..core.flops import BatchFlops, batch_work, traversed_layers
 from ..models.keys import BOTTLENECK_ADAPTER as NAME
 from ..models.keys import adapter_key_of, adapter_regex, is_head_key
 from .base import ClientMethod, register_method
-from ..engine.trainer import FlopsFn
 
 
 def _live(backbone: Backbone) -> dict[str, torch.nn.Parameter]:

@@ -29,10 +29,10 @@ from ..core.plugins import load_plugins
 from ..core.strategy import DeviceResult, DeviceTask, Tensors, key_layer, tensors_bytes
 from ..core.training import TrainConfig
 from ..core.work import DeviceWork
-from ..models.backbone import Backbone
-from ..models.generative import GenerativeSplit, evaluate_split
 from ..engine.local_terms import implement
 from ..engine.trainer import FlopsFn, evaluate_model, local_training
+from ..models.backbone import Backbone
+from ..models.generative import GenerativeSplit, evaluate_split
 from ..models.tokenized import TokenizedData
 
 

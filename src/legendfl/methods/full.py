@@ -10,13 +10,13 @@ from typing import Iterator
 
 import torch
 
+from ..core.flops import batch_work
 from ..core.strategy import DeviceResult, DeviceTask, Tensors
 from ..core.training import TrainConfig
+from ..engine.trainer import FlopsFn
 from ..models.backbone import Backbone
-from ..core.flops import batch_work
 from ..models.keys import full_key, head_key
 from .base import ClientMethod, register_method
-from ..engine.trainer import FlopsFn
 
 
 def _live(backbone: Backbone) -> dict[str, torch.nn.Parameter]:

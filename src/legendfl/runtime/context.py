@@ -12,17 +12,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-
 from ..config import RunConfig
 from ..core.strategy import DeviceResult, DeviceTask
 from ..core.training import TrainConfig
 from ..data.partition import partition_stats
 from ..data.run_data import is_generative, load_run_task, run_partitions, server_validation
 from ..data.tasks import TaskData
-from ..models.backbone import Backbone, load_backbone, peek_num_layers
-from ..models.generative import CausalLMData, GenerativeSplit
 from ..engine.batched_training import batched_applies, train_batched
 from ..methods.base import get_method
+from ..models.backbone import Backbone, load_backbone, peek_num_layers
+from ..models.generative import CausalLMData, GenerativeSplit
 from ..models.tokenized import TokenizedData
 
 log = logging.getLogger(__name__)

@@ -13,8 +13,8 @@ from safetensors.torch import save
 
 from ..core.files import write_atomic
 from ..core.strategy import Strategy
-from ..metrics.summary import summarize
 from ..methods.base import get_method
+from ..metrics.summary import summarize
 from .context import RunContext
 
 GLOBAL_PARAMS = "global_params.safetensors"
