@@ -45,7 +45,7 @@ BATCH_MEMORY_BYTES = {"cpu": 4 * 2**30}  # activations one step may hold; on a G
 def batched_applies(backbone: Backbone, task: DeviceTask, method: Counting) -> bool:
     """Whether this engine trains ``task``: its client method declares the capability (``batched``: LoRA of a layout),
     every local term's implementation does too (``engine.local_terms``), and the head is made of linear modules."""
-    return (getattr(method, "batched", False) and task.layout is not None and batchable_head(backbone)
+    return (method.batched and task.layout is not None and batchable_head(backbone)
             and all(batched_support(term) for term in task.local_terms))
 
 

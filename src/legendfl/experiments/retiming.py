@@ -75,7 +75,8 @@ def retime_run(source: Path, out: Path, cost_model: str, fleet: str | None = Non
     with RunFolder(out) as folder:  # locked as a run's folder is; written by the writers every run uses
         if folder.holds_outputs() and not overwrite:
             raise ValueError(f"--out {out} already holds files; choose an empty folder or pass --overwrite")
-        if not read_records(source / "rounds.jsonl"):
+        source_records = read_records(source / "rounds.jsonl")
+        if not source_records:
             raise ValueError(f"{source / 'rounds.jsonl'} holds no rounds: nothing to re-time")
         try:
             values = json.loads((source / "config.json").read_text())
@@ -87,13 +88,13 @@ def retime_run(source: Path, out: Path, cost_model: str, fleet: str | None = Non
         values = {k: v for k, v in values.items() if k in known}
         cfg = RunConfig.from_sources(values, {"cost_model": cost_model, "fleet": fleet or values.get("fleet", "jetson"),
                                               "out_dir": str(out)})
-        records = retime_records(read_records(source / "rounds.jsonl"), load_fleet(cfg.fleet, cfg.num_devices, cfg.seed),
+        records = retime_records(source_records, load_fleet(cfg.fleet, cfg.num_devices, cfg.seed),
                                  cost_model)
         inputs = dict(recorded_inputs(source) or {})  # the source run's input files; the fleet's is the one now used
         inputs.pop("fleet", None)
         inputs.update({k: v for k, v in input_fingerprint(cfg.to_json()).items() if k == "fleet"})
         uses_time = decisions_use_time(cfg)
-        summary = {**summarize(records, cfg.target_accuracy), "strategy": records[0]["strategy"] if records else cfg.strategy,
+        summary = {**summarize(records, cfg.target_accuracy), "strategy": records[0]["strategy"],
                    "task": cfg.task, "model": cfg.model, "fleet": cfg.fleet, "num_devices": cfg.num_devices,
                    "cost_model": cost_model, "retimed_from": str(source), "decisions_use_time": uses_time,
                    "note": ("decisions were made under the original run's timings; re-run for a faithful result"
