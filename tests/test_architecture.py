@@ -3,6 +3,8 @@ and each layer imports only the layers below it."""
 import ast
 from pathlib import Path
 
+import pytest
+
 import legendfl
 
 ROOT = Path(legendfl.__file__).parent
@@ -156,3 +158,13 @@ def test_the_architecture_document_names_only_what_exists():
                 break
         else:
             raise AssertionError(f"docs/architecture.md names {dotted}, which is not a module of the package")
+
+
+@pytest.mark.xdist_group("suite_check")
+def test_the_suites_groups_reach_one_worker_each(request):
+    """`make test` runs `pytest -n auto --dist loadgroup`: a module's shared federation or run is made once only if
+    its xdist group really goes to one worker. pytest-xdist marks a grouped test by a suffix on its node id; where a
+    pytest release keeps node ids from it (9.2 with xdist 3.8), grouping is silently off (pyproject.toml pins)."""
+    if not getattr(request.config.option, "loadgroup", False):
+        pytest.skip("not run by pytest-xdist with --dist loadgroup")
+    assert request.node.nodeid.endswith("@suite_check"), request.node.nodeid

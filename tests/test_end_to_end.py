@@ -9,11 +9,11 @@ from legendfl.metrics.summary import read_records
 pytestmark = pytest.mark.xdist_group("end_to_end")  # one worker: the LEGEND run is made once for the module (pytest -n)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not "module": a worker that runs another module's test in between keeps it
 def legend_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("legend")
     r = cli("run", "--config", "configs/default.toml", "--num-devices", "6", "--rounds", "2", "--max-local-steps", "4",
-            "--max-examples-per-device", "200", "--out-dir", str(out))
+            "--max-examples-per-device", "200", "--max-dev-examples", "300", "--out-dir", str(out))
     assert r.returncode == 0, r.stderr[-3000:]
     return out, r.stdout
 
@@ -48,9 +48,9 @@ def test_legend_run_writes_records_summary_plots_and_adapter(legend_run):
 def test_exported_adapter_reproduces_accuracy_in_a_fresh_process(legend_run):
     out, _ = legend_run
     final = read_records(out / "rounds.jsonl")[-1]["accuracy"]
-    r = cli("eval-adapter", str(out / "adapter"), "--task", "sst2", process=True)  # stdout: JSON alone
+    r = cli("eval-adapter", str(out / "adapter"), "--task", "sst2", "--max-dev-examples", "300", process=True)  # stdout: JSON alone
     assert r.returncode == 0, r.stderr[-2000:]
-    assert abs(json.loads(r.stdout)["accuracy"] - final) <= 0.003
+    assert abs(json.loads(r.stdout)["accuracy"] - final) <= 1 / 300 + 1e-9  # one example at most (batch padding)
 
 
 @pytest.mark.slow

@@ -38,7 +38,7 @@ max_length = 32
 batch_size = 8
 max_local_steps = 2
 lr = 2e-3
-fixed_depths = {DEPTHS}
+legend.fixed_depths = {DEPTHS}
 threads = 1
 seed = 0
 """
@@ -123,7 +123,7 @@ def test_baselines_run_unchanged_over_flower(federation, strategy):
     """Every strategy plugs into both runtimes the same way: same per-device losses, same global model."""
     work, fed = federation
     options = (RUN_OPTIONS.replace('strategy = "legend"', f'strategy = "{strategy}"').replace("rounds = 2", "rounds = 1")
-               .replace(f"fixed_depths = {DEPTHS}\n", ""))
+               .replace(f"legend.fixed_depths = {DEPTHS}\n", ""))
     (work / f"{strategy}.toml").write_text(options)
     out = work / f"flower-{strategy}"
     status, log = fed.run(APP, {"config-file": str(work / f"{strategy}.toml"), "out-dir": str(out),
@@ -157,7 +157,7 @@ def test_a_node_killed_after_round_one_is_recorded_missing(federation):
     work, fed = federation
     out = work / "flower-run-killed"
     # no fixed depths: round 2's depths come from LCD over the nodes' real measured timings
-    (work / "legend-killed.toml").write_text(RUN_OPTIONS.replace(f"fixed_depths = {DEPTHS}\n", ""))
+    (work / "legend-killed.toml").write_text(RUN_OPTIONS.replace(f"legend.fixed_depths = {DEPTHS}\n", ""))
 
     def kill_after_round_one():
         deadline = time.monotonic() + 300
@@ -233,7 +233,7 @@ def test_an_emulated_fleet_over_flower_makes_the_simulators_legend_decisions(tmp
 
     SCALE = 0.25  # a node sleeps a quarter of its device's virtual round time
 
-    options = RUN_OPTIONS.replace(f"fixed_depths = {DEPTHS}\n", "")  # 2 rounds: the second's depths come from LCD
+    options = RUN_OPTIONS.replace(f"legend.fixed_depths = {DEPTHS}\n", "")  # 2 rounds: the second's depths come from LCD
     config = tmp_path / "emulated.toml"
     config.write_text(options.replace("num_devices = 3\n", ""))
     status = run_local(config, 3, tmp_path / "flower", workers=True, emulate_time_scale=SCALE, timeout_s=480)

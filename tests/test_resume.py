@@ -46,7 +46,7 @@ def _lines(path: Path) -> int:
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not "module": a worker that runs another module's test in between keeps it
 def uninterrupted(tmp_path_factory):
     runs = {}
 
@@ -90,17 +90,20 @@ def test_killed_mid_training_and_resumed_equals_an_uninterrupted_run(tmp_path, u
 
 
 @pytest.mark.slow
-def test_killed_while_writing_its_checkpoint_and_resumed_equals_an_uninterrupted_run(tmp_path, uninterrupted):
+@pytest.mark.parametrize("torn", [3, 1])  # 1: killed before any checkpoint existed
+def test_killed_while_writing_its_checkpoint_and_resumed_equals_an_uninterrupted_run(tmp_path, uninterrupted, torn):
     out = tmp_path / "torn"
-    env = {**os.environ, "LEGENDFL_FAILPOINT": "checkpoint-write:3"}  # SIGKILL halfway through round 3's checkpoint
+    env = {**os.environ, "LEGENDFL_FAILPOINT": f"checkpoint-write:{torn}"}  # SIGKILL halfway through that checkpoint
     r = subprocess.run([sys.executable, "-m", "legendfl", "run", "--strategy", "legend", *ARGS, "--out-dir", str(out)],
                        capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == -signal.SIGKILL
-    assert _lines(out / "rounds.jsonl") == 3  # round 3's record was written, its checkpoint torn
+    assert _lines(out / "rounds.jsonl") == torn  # that round's record was written, its checkpoint torn
     assert list(out.glob(".checkpoint.pt.*.tmp"))  # the torn temporary file (core.files.write_atomic), never the checkpoint
+    assert (out / "checkpoint.pt").exists() == (torn > 1)
     r = cli("run", "--resume", str(out))
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "after round 2" in r.stdout  # the last whole checkpoint; round 3 is made again
+    # the last whole checkpoint, and the torn round made again; with none, the whole run made again
+    assert f"after round {torn - 1}" in r.stdout if torn > 1 else "made again from round 1" in r.stdout
     _same_run(uninterrupted("legend"), out)
 
 
@@ -113,6 +116,10 @@ def test_a_second_run_into_the_same_folder_is_refused_and_resume_checks_its_inpu
     assert r.returncode == 2 and "no checkpoint.pt" in r.stderr
     r = cli("run", "--resume", str(tmp_path), "--rounds", "3", timeout=120)
     assert r.returncode == 2 and "drop --rounds" in r.stderr
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "summary.json").write_text("{}")  # a finished run: resume must not make it again
+    r = cli("run", "--resume", str(tmp_path), timeout=120)
+    assert r.returncode == 2 and "has finished" in r.stderr and (tmp_path / "summary.json").read_text() == "{}"
     (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
     r = cli("run", "--resume", str(tmp_path), timeout=120)
     assert r.returncode == 2 and "is not a legendfl checkpoint" in r.stderr

@@ -252,7 +252,7 @@ def _cmd_flower_local(ns: argparse.Namespace) -> int:
 def _cmd_eval_adapter(ns: argparse.Namespace) -> int:
     from .experiments.evaluate_export import evaluate_exported
 
-    acc = evaluate_exported(ns.adapter, ns.task, ns.model, ns.max_length)
+    acc = evaluate_exported(ns.adapter, ns.task, ns.model, ns.max_length, ns.max_dev_examples)
     print(json.dumps({"accuracy": acc}))
     return 0
 
@@ -346,6 +346,8 @@ def make_parser() -> argparse.ArgumentParser:
     p_eval.add_argument("--task", default="sst2")
     p_eval.add_argument("--model", default="minilm")
     p_eval.add_argument("--max-length", type=int, default=128)
+    p_eval.add_argument("--max-dev-examples", type=int, default=None, metavar="N",
+                        help="the first N dev examples only, as a run with max_dev_examples = N evaluates (default: all)")
     p_eval.set_defaults(func=_cmd_eval_adapter)
     return parser
 

@@ -8,7 +8,9 @@ import torch
 
 
 @torch.no_grad()
-def evaluate_exported(adapter_dir: str, task: str = "sst2", model: str = "minilm", max_length: int = 128) -> float:
+def evaluate_exported(adapter_dir: str, task: str = "sst2", model: str = "minilm", max_length: int = 128,
+                      max_dev_examples: int | None = None) -> float:
+    """Accuracy of the adapter on the task's dev split (its first ``max_dev_examples``, as a run evaluates)."""
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -17,6 +19,8 @@ def evaluate_exported(adapter_dir: str, task: str = "sst2", model: str = "minilm
 
     if max_length <= 0:
         raise ValueError(f"--max-length must be a positive integer, got {max_length}")
+    if max_dev_examples is not None and max_dev_examples <= 0:
+        raise ValueError(f"--max-dev-examples must be a positive integer, got {max_dev_examples}")
     folder = Path(adapter_dir)
     missing = [n for n in ("adapter_config.json", "labels.json") if not (folder / n).is_file()]
     if missing:
@@ -34,11 +38,12 @@ def evaluate_exported(adapter_dir: str, task: str = "sst2", model: str = "minilm
     tokenizer = AutoTokenizer.from_pretrained(path)
     base = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(labels))
     peft_model = PeftModel.from_pretrained(base, adapter_dir).eval()
+    dev = data.dev[:max_dev_examples]
     correct = 0
-    for i in range(0, len(data.dev), 64):
-        chunk = data.dev[i:i + 64]
+    for i in range(0, len(dev), 64):
+        chunk = dev[i:i + 64]
         b = [ex[1] for ex in chunk] if chunk[0][1] is not None else None
         enc = tokenizer([ex[0] for ex in chunk], b, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
         pred = peft_model(**enc).logits.argmax(-1)
         correct += int((pred == torch.tensor([ex[2] for ex in chunk])).sum())
-    return correct / len(data.dev)
+    return correct / len(dev)

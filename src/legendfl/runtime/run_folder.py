@@ -140,6 +140,16 @@ class RunFolder:
                 removed.append(p.name)
         return removed
 
+    def recorded_config(self) -> dict[str, Any] | None:
+        """The configuration :meth:`write_start` recorded (None if this folder holds no started run)."""
+        path = self.out / "config.json"
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON ({err.msg}, line {err.lineno})") from None
+
     def write_start(self, config: dict[str, Any], inputs: dict[str, dict[str, str]]) -> None:
         """The run's configuration and input fingerprint, before its first round."""
         write_atomic(self.out / "config.json", json.dumps(config, indent=2))

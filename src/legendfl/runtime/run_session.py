@@ -1,9 +1,10 @@
 """One run from start to outputs, for every runtime: the only place that sets a run up and tears it down.
 
 :func:`execute_run` locks the folder, starts afresh or continues from the checkpoint (refusing other settings
-or changed input files, ``run_folder.py``), builds the strategy and the runtime's context and transport,
-runs the round loop (``loop.py``), writes the outputs (``outputs.py``) and drops the checkpoint. A runtime
-supplies only what differs: how to build its context and transport, and what it adds to config and summary.
+or changed input files, ``run_folder.py``; a run stopped before its first checkpoint is made again from round 1),
+builds the strategy and the runtime's context and transport, runs the round loop (``loop.py``), writes the
+outputs (``outputs.py``) and drops the checkpoint. A runtime supplies only what differs: how to build its
+context and transport, and what it adds to config and summary.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import torch
 from ..config import RunConfig
 from ..core.files import write_atomic
 from ..metrics.records import RecordWriter
-from .checkpoint import CHECKPOINT, load_checkpoint, restore
+from .checkpoint import CHECKPOINT, has_checkpoint, load_checkpoint, restore
 from .context import RunContext
 from .loop import Transport, run_rounds
 from .outputs import write_outputs
@@ -44,10 +45,17 @@ def execute_run(cfg: RunConfig | None, out: str | Path, *, make_context: Callabl
     if the checkpoint's settings equal it). Returns the summary."""
     out = Path(out)
     with RunFolder(out) as folder:
-        state = None
+        state, again = None, False
         if resume:
-            state = load_checkpoint(out)
-            recorded = RunConfig.from_record({**state["config"], "out_dir": str(out)}, f"the checkpoint in {out}")
+            started = folder.recorded_config()
+            if not has_checkpoint(out) and (out / "summary.json").exists():
+                raise ValueError(f"resume: the run in {out} has finished (summary.json, no checkpoint); nothing to resume")
+            if has_checkpoint(out) or started is None:
+                state = load_checkpoint(out)
+                recorded = RunConfig.from_record({**state["config"], "out_dir": str(out)}, f"the checkpoint in {out}")
+            else:  # stopped before its first checkpoint: nothing to continue from, so the run is made again
+                again = True
+                recorded = RunConfig.from_record({**started, "out_dir": str(out)}, f"{out / 'config.json'}")
             if cfg is not None:
                 differ = differing_settings(recorded.to_json(), cfg.to_json())
                 if differ:
@@ -65,9 +73,12 @@ def execute_run(cfg: RunConfig | None, out: str | Path, *, make_context: Callabl
         check_rank(cfg, ctx)
         if state is None:
             inputs = input_fingerprint(cfg.to_json())
-            if overwrite:
+            if overwrite or again:
                 removed = folder.clear()
-                if removed:
+                if again:
+                    log.info("resuming %s in %s: it stopped before its first checkpoint; made again from round 1",
+                             cfg.strategy, out)
+                elif removed:
                     log.info("--overwrite: removed the earlier run's %s", ", ".join(removed))
             folder.write_start({**cfg.to_json(), **(config_extra or {})}, inputs)
             if ctx.partition_stats:
