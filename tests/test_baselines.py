@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from legendfl.core.hooks import RankTailPenalty, RankTailReport
+from legendfl.strategies.hetlora import RankTailPenalty, RankTailReport
 from legendfl.core.strategy import DeviceResult, ModelSpec, lora_ranks
 from legendfl.strategies.fedadapter import FedAdapter, FedAdapterOptions
 from legendfl.strategies.fedlora import FedLoRA
@@ -34,15 +34,15 @@ def test_fedadapter_winner_is_chosen_by_number_not_string(backbone):
     s.initialize(backbone.spec, list(range(6)))
     tasks = s.configure_round(1, list(range(6)))
     assert {s.assignment[d] for d in tasks} == {"shallow", "deeper", "wider"}
-    assert {(t.adapter.depth, t.adapter.width) for t in tasks.values()} == {(2, 8), (4, 8), (2, 16)}
+    assert {(t.config.depth, t.config.width) for t in tasks.values()} == {(2, 8), (4, 8), (2, 16)}
     assert s.candidate_evaluations(1) == {} and set(s.candidate_evaluations(2)) == {"shallow", "deeper", "wider"}
     # accuracies in percent: as strings "9.5" > "85.0" > "10.0"; as numbers deeper wins
     s.receive_evaluations(2, {"shallow": {"accuracy": 9.5}, "deeper": {"accuracy": 85.0}, "wider": {"accuracy": 10.0}})
     assert s.winner["config"] == (4, 8)
     nxt = s.configure_round(3, list(range(6)))
-    assert {(t.adapter.depth, t.adapter.width) for t in nxt.values()} == {(4, 8), (6, 8), (4, 16)}
+    assert {(t.config.depth, t.config.width) for t in nxt.values()} == {(4, 8), (6, 8), (4, 16)}
     # the wider trial starts as the winner's function: its extra up-projection columns are zero
-    wide = next(t for t in nxt.values() if t.adapter.width == 16)
+    wide = next(t for t in nxt.values() if t.config.width == 16)
     assert wide.params["5.output.adapter.adapter_up.weight"][:, 8:].abs().sum() == 0
 
 
@@ -75,7 +75,7 @@ def test_hetlora_tasks_use_truncated_ranks(backbone):
     s = HetLoRA(HetLoRAOptions(r_min=4, r_max=16), seed=0)
     s.initialize(backbone.spec, [0, 1])
     task = s.configure_round(1, [0, 1])[0]
-    assert task.layout.ranks == {l: 10 for l in range(6)}  # the middle rank before any report
+    assert task.config.ranks == {l: 10 for l in range(6)}  # the middle rank before any report
     assert task.params["0.attention.self.query.lora_A"].shape == (10, 384)
     assert s.global_params["0.attention.self.query.lora_A"].shape == (16, 384)
 
@@ -89,7 +89,7 @@ def test_hetlora_self_prunes_a_device_whose_tail_shrank_by_hand():
     s = HetLoRA(HetLoRAOptions(r_min=2, r_max=8, gamma=0.5), seed=0)
     s.initialize(spec, [0, 1, 2, 3])
     tasks = s.configure_round(1, [0, 1, 2, 3])
-    assert {d: t.layout.ranks[0] for d, t in tasks.items()} == {0: 5, 1: 5, 2: 5, 3: 5}  # the middle rank
+    assert {d: t.config.ranks[0] for d, t in tasks.items()} == {0: 5, 1: 5, 2: 5, 3: 5}  # the middle rank
     reports = {0: {"tail_norm_start": 1.0, "tail_norm": 0.5}, 1: {"tail_norm_start": 1.0, "tail_norm": 1.5}, 2: {},
                3: {"tail_norm_start": 1.0, "tail_norm": 0.2}}
     results = [DeviceResult(d, 1, {k: v + 0.1 for k, v in t.params.items()}, num_examples=8, metrics=reports[d])
@@ -102,7 +102,7 @@ def test_hetlora_self_prunes_a_device_whose_tail_shrank_by_hand():
     metrics = s.aggregate_round(1, results)
     assert metrics["pruned_devices"] == [0]
     assert s.pruned_rank == {0: 2, 3: 2}  # floor(0.5 * 5) = 2; device 3 not pruned below r_min
-    assert {d: t.layout.ranks[0] for d, t in s.configure_round(2, [0, 1, 2, 3]).items()} == {0: 2, 1: 5, 2: 5, 3: 2}
+    assert {d: t.config.ranks[0] for d, t in s.configure_round(2, [0, 1, 2, 3]).items()} == {0: 2, 1: 5, 2: 5, 3: 2}
 
 
 def test_pretest_layouts():

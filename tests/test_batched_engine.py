@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import legendfl.engine.batched_training as batched_training
-from legendfl.core.hooks import RankTailPenalty
+from legendfl.strategies.hetlora import RankTailPenalty
 from legendfl.core.lora_layout import LoraLayout
 from legendfl.core.strategy import DeviceTask, lora_key
 from legendfl.core.training import TrainConfig
@@ -52,7 +52,7 @@ def _tasks(backbone, rnd=2):
                LoraLayout.uniform([0, 3, 5], 3, L)]
     lrs = [1e-3, 2e-3, 5e-4, 3e-3]
     terms = [(), (), (RankTailPenalty(gamma=0.5, strength=0.1),), ()]
-    return [DeviceTask(device_id=d, round=rnd, params=_global_params(backbone, lay, d), layout=lay, lr=lr, local_terms=t)
+    return [DeviceTask(device_id=d, round=rnd, params=_global_params(backbone, lay, d), config=lay, lr=lr, local_terms=t)
             for d, (lay, lr, t) in enumerate(zip(layouts, lrs, terms))]
 
 
@@ -209,7 +209,7 @@ def test_batched_decoder_round_equals_sequential_peft(kind, backbone, tmp_path):
     data = CausalLMData(dec.tokenizer, pairs, max_length=96)
     L = dec.num_layers
     layouts = [LoraLayout.top(1, [2, 3, 4, 6]), LoraLayout.top(L, [2, 3, 4, 6]), LoraLayout.uniform([0, 2], 4, L)]
-    tasks = [DeviceTask(device_id=d, round=1, params=dec.spec.init_lora(lay, d), layout=lay, lr=2e-3 * (d + 1))
+    tasks = [DeviceTask(device_id=d, round=1, params=dec.spec.init_lora(lay, d), config=lay, lr=2e-3 * (d + 1))
              for d, lay in enumerate(layouts)]
     parts = {0: list(range(0, 16)), 1: list(range(16, 40)), 2: list(range(40, 48))}
     cfg = TrainConfig(batch_size=4, max_local_steps=3, bf16=False, seed=1)
@@ -300,11 +300,11 @@ def test_the_engine_takes_tasks_by_declared_capability_not_by_name(backbone, mon
         def __init__(self, term):
             self.term = term
 
-    monkeypatch.setitem(local_terms.IMPLEMENTATIONS, Probe, ProbeTerm)
+    monkeypatch.setitem(local_terms._IMPLEMENTATIONS, "probe", ProbeTerm)
     task = _tasks(backbone)[0]
     assert batched_applies(backbone, task, LORA)
     assert batched_applies(backbone, dataclasses.replace(task, method="lora-variant"), RenamedLora())
     assert not batched_applies(backbone, dataclasses.replace(task, method="lora-sequential"), SequentialLora())
     assert batched_applies(backbone, dataclasses.replace(task, local_terms=(RankTailPenalty(),)), LORA)
     assert not batched_applies(backbone, dataclasses.replace(task, local_terms=(Probe(),)), LORA)
-    assert not batched_applies(backbone, dataclasses.replace(task, layout=None), LORA)
+    assert not batched_applies(backbone, dataclasses.replace(task, config=None), LORA)

@@ -80,11 +80,11 @@ def test_a_decoder_lora_task_trains_uploads_lora_only_and_exports_for_plain_peft
     assert result.work.trained_depth == 2 and result.num_steps == 3
     strategy.aggregate_round(1, [result])
     glob = strategy.evaluation_task()
-    export_adapter(dec, glob.layout, glob.params, str(tmp_path / "adapter"))
+    export_adapter(dec, glob.config, glob.params, str(tmp_path / "adapter"))
     reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(dec.model.name_or_path or str(tmp_path)),
                                          str(tmp_path / "adapter")).eval()
     batch = data.batch([0, 1])
-    with torch.no_grad(), lora_adapter(dec, glob.layout, glob.params, train_head=False) as model:
+    with torch.no_grad(), lora_adapter(dec, glob.config, glob.params, train_head=False) as model:
         ours = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     with torch.no_grad():
         theirs = reloaded(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -207,7 +207,7 @@ def test_instructions_train_a_decoder_end_to_end(tmp_path, backbone):
 def test_fedadapter_trains_bottleneck_adapters_on_a_decoder_and_full_fine_tuning_warns_about_memory(decoder, caplog):
     import logging
 
-    from legendfl.core.lora_layout import AdapterLayout
+    from legendfl.strategies.fedadapter import AdapterLayout
     from legendfl.core.strategy import DeviceTask
     from legendfl.strategies import build_strategy
 
@@ -217,7 +217,7 @@ def test_fedadapter_trains_bottleneck_adapters_on_a_decoder_and_full_fine_tuning
     params = strategy.grow({}, 2, 8, 0)
     assert sorted(params)[0] == "2.output.adapter.adapter_down.0.bias"  # one canonical location for every model
     data = CausalLMData(dec.tokenizer, [(gsm8k_prompt("What is 1 + 1?"), " 1 + 1 = 2 #### 2")] * 8, max_length=48)
-    task = DeviceTask(0, 1, params, method="adapter", adapter=AdapterLayout(2, 8), lr=1e-2)
+    task = DeviceTask(0, 1, params, AdapterLayout(2, 8), method="adapter", lr=1e-2)
     result = get_method("adapter").train(task, dec, data, list(range(8)), TrainConfig(batch_size=4, max_local_steps=2, bf16=False))
     # adapters in the top 2 blocks: the backward enters the frozen weights of the upper block only (core/flops.py)
     assert set(result.params) == set(params) and result.work.trained_depth == 1 and result.work.trained_layers == 1

@@ -190,13 +190,13 @@ def test_adapter_backward_prices_what_backpropagation_traverses_by_hand():
     block's frozen weights. Adapters in the top 3 of 12 blocks: the backward runs through 2 blocks in full
     (and through all 3 adapters); LoRA in the same 3 blocks runs through all 3 (core/flops.py)."""
     from legendfl.core.flops import batch_work
-    from legendfl.core.lora_layout import AdapterLayout
+    from legendfl.strategies.fedadapter import AdapterLayout
     from legendfl.core.strategy import DeviceTask
     from legendfl.fleet.devices import DeviceRoundState
     from legendfl.methods.adapter import BottleneckMethod
 
     spec = _roberta_base_spec()
-    task = DeviceTask(0, 1, {}, None, "adapter", adapter=AdapterLayout(3, 16))
+    task = DeviceTask(0, 1, {}, AdapterLayout(3, 16), "adapter")
     assert BottleneckMethod().shape(task, None, 12) == (2, 2, 0)
     adapter = 1e6  # one adapter's forward FLOPs on the batch
     w = batch_work(spec, None, 4, 64, extra_forward_per_layer={layer: adapter for layer in (9, 10, 11)})

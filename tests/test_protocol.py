@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 
-from legendfl.core.hooks import RankTailPenalty
-from legendfl.core.lora_layout import AdapterLayout, LoraLayout
+from legendfl.strategies.hetlora import RankTailPenalty
+from legendfl.core.lora_layout import LoraLayout
+from legendfl.strategies.fedadapter import AdapterLayout
 from legendfl.core.strategy import DeviceResult, DeviceTask, ModelSpec
 from legendfl.core.work import DeviceTiming, DeviceWork
 from legendfl.strategies.legend import Legend, LegendOptions
@@ -29,12 +30,12 @@ def _result(dev, rnd, layers, value, forward, backward, upload, rank_sum):
 def test_legend_configures_depths_from_measurements_and_aggregates_layerwise_by_hand():
     default = Legend(LegendOptions(rank_budget=16), seed=0, lora_rank=2)
     default.initialize(_spec(), [0, 1, 2])  # before any report: all L layers, FedLoRA's configuration
-    assert {d: t.layout.depth for d, t in default.configure_round(1, [0, 1, 2]).items()} == {0: 4, 1: 4, 2: 4}
+    assert {d: t.config.depth for d, t in default.configure_round(1, [0, 1, 2]).items()} == {0: 4, 1: 4, 2: 4}
     s = Legend(LegendOptions(rank_budget=16, initial_depth=2), seed=0, lora_rank=2)
     s.initialize(_spec(), [0, 1, 2])
     assert s.ranks == [2, 3, 5, 6]  # r0 = (16 - 6) // 4 = 2, step 1, remainder 2 to the top layers
     tasks = s.configure_round(1, [0, 1, 2])
-    assert {d: t.layout.depth for d, t in tasks.items()} == {0: 2, 1: 2, 2: 2}  # initial_depth before any report
+    assert {d: t.config.depth for d, t in tasks.items()} == {0: 2, 1: 2, 2: 2}  # initial_depth before any report
     assert set(tasks[0].params) == {"2.q.lora_A", "2.q.lora_B", "3.q.lora_A", "3.q.lora_B", "head.w"}
     # device d trained layers 2 and 3 (rank sum 5 + 6 = 11); its measurements: forward f, backward b, upload u
     speeds = {0: (1.0, 2.0, 1.1), 1: (2.0, 4.0, 2.2), 2: (4.0, 8.0, 4.4)}
@@ -52,9 +53,9 @@ def test_legend_configures_depths_from_measurements_and_aggregates_layerwise_by_
     # gap k = ceil(4 * (26.4 - 6.6) / 26.4) = 3; depths 4 - ceil(3 (t - 6.6) / 19.8) = 4, 3, 1; the fill cannot
     # raise device 2 (depth 2 would take 4 + 8 + 11 * 0.4 = 16.4 s > t^h = 10.8 s) nor device 1 (13.2 s)
     tasks = s.configure_round(2, [0, 1, 2])
-    assert {d: t.layout.depth for d, t in tasks.items()} == {0: 4, 1: 3, 2: 1}
+    assert {d: t.config.depth for d, t in tasks.items()} == {0: 4, 1: 3, 2: 1}
     assert s.last_decision.round_time == pytest.approx(10.8)
-    assert tasks[2].layout.ranks == {3: 6} and tasks[1].layout.ranks == {1: 3, 2: 5, 3: 6}
+    assert tasks[2].config.ranks == {3: 6} and tasks[1].config.ranks == {1: 3, 2: 5, 3: 6}
     log = s.round_log(tasks)
     assert log["1"]["predicted_time_s"] == pytest.approx(2 + 3 * 2 + 14 * 0.2)
 
@@ -65,11 +66,11 @@ def test_a_task_and_a_result_survive_flower_messages():
     task = DeviceTask(3, 7, {"5.q.lora_A": torch.randn(4, 3), "head.w": torch.arange(2.0)}, LoraLayout({5: 4}, 6),
                       "lora", 1e-3, local_terms=(RankTailPenalty(0.75, 0.01),))
     back, cfg, labels = decode_task(encode_task(task, {"rounds": 2}, ["neg", "pos"]))
-    assert (back.device_id, back.round, back.method, back.lr, back.layout) == (3, 7, "lora", 1e-3, task.layout)
+    assert (back.device_id, back.round, back.method, back.lr, back.config) == (3, 7, "lora", 1e-3, task.config)
     assert back.local_terms == task.local_terms and cfg == {"rounds": 2} and labels == ["neg", "pos"]
     assert all(torch.equal(back.params[k], v) for k, v in task.params.items())
-    adapter = DeviceTask(1, 2, {}, None, "adapter", adapter=AdapterLayout(2, 16))
-    assert decode_task(encode_task(adapter, {}, []))[0].adapter == AdapterLayout(2, 16)
+    adapter = DeviceTask(1, 2, {}, AdapterLayout(2, 16), "adapter")
+    assert decode_task(encode_task(adapter, {}, []))[0].config == AdapterLayout(2, 16)
 
     work = DeviceWork(forward_flops=1.5, backward_flops=2.5, download_bytes=10, upload_bytes=20, trained_depth=1,
                       rank_sum=4, lora_upload_bytes=16, steps=3, layer_forward_flops=0.5,

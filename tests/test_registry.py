@@ -154,7 +154,8 @@ def test_a_toy_strategy_registered_from_a_test_file_runs_end_to_end(tmp_path, to
 
 def test_a_plugin_package_registers_a_strategy_a_client_method_and_a_fleet(tmp_path, monkeypatch, caplog):
     """core/plugins.py: an installed package's ``legendfl.plugins`` entry point (stubbed here; a broken one beside
-    it) brings a strategy that trains with its own client method, and a fleet name; the CLI and runs see them."""
+    it) brings a strategy that trains with its own client method, task configuration and local term, and a fleet
+    name; the CLI and runs see them, and nothing in core/, runtime/ or the Flower payloads names them."""
     import importlib.metadata
 
     from legendfl.core import plugins
@@ -180,5 +181,17 @@ def test_a_plugin_package_registers_a_strategy_a_client_method_and_a_fleet(tmp_p
         run(cfg)
         devices = read_records(tmp_path / "rounds.jsonl")[0]["devices"]
         assert {v["depth"] for v in devices.values()} == {6} and {tuple(v["ranks"]) for v in devices.values()} == {(2,)}
+        # the plugin's own task config reached its method, and its own local term ran on every device
+        reported = json.loads((tmp_path / "summary.json").read_text())["plugin_square"]
+        assert sorted(reported) == ["0", "1"] and all(end != start > 0 for start, end in reported.values())
+        # and both travel over Flower as they are (the payloads know no kind of config or term)
+        from legendfl_plugin_example import BottomLayerConfig, LoraSquarePull
+
+        from legendfl.core.strategy import DeviceTask
+        from legendfl.runtime.flower.messages import decode_task, encode_task
+
+        task = DeviceTask(0, 1, {}, BottomLayerConfig(2, 6), "plugin-lora", local_terms=(LoraSquarePull(0.5),))
+        back = decode_task(encode_task(task, {}, []))[0]
+        assert (back.config, back.local_terms, back.method) == (task.config, task.local_terms, "plugin-lora")
     finally:
         unregister("plugin-bottom-layer")

@@ -125,7 +125,7 @@ def _fake_results(tasks, rnd):
     for d, t in tasks.items():
         params = {k: v + 0.01 * (d + 1) for k, v in t.params.items()}
         work = DeviceWork(forward_flops=1.0, backward_flops=1.0, download_bytes=10, upload_bytes=10,
-                          trained_depth=max(1, t.layout.depth if t.layout else 1), rank_sum=4,
+                          trained_depth=max(1, t.config.depth if t.config else 1), rank_sum=4,
                           lora_upload_bytes=8)
         out.append(DeviceResult(d, rnd, params, num_examples=5 + d, work=work,
                                 timing=DeviceTiming(0.1, 1.0 + d, 2.0 * (d + 1), 0.3 * (d + 1)),
@@ -155,7 +155,7 @@ def test_every_strategy_declares_all_the_state_a_round_changes(backbone, name):
     a, b = strategy.configure_round(4, devices), restored.configure_round(4, devices)
     assert a.keys() == b.keys()
     for d in a:
-        assert _same(a[d].params, b[d].params) and a[d].layout == b[d].layout and a[d].adapter == b[d].adapter
+        assert _same(a[d].params, b[d].params) and a[d].config == b[d].config
 
 
 def test_adamws_step_bound_is_reached_by_the_worst_gradients_and_never_passed_by_others():

@@ -2,8 +2,8 @@
 
 A strategy puts instances in :attr:`DeviceTask.local_terms`; the client method that trains the task
 implements each term it supports (``engine/local_terms.py``) and refuses any other by name. Terms travel
-over Flower as JSON (``to_json`` / :func:`term_from_json`), so every term is a small frozen dataclass
-registered here by its ``kind``.
+over Flower as JSON (``to_json`` / :func:`term_from_json`), so every term is a small frozen dataclass with a
+``kind``, registered (:func:`register_term`) by the module that defines it: a strategy, a method or a plugin.
 """
 from __future__ import annotations
 
@@ -22,49 +22,26 @@ class LocalTerm:
         return {"kind": self.kind, **dataclasses.asdict(self)}
 
 
-@dataclass(frozen=True)
-class RankTailPenalty(LocalTerm):
-    """HetLoRA's local rank regulariser: ``strength * sum over LoRA pairs of ||A[g:]|| * ||B[:, g:]||`` with
-    ``g = floor(gamma * r)``; the device also reports the tail norm before and after its local training
-    (``RankTailPenalty.report``), from which the server decides self-pruning."""
-
-    kind: ClassVar[str] = "rank_tail_penalty"
-    START: ClassVar[str] = "tail_norm_start"  # the device's metrics: the tail norm before local training
-    END: ClassVar[str] = "tail_norm"  # and after it
-    gamma: float = 0.9
-    strength: float = 1e-3
-
-    @classmethod
-    def report(cls, metrics: dict) -> "RankTailReport | None":
-        """What a device measured for this term, read from its result's metrics (None if it reported nothing)."""
-        start, end = metrics.get(cls.START), metrics.get(cls.END)
-        return None if start is None or end is None else RankTailReport(float(start), float(end))
-
-    def __post_init__(self) -> None:
-        if not 0 < self.gamma < 1:
-            raise ValueError(f"gamma must be in (0, 1), got {self.gamma}")
-        if self.strength < 0:
-            raise ValueError(f"strength must be >= 0, got {self.strength}")
+_TERMS: dict[str, type[LocalTerm]] = {}
 
 
-@dataclass(frozen=True)
-class RankTailReport:
-    """A device's tail norm (``RankTailPenalty``) before and after its local training."""
-
-    start: float
-    end: float
-
-    @property
-    def shrank(self) -> bool:
-        return self.end < self.start
-
-
-TERMS: dict[str, type[LocalTerm]] = {RankTailPenalty.kind: RankTailPenalty}
+def register_term(cls: type[LocalTerm]) -> type[LocalTerm]:
+    """Class decorator: make the term ``cls`` (by its ``kind``) readable from JSON in every process that imported
+    it. The strategy or method that uses a term defines and registers it (HetLoRA's ``RankTailPenalty`` is in
+    ``strategies/hetlora.py``); its implementation on a live model is registered with the engine
+    (``engine.local_terms.register_term_implementation``)."""
+    if cls.kind == LocalTerm.kind:
+        raise ValueError(f"{cls.__name__} must set its own kind to be registered")
+    known = _TERMS.get(cls.kind)
+    if known is not None and known is not cls and known.__qualname__ != cls.__qualname__:
+        raise ValueError(f"local term kind {cls.kind!r} is already {known.__module__}.{known.__qualname__}")
+    _TERMS[cls.kind] = cls
+    return cls
 
 
 def term_from_json(data: dict) -> LocalTerm:
     data = dict(data)
     kind = data.pop("kind", None)
-    if kind not in TERMS:
-        raise ValueError(f"local term kind must be one of {sorted(TERMS)}, got {kind!r}")
-    return TERMS[kind](**data)
+    if kind not in _TERMS:
+        raise ValueError(f"local term kind must be one of {sorted(_TERMS)}, got {kind!r}")
+    return _TERMS[kind](**data)

@@ -6,12 +6,18 @@ from the output) with ranks rising towards the output; the paper's pre-tests use
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from typing import Any, ClassVar, Iterable, Mapping
+
+from .task_config import TaskConfig, register_task_config
 
 
+@register_task_config
 @dataclass(frozen=True)
-class LoraLayout:
-    """LoRA placement: ``ranks[l]`` is the rank of every LoRA pair in transformer layer ``l``."""
+class LoraLayout(TaskConfig):
+    """LoRA placement: ``ranks[l]`` is the rank of every LoRA pair in transformer layer ``l`` (the task config
+    of client method "lora")."""
+
+    kind: ClassVar[str] = "lora"
 
     ranks: Mapping[int, int] = field(metadata={"help": "layer index (0 = closest to the input) -> LoRA rank"})
     num_layers: int = field(metadata={"help": "number of transformer layers L of the model"})
@@ -65,33 +71,15 @@ class LoraLayout:
     def rank_sum(self) -> int:
         return sum(self.ranks.values())
 
-    def to_json(self) -> dict:
+    def fields_json(self) -> dict[str, Any]:
         return {"num_layers": self.num_layers, "ranks": {str(k): v for k, v in self.ranks.items()}}
 
     @classmethod
-    def from_json(cls, data: dict) -> "LoraLayout":
+    def from_fields(cls, data: dict[str, Any]) -> "LoraLayout":
         return cls({int(k): int(v) for k, v in data["ranks"].items()}, int(data["num_layers"]))
+
+    def describe(self) -> dict[str, Any]:
+        return {"depth": self.depth, "ranks": list(self.ranks.values())}
 
     def __str__(self) -> str:
         return "{" + ", ".join(f"{l}:{r}" for l, r in self.ranks.items()) + "}"
-
-
-@dataclass(frozen=True)
-class AdapterLayout:
-    """Bottleneck adapters (FedAdapter) in the top ``depth`` layers, ``width`` units wide."""
-
-    depth: int = field(metadata={"help": "adapters in the last `depth` transformer layers"})
-    width: int = field(metadata={"help": "bottleneck width (units of the down-projection)"})
-
-    def __post_init__(self) -> None:
-        for name in ("depth", "width"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-                raise ValueError(f"adapter {name} must be a positive integer, got {v!r}")
-
-    def to_json(self) -> dict:
-        return {"depth": self.depth, "width": self.width}
-
-    @classmethod
-    def from_json(cls, data: dict) -> "AdapterLayout":
-        return cls(int(data["depth"]), int(data["width"]))

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from .hooks import LocalTerm
 from .options import StrategyOptions
-from .lora_layout import AdapterLayout, LoraLayout
+from .lora_layout import LoraLayout
+from .task_config import TaskConfig
 from .training import DEFAULT_LR
 from .validation import UpdateCheck, UpdateLimit, check_update
 from .work import DeviceTiming, DeviceWork
@@ -113,10 +114,9 @@ class DeviceTask:
     device_id: int
     round: int
     params: Tensors  # what the device downloads (LoRA tensors of its layers, head, ...)
-    layout: LoraLayout | None = None  # LoRA placement (method "lora")
+    config: TaskConfig | None = None  # the client method's own configuration (core.task_config), e.g. a LoraLayout
     method: str = "lora"  # the client method that trains it (methods.base): "lora" | "adapter" | "full" | plugins
     lr: float = DEFAULT_LR
-    adapter: AdapterLayout | None = None  # bottleneck adapter placement (method "adapter")
     local_terms: tuple[LocalTerm, ...] = ()  # typed additions to the local objective (e.g. HetLoRA's penalty)
 
     @property
@@ -283,9 +283,6 @@ class Strategy(ABC):
         return {"strategy": self.name}
 
     def round_log(self, tasks: dict[int, DeviceTask]) -> dict[str, Any]:
-        """Per-device configuration of this round for the records (depth and ranks)."""
-        log = {}
-        for dev, task in tasks.items():
-            if task.layout is not None:
-                log[str(dev)] = {"depth": task.layout.depth, "ranks": list(task.layout.ranks.values())}
-        return log
+        """Per-device configuration of this round for the records (what each task's config describes: a LoRA
+        layout its depth and ranks)."""
+        return {str(dev): task.config.describe() for dev, task in tasks.items() if task.config is not None}

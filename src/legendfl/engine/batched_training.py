@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..core.lora_layout import LoraLayout
 from ..core.seeding import derive_seed
 from ..core.strategy import DeviceResult, DeviceTask
 from ..core.training import ADAMW_BETAS, TrainConfig
@@ -45,7 +46,7 @@ BATCH_MEMORY_BYTES = {"cpu": 4 * 2**30}  # activations one step may hold; on a G
 def batched_applies(backbone: Backbone, task: DeviceTask, method: Counting) -> bool:
     """Whether this engine trains ``task``: its client method declares the capability (``batched``: LoRA of a layout),
     every local term's implementation does too (``engine.local_terms``), and the head is made of linear modules."""
-    return (method.batched and task.layout is not None and batchable_head(backbone)
+    return (method.batched and isinstance(task.config, LoraLayout) and batchable_head(backbone)
             and all(batched_support(term) for term in task.local_terms))
 
 
@@ -66,7 +67,7 @@ def default_batch_tokens(backbone: Backbone) -> int:
 def plan_groups(tasks: list[DeviceTask], batches: dict[int, list[np.ndarray]], lengths: np.ndarray,
                 max_batch_tokens: int) -> list[list[DeviceTask]]:
     """Groups of tasks whose stacked step (rows x widest width) stays within ``max_batch_tokens``."""
-    order = sorted(tasks, key=lambda t: (t.layout.shallowest, t.device_id))
+    order = sorted(tasks, key=lambda t: (t.config.shallowest, t.device_id))
     groups: list[list[DeviceTask]] = []
     rows = width = 0
     for task in order:
@@ -139,7 +140,7 @@ def _passes(tasks: list[DeviceTask], active: list[int], widths: dict[int, int], 
     widest device would add more than that fraction of the pass's own tokens."""
     by_layer: dict[int, list[int]] = {}
     for i in active:
-        by_layer.setdefault(tasks[i].layout.shallowest, []).append(i)
+        by_layer.setdefault(tasks[i].config.shallowest, []).append(i)
     passes = []
     for layer in sorted(by_layer, reverse=True):
         current: list[int] = []
@@ -206,7 +207,7 @@ def _train_group(backbone: Backbone, tasks: list[DeviceTask], data, batches: lis
     stats = [dict(fwd_s=0.0, bwd_s=0.0, fwd=0.0, bwd=0.0, layer=0.0, trainable=0.0, tokens=0, examples=0, share=0.0)
              for _ in tasks]
     losses: list[list[float]] = [[] for _ in tasks]
-    with inject_batched(backbone, [t.layout for t in tasks], [t.params for t in tasks], rows, cfg.lora_scaling,
+    with inject_batched(backbone, [t.config for t in tasks], [t.params for t in tasks], rows, cfg.lora_scaling,
                         cfg.lora_dropout) as slots, device_dropout(model, rows):
         terms = [[implement(term, t.method).bind(slot.pairs) for term in t.local_terms] for t, slot in zip(tasks, slots)]
         start_metrics: list[dict] = [{} for _ in tasks]

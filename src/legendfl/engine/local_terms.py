@@ -1,9 +1,11 @@
-"""Implementations of the typed local terms of ``core.hooks`` on a live model.
+"""Implementations of typed local terms (``core.hooks``) on a live model, registered by the term's kind.
 
 Each implementation has ``start(model, metrics)`` (before local training), ``penalty(model)`` (added to
 every step's loss) and ``finish(model, metrics)`` (after), and declares the client methods it works with
 (``methods``) and whether the batched engine can carry it (``batched``). A client method that cannot carry a
-term refuses it by name.
+term refuses it by name. This module implements the LoRA rank-tail penalty (HetLoRA's ``RankTailPenalty``,
+defined in ``strategies/hetlora.py``: kind ``rank_tail_penalty``); a plugin registers its own term's
+implementation with :func:`register_term_implementation`.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import math
 
 import torch
 
-from ..core.hooks import LocalTerm, RankTailPenalty
+from ..core.hooks import LocalTerm
 
 
 def lora_pairs(model: torch.nn.Module, adapter: str = "default") -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -36,12 +38,13 @@ def rank_tail_norm(pairs, gamma: float) -> torch.Tensor:
 
 
 class RankTailTerm:
-    """:class:`~legendfl.core.hooks.RankTailPenalty` on a peft LoRA model."""
+    """HetLoRA's rank-tail penalty (a term with ``gamma``, ``strength`` and the metric names ``START`` and ``END``)
+    on a peft LoRA model."""
 
     methods = ("lora",)  # the client methods it works with
     batched = True  # also in the batched engine (``bind`` takes the engine's own LoRA pairs)
 
-    def __init__(self, term: RankTailPenalty) -> None:
+    def __init__(self, term: LocalTerm) -> None:
         self.term = term
         self.pairs: list | None = None
 
@@ -57,21 +60,32 @@ class RankTailTerm:
 
     def start(self, model: torch.nn.Module, metrics: dict) -> None:
         with torch.no_grad():
-            metrics[RankTailPenalty.START] = float(rank_tail_norm(self._pairs(model), self.term.gamma))
+            metrics[self.term.START] = float(rank_tail_norm(self._pairs(model), self.term.gamma))
 
     def penalty(self, model: torch.nn.Module) -> torch.Tensor:
         return self.term.strength * rank_tail_norm(self._pairs(model), self.term.gamma)
 
     def finish(self, model: torch.nn.Module, metrics: dict) -> None:
         with torch.no_grad():
-            metrics[RankTailPenalty.END] = float(rank_tail_norm(self._pairs(model), self.term.gamma))
+            metrics[self.term.END] = float(rank_tail_norm(self._pairs(model), self.term.gamma))
 
 
-IMPLEMENTATIONS = {RankTailPenalty: RankTailTerm}
+_IMPLEMENTATIONS: dict[str, type] = {}
+
+
+def register_term_implementation(kind: str, implementation: type) -> None:
+    """``implementation(term)`` carries the terms of this kind (see the module doc for what it must provide)."""
+    for attribute in ("methods", "start", "penalty", "finish"):
+        if not hasattr(implementation, attribute):
+            raise ValueError(f"the implementation of local term {kind!r} lacks {attribute!r}")
+    _IMPLEMENTATIONS[kind] = implementation
+
+
+register_term_implementation("rank_tail_penalty", RankTailTerm)
 
 
 def implement(term: LocalTerm, method: str):
-    impl = IMPLEMENTATIONS.get(type(term))
+    impl = _IMPLEMENTATIONS.get(term.kind)
     if impl is None or method not in impl.methods:
         raise ValueError(f"local term {term.kind!r} is not supported by client method {method!r}")
     return impl(term)
@@ -79,5 +93,5 @@ def implement(term: LocalTerm, method: str):
 
 def batched_support(term: LocalTerm) -> bool:
     """Whether the batched engine carries ``term`` (its implementation says so)."""
-    impl = IMPLEMENTATIONS.get(type(term))
+    impl = _IMPLEMENTATIONS.get(term.kind)
     return impl is not None and getattr(impl, "batched", False)

@@ -90,11 +90,11 @@ class BottleneckMethod(ClientMethod):
     """Bottleneck adapters of the task's ``adapter`` layout plus the head (FedAdapter)."""
 
     name = "adapter"
+    config_kind = "adapter"  # strategies.fedadapter.AdapterLayout: depth and width
 
     def inject(self, backbone: Backbone, task: DeviceTask, cfg: TrainConfig, train: bool):
-        if task.adapter is None:
-            raise ValueError("an adapter task needs an adapter layout (depth, width)")
-        return bottleneck_adapter(backbone, task.adapter.depth, task.adapter.width, task.params, train=train)
+        layout = self.task_config(task)
+        return bottleneck_adapter(backbone, layout.depth, layout.width, task.params, train=train)
 
     def collect(self, backbone: Backbone, model: torch.nn.Module, task: DeviceTask) -> Tensors:
         out = {k: p.detach().to("cpu", copy=True) for k, p in _live(backbone).items()}
@@ -102,12 +102,13 @@ class BottleneckMethod(ClientMethod):
         return out
 
     def flops(self, backbone: Backbone, task: DeviceTask) -> FlopsFn:
-        return _adapter_flops(backbone, task.adapter.depth, task.adapter.width)
+        layout = self.task_config(task)
+        return _adapter_flops(backbone, layout.depth, layout.width)
 
     def shape(self, task: DeviceTask, result: DeviceResult, num_layers: int) -> tuple[int, int, int]:
         # the adapter sits at its block's output: the backward of the lowest adapted block runs through its
         # adapter only (priced with the trainable modules), the depth - 1 blocks above it in full
-        traversed = traversed_layers(num_layers, (), range(num_layers - task.adapter.depth, num_layers))
+        traversed = traversed_layers(num_layers, (), range(num_layers - self.task_config(task).depth, num_layers))
         return traversed, traversed, 0
 
 

@@ -42,6 +42,14 @@ class ClientMethod(ABC):
     name: ClassVar[str] = ""
     full: ClassVar[bool] = False  # every weight trained (the cost model adds weight gradients)
     batched: ClassVar[bool] = False  # its tasks may train in the batched engine (a LoRA layout on the shared backbone)
+    config_kind: ClassVar[str | None] = None  # the kind of TaskConfig its tasks carry (DeviceTask.config); None: none
+
+    def task_config(self, task: DeviceTask):
+        """The task's own configuration (``DeviceTask.config``), refused by name unless it is this method's kind."""
+        if self.config_kind is not None and getattr(task.config, "kind", None) != self.config_kind:
+            got = getattr(task.config, "kind", None) if task.config is not None else "none"
+            raise ValueError(f"a {self.name!r} task needs a task config of kind {self.config_kind!r}, got {got!r}")
+        return task.config
 
     @abstractmethod
     def inject(self, backbone: Backbone, task: DeviceTask, cfg: TrainConfig, train: bool) -> AbstractContextManager[torch.nn.Module]:

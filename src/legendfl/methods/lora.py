@@ -137,12 +137,11 @@ def export_adapter(backbone: Backbone, layout: LoraLayout, params: Tensors, out_
 class LoraMethod(ClientMethod):
     name = "lora"
     batched = True  # the batched engine trains its tasks (engine/batched_training.py)
+    config_kind = LoraLayout.kind
 
     @contextmanager
     def inject(self, backbone: Backbone, task: DeviceTask, cfg: TrainConfig, train: bool) -> Iterator[torch.nn.Module]:
-        if task.layout is None:
-            raise ValueError("a LoRA task needs a layout")
-        with lora_adapter(backbone, task.layout, task.params, scaling=cfg.lora_scaling,
+        with lora_adapter(backbone, self.task_config(task), task.params, scaling=cfg.lora_scaling,
                           dropout=cfg.lora_dropout if train else 0.0, train_head=train) as model:
             yield model
 
@@ -152,13 +151,14 @@ class LoraMethod(ClientMethod):
         return out
 
     def flops(self, backbone: Backbone, task: DeviceTask) -> FlopsFn:
-        return lambda seqs, width: batch_work(backbone.spec, task.layout, seqs, width)
+        return lambda seqs, width: batch_work(backbone.spec, self.task_config(task), seqs, width)
 
     def shape(self, task: DeviceTask, result: DeviceResult, num_layers: int) -> tuple[int, int, int]:
-        return task.layout.depth, len(task.layout.ranks), task.layout.rank_sum
+        layout = self.task_config(task)
+        return layout.depth, len(layout.ranks), layout.rank_sum
 
     def export(self, task: DeviceTask, backbone: Backbone, out_dir: str, cfg: TrainConfig) -> bool:
-        export_adapter(backbone, task.layout, task.params, out_dir, scaling=cfg.lora_scaling)
+        export_adapter(backbone, self.task_config(task), task.params, out_dir, scaling=cfg.lora_scaling)
         return True
 
 

@@ -22,16 +22,16 @@ continuing the current configuration (the shallow group).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 
 from ..core.aggregation import weighted_average
-from ..core.lora_layout import AdapterLayout
 from ..core.options import StrategyOptions, option, validate
 from ..core.seeding import derive_seed, rng
 from ..core.strategy import DeviceResult, DeviceTask, ModelSpec, Strategy, Tensors, key_layer
+from ..core.task_config import TaskConfig, register_task_config
 from .registry import register_strategy
 
 LOCATION = "output"  # where AdapterHub's sequential bottleneck adapter sits in a block
@@ -43,6 +43,23 @@ def adapter_shapes(hidden: int, width: int) -> dict[str, tuple[int, ...]]:
     """Parameters of one AdapterHub sequential bottleneck adapter, by their names inside the adapter."""
     return {"adapter_down.0.weight": (width, hidden), "adapter_down.0.bias": (width,),
             "adapter_up.weight": (hidden, width), "adapter_up.bias": (hidden,)}
+
+
+@register_task_config
+@dataclass(frozen=True)
+class AdapterLayout(TaskConfig):
+    """Bottleneck adapters in the top ``depth`` layers, ``width`` units wide (the task config of client method
+    "adapter")."""
+
+    kind: ClassVar[str] = "adapter"
+    depth: int = field(metadata={"help": "adapters in the last `depth` transformer layers"})
+    width: int = field(metadata={"help": "bottleneck width (units of the down-projection)"})
+
+    def __post_init__(self) -> None:
+        for name in ("depth", "width"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise ValueError(f"adapter {name} must be a positive integer, got {v!r}")
 
 
 @dataclass(frozen=True)
@@ -139,8 +156,8 @@ class FedAdapter(Strategy):
         tasks = {}
         for d in device_ids:
             group = self.groups[self.assignment.get(d, "shallow")]
-            tasks[d] = DeviceTask(d, rnd, {k: v.clone() for k, v in group["params"].items()}, None, "adapter",
-                                  self.round_lr(rnd), adapter=AdapterLayout(*group["config"]))
+            tasks[d] = DeviceTask(d, rnd, {k: v.clone() for k, v in group["params"].items()},
+                                  AdapterLayout(*group["config"]), "adapter", self.round_lr(rnd))
         return tasks
 
     def aggregate_round(self, rnd: int, results: list[DeviceResult]) -> dict[str, Any]:
@@ -168,13 +185,13 @@ class FedAdapter(Strategy):
         return {"fedadapter_window": self.history[-1]}
 
     def _task(self, group: dict[str, Any]) -> DeviceTask:
-        return DeviceTask(-1, 0, group["params"], None, "adapter", adapter=AdapterLayout(*group["config"]))
+        return DeviceTask(-1, 0, group["params"], method="adapter", config=AdapterLayout(*group["config"]))
 
     def evaluation_task(self) -> DeviceTask:
         return self._task(self.groups.get("shallow", self.winner))
 
     def round_log(self, tasks: dict[int, DeviceTask]) -> dict[str, Any]:
-        return {str(d): {"depth": t.adapter.depth, "width": t.adapter.width,
+        return {str(d): {"depth": t.config.depth, "width": t.config.width,
                          "group": self.assignment.get(d, "shallow")} for d, t in tasks.items()}
 
     def summary(self) -> dict[str, Any]:

@@ -27,13 +27,51 @@ from typing import Any, ClassVar
 import torch
 
 from ..core.aggregation import weighted_average
-from ..core.hooks import RankTailPenalty
+from ..core.hooks import LocalTerm, register_term
 from ..core.lora_layout import LoraLayout
 from ..core.options import StrategyOptions, option, validate
 from ..core.strategy import DeviceResult, DeviceTask, ModelSpec, Tensors, key_layer, lora_ranks
 from .capacity import CapacityEstimator
 from .lora_base import LoraStrategy
 from .registry import register_strategy
+
+
+@register_term
+@dataclass(frozen=True)
+class RankTailPenalty(LocalTerm):
+    """HetLoRA's local rank regulariser: ``strength * sum over LoRA pairs of ||A[g:]|| * ||B[:, g:]||`` with
+    ``g = floor(gamma * r)``; the device also reports the tail norm before and after its local training
+    (``RankTailPenalty.report``), from which the server decides self-pruning."""
+
+    kind: ClassVar[str] = "rank_tail_penalty"
+    START: ClassVar[str] = "tail_norm_start"  # the device's metrics: the tail norm before local training
+    END: ClassVar[str] = "tail_norm"  # and after it
+    gamma: float = 0.9
+    strength: float = 1e-3
+
+    @classmethod
+    def report(cls, metrics: dict) -> "RankTailReport | None":
+        """What a device measured for this term, read from its result's metrics (None if it reported nothing)."""
+        start, end = metrics.get(cls.START), metrics.get(cls.END)
+        return None if start is None or end is None else RankTailReport(float(start), float(end))
+
+    def __post_init__(self) -> None:
+        if not 0 < self.gamma < 1:
+            raise ValueError(f"gamma must be in (0, 1), got {self.gamma}")
+        if self.strength < 0:
+            raise ValueError(f"strength must be >= 0, got {self.strength}")
+
+
+@dataclass(frozen=True)
+class RankTailReport:
+    """A device's tail norm (``RankTailPenalty``) before and after its local training."""
+
+    start: float
+    end: float
+
+    @property
+    def shrank(self) -> bool:
+        return self.end < self.start
 
 
 def truncate(params: Tensors, rank: int) -> Tensors:

@@ -46,7 +46,7 @@ class LoraStrategy(Strategy):
                 if key_layer(k) is None or key_layer(k) in chosen}
 
     def task(self, rnd: int, device_id: int, layout: LoraLayout) -> DeviceTask:
-        return DeviceTask(device_id=device_id, round=rnd, params=self.params_for(layout), layout=layout,
+        return DeviceTask(device_id=device_id, round=rnd, params=self.params_for(layout), config=layout,
                           method="lora", lr=self.round_lr(rnd))
 
     def weight(self, result: DeviceResult) -> float:
@@ -67,11 +67,11 @@ class LoraStrategy(Strategy):
 
     def evaluation_task(self) -> DeviceTask:
         assert self.global_layout is not None
-        return DeviceTask(device_id=-1, round=0, params=dict(self.global_params), layout=self.global_layout)
+        return DeviceTask(device_id=-1, round=0, params=dict(self.global_params), config=self.global_layout)
 
     def summary(self) -> dict[str, Any]:
         out = super().summary()
         if self.global_layout is not None and self.spec is not None:
-            out["global_layout"] = self.global_layout.to_json()
+            out["global_layout"] = self.global_layout.fields_json()
             out["global_lora_params"] = self.spec.lora_param_count(self.global_layout)
         return out

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from ...core.hooks import term_from_json
-from ...core.lora_layout import AdapterLayout, LoraLayout
 from ...core.strategy import DeviceResult, DeviceTask, Tensors
+from ...core.task_config import task_config_from_json
 from ...core.work import DeviceTiming, DeviceWork
 
 Arrays = dict[str, np.ndarray]
@@ -34,8 +34,7 @@ def to_torch(arrays: Arrays) -> Tensors:
 
 def task_fields(task: DeviceTask) -> dict[str, Any]:
     return {"device_id": task.device_id, "round": task.round, "method": task.method, "lr": task.lr,
-            "layout": task.layout.to_json() if task.layout is not None else None,
-            "adapter": task.adapter.to_json() if task.adapter is not None else None,
+            "config": task.config.to_json() if task.config is not None else None,
             "local_terms": [t.to_json() for t in task.local_terms]}
 
 
@@ -48,9 +47,7 @@ def task_from_payload(payload: dict[str, Any]) -> tuple[DeviceTask, dict[str, An
     """The task, the run configuration (a ``RunConfig`` as a dict) and the task's label names (the server's)."""
     f = json.loads(payload["task-json"])
     task = DeviceTask(device_id=int(f["device_id"]), round=int(f["round"]), params=to_torch(payload["arrays"]),
-                      layout=LoraLayout.from_json(f["layout"]) if f["layout"] is not None else None,
-                      method=str(f["method"]), lr=float(f["lr"]),
-                      adapter=AdapterLayout.from_json(f["adapter"]) if f["adapter"] is not None else None,
+                      config=task_config_from_json(f["config"]), method=str(f["method"]), lr=float(f["lr"]),
                       local_terms=tuple(term_from_json(t) for t in f["local_terms"]))
     return task, json.loads(payload["run-config-json"]), json.loads(payload["label-names-json"])
 
