@@ -1,0 +1,84 @@
+"""The server side of prune-and-tune (FedSpine, issue 23): the sparsity schedule, the next structure mask from the
+devices' importance scores, and element-wise aggregation of updates that cover different entries.
+
+* :func:`scheduled_sparsity`: the cubic ramp of gradual pruning (Zhu and Gupta, 2017, "To prune, or not to
+  prune"), ``s_t = s* (1 - (1 - t / T)^3)`` over the first ``T`` rounds, then ``s*``: pruning is fast while the
+  model has redundant groups and slows down as it approaches the target.
+* :func:`next_mask`: per layer, the ``ceil((1 - s) n)`` groups (heads or FFN channels) with the highest
+  sample-weighted mean importance over the devices that reported them, at least ``minimum`` (one head per layer:
+  a layer without heads would pass its input through attention unchanged, which no checkpoint was trained for).
+  Ties go to the lower index. Groups no device reported keep their rank from the previous scores, here: zero.
+* :func:`elementwise_average`: each entry averaged over the devices whose mask covers it (weights ``w_i``:
+  ``sum_i w_i m_i x_i / sum_i w_i m_i``); an entry no device covered keeps its previous value. LEGEND's
+  layer-wise aggregation is its special case with whole-layer masks.
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import torch
+
+from ..core.strategy import Tensors
+
+
+def scheduled_sparsity(rnd: int, target: float, ramp_rounds: int) -> float:
+    """Sparsity to prune to in round ``rnd`` (1-based): the cubic ramp to ``target`` over ``ramp_rounds``."""
+    if not 0.0 <= target < 1.0:
+        raise ValueError(f"target sparsity must be in [0, 1), got {target!r}")
+    if ramp_rounds < 1:
+        raise ValueError(f"ramp_rounds must be >= 1, got {ramp_rounds!r}")
+    progress = min(1.0, max(0, rnd) / ramp_rounds)
+    return target * (1.0 - (1.0 - progress) ** 3)
+
+
+def next_mask(reports: Sequence[tuple[float, Mapping[int, torch.Tensor]]], groups: Mapping[int, int], sparsity: float,
+              minimum: int = 1) -> dict[int, list[int]]:
+    """Kept group indices per layer. ``reports``: (weight, layer -> importance of each of the layer's ``groups[layer]``
+    groups, NaN where the device did not hold the group); ``groups``: layer -> number of groups."""
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r}")
+    kept = {}
+    for layer, n in groups.items():
+        total, weight = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
+        for w, scores in reports:
+            if layer not in scores:
+                continue
+            s = scores[layer].detach().to(torch.float64)
+            if s.shape != (n,):
+                raise ValueError(f"importance of layer {layer} must have {n} entries, got {tuple(s.shape)}")
+            held = ~torch.isnan(s)
+            total[held] += w * s[held]
+            weight[held] += w
+        mean = torch.where(weight > 0, total / weight.clamp_min(1e-300), torch.zeros_like(total))
+        keep = max(minimum, math.ceil((1.0 - sparsity) * n - 1e-9))
+        order = sorted(range(n), key=lambda g: (-float(mean[g]), g))
+        kept[layer] = sorted(order[:min(keep, n)])
+    return kept
+
+
+def elementwise_average(updates: Sequence[tuple[float, Tensors, Tensors]], previous: Tensors) -> Tensors:
+    """(weight, tensors, masks) per device, full-size tensors with masks of the same shape (1: the device
+    trained this entry). Keys nobody sent keep their previous value."""
+    sums: dict[str, torch.Tensor] = {}
+    weights: dict[str, torch.Tensor] = {}
+    for w, tensors, masks in updates:
+        if w < 0:
+            raise ValueError(f"aggregation weight must be >= 0, got {w}")
+        for key, value in tensors.items():
+            mask = masks[key].to(torch.float64)
+            if mask.shape != value.shape:
+                raise ValueError(f"mask of {key} has shape {tuple(mask.shape)}, its tensor {tuple(value.shape)}")
+            if key not in sums:
+                sums[key] = torch.zeros(value.shape, dtype=torch.float64)
+                weights[key] = torch.zeros(value.shape, dtype=torch.float64)
+            sums[key] += w * mask * value.detach().to(torch.float64)
+            weights[key] += w * mask
+    out = dict(previous)
+    for key, total in sums.items():
+        covered = weights[key] > 0
+        old = previous.get(key)
+        base = old.to(torch.float64) if old is not None else torch.zeros_like(total)
+        dtype = old.dtype if old is not None else torch.float32
+        out[key] = torch.where(covered, total / weights[key].clamp_min(1e-300), base).to(dtype)
+    return out
