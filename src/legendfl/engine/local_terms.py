@@ -4,7 +4,8 @@ Each implementation has ``start(model, metrics)`` (before local training), ``pen
 every step's loss) and ``finish(model, metrics)`` (after), and declares the client methods it works with
 (``methods``) and whether the batched engine can carry it (``batched``). A client method that cannot carry a
 term refuses it by name. This module implements the LoRA rank-tail penalty (HetLoRA's ``RankTailPenalty``,
-defined in ``strategies/hetlora.py``: kind ``rank_tail_penalty``); a plugin registers its own term's
+defined in ``strategies/hetlora.py``: kind ``rank_tail_penalty``) and registers the group importance of
+``engine/group_importance.py`` (kind ``group_importance``); a plugin registers its own term's
 implementation with :func:`register_term_implementation`.
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ import math
 import torch
 
 from ..core.hooks import LocalTerm
+from .group_importance import GroupImportanceTerm
 
 
 def lora_pairs(model: torch.nn.Module, adapter: str = "default") -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -82,6 +84,7 @@ def register_term_implementation(kind: str, implementation: type) -> None:
 
 
 register_term_implementation("rank_tail_penalty", RankTailTerm)
+register_term_implementation("group_importance", GroupImportanceTerm)  # strategies.structure_mask.GroupImportance
 
 
 def implement(term: LocalTerm, method: str):

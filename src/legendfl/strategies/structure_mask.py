@@ -8,6 +8,7 @@ devices' importance scores, and element-wise aggregation of updates that cover d
   sample-weighted mean importance over the devices that reported them, at least ``minimum`` (one head per layer:
   a layer without heads would pass its input through attention unchanged, which no checkpoint was trained for).
   Ties go to the lower index. Groups no device reported keep their rank from the previous scores, here: zero.
+* :class:`GroupImportance`: the local term that asks a device for its groups' importance.
 * :func:`elementwise_average`: each entry averaged over the devices whose mask covers it (weights ``w_i``:
   ``sum_i w_i m_i x_i / sum_i w_i m_i``); an entry no device covered keeps its previous value. LEGEND's
   layer-wise aggregation is its special case with whole-layer masks.
@@ -19,7 +20,25 @@ from typing import Mapping, Sequence
 
 import torch
 
+from dataclasses import dataclass
+from typing import ClassVar
+
+from ..core.hooks import LocalTerm, register_term
 from ..core.strategy import Tensors
+
+
+@register_term
+@dataclass(frozen=True)
+class GroupImportance(LocalTerm):
+    """Ask a device to measure the importance of its attention heads and FFN channels while it trains its LoRA
+    (LoRAPrune's score, smoothed over steps; ``engine/group_importance.py``); reported in its metrics."""
+
+    kind: ClassVar[str] = "group_importance"
+    smoothing: float = 0.9  # weight of the running score against the new step's (a moving average)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.smoothing < 1.0:
+            raise ValueError(f"smoothing must be in [0, 1), got {self.smoothing!r}")
 
 
 def scheduled_sparsity(rnd: int, target: float, ramp_rounds: int) -> float:
