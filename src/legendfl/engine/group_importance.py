@@ -19,19 +19,17 @@ import re
 
 import torch
 
-HEAD_ROWS = ("attention.self.query", "attention.self.key", "attention.self.value")
-HEAD_COLUMNS = ("attention.output.dense",)
-CHANNEL_ROWS = ("intermediate.dense",)
-CHANNEL_COLUMNS = ("output.dense",)  # of the block, not the attention's (checked first)
+from ..core.group_selection import GROUP_AXES
+
 METRIC = "group_importance"
 
 
 def _role(name: str) -> tuple[str, str] | None:
-    """(group kind, axis) of a LoRA module by its name, or None."""
-    for suffixes, role in ((HEAD_ROWS, ("heads", "rows")), (HEAD_COLUMNS, ("heads", "columns")),
-                           (CHANNEL_ROWS, ("channels", "rows")), (CHANNEL_COLUMNS, ("channels", "columns"))):
-        if any(name.endswith(s) for s in suffixes):
-            return role
+    """(group kind, axis) of a LoRA module by its name, or None (the longest matching module name wins: the
+    attention's ``attention.output.dense`` before the block's ``output.dense``)."""
+    for module in sorted(GROUP_AXES, key=len, reverse=True):
+        if name.endswith(module):
+            return GROUP_AXES[module]
     return None
 
 
