@@ -34,7 +34,7 @@ def _role(name: str) -> tuple[str, str] | None:
 
 
 class GroupImportanceTerm:
-    methods = ("lora",)  # peft LoRA modules (a pruned model too)
+    methods = ("lora", "pruned-lora")  # peft LoRA modules, on the whole model or a pruned copy
     batched = False  # the batched engine's own LoRA pairs carry no peft modules to hook
 
     def __init__(self, term) -> None:

@@ -121,14 +121,15 @@ def register_method(method: ClientMethod) -> ClientMethod:
 
 def builtin_methods() -> list[str]:
     """The client methods that ship in this package: one module each, named after the method (``methods/lora.py``
-    is "lora"), imported on first use so that a run loads only the libraries of the methods it uses."""
+    is "lora", ``methods/pruned_lora.py`` "pruned-lora"), imported on first use so that a run loads only the
+    libraries of the methods it uses."""
     package = importlib.import_module(__package__)
-    return sorted(info.name for info in pkgutil.iter_modules(package.__path__) if info.name != "base")
+    return sorted(info.name.replace("_", "-") for info in pkgutil.iter_modules(package.__path__) if info.name != "base")
 
 
 def get_method(name: str) -> ClientMethod:
     if name not in _METHODS and name in builtin_methods():
-        importlib.import_module(f"{__package__}.{name}")  # the module registers its method
+        importlib.import_module(f"{__package__}.{name.replace('-', '_')}")  # the module registers its method
     if name not in _METHODS:
         load_plugins()  # a plugin's client method (core/plugins.py)
     if name not in _METHODS:

@@ -8,6 +8,7 @@ devices' importance scores, and element-wise aggregation of updates that cover d
   sample-weighted mean importance over the devices that reported them, at least ``minimum`` (one head per layer:
   a layer without heads would pass its input through attention unchanged, which no checkpoint was trained for).
   Ties go to the lower index. Groups no device reported keep their rank from the previous scores, here: zero.
+* :class:`PrunedLoraConfig`: a device's task (its LoRA layout and the groups it keeps).
 * :class:`GroupImportance`: the local term that asks a device for its groups' importance.
 * :func:`elementwise_average`: each entry averaged over the devices whose mask covers it (weights ``w_i``:
   ``sum_i w_i m_i x_i / sum_i w_i m_i``); an entry no device covered keeps its previous value. LEGEND's
@@ -23,8 +24,41 @@ import torch
 from dataclasses import dataclass
 from typing import ClassVar
 
+from ..core.group_selection import GroupSelection
 from ..core.hooks import LocalTerm, register_term
+from ..core.lora_layout import LoraLayout
 from ..core.strategy import Tensors
+from ..core.task_config import TaskConfig, register_task_config
+
+
+@register_task_config
+@dataclass(frozen=True)
+class PrunedLoraConfig(TaskConfig):
+    """The task config of client method "pruned-lora": prune the device's copy of the model to ``selection``
+    (``models/pruning.py``), then train LoRA of ``layout`` on it (the task's tensors are already cut to the
+    kept entries: ``GroupSelection.restrict``)."""
+
+    kind: ClassVar[str] = "pruned-lora"
+    layout: LoraLayout
+    selection: GroupSelection
+
+    def fields_json(self) -> dict:
+        sel = self.selection
+        return {"layout": self.layout.fields_json(), "head_size": sel.head_size,
+                "keep_heads": {str(l): list(k) for l, k in sel.keep_heads.items()},
+                "keep_channels": {str(l): list(k) for l, k in sel.keep_channels.items()}}
+
+    @classmethod
+    def from_fields(cls, data: dict) -> "PrunedLoraConfig":
+        def groups(name: str) -> dict[int, tuple[int, ...]]:
+            return {int(l): tuple(int(i) for i in k) for l, k in data[name].items()}
+
+        return cls(LoraLayout.from_fields(data["layout"]),
+                   GroupSelection(int(data["head_size"]), groups("keep_heads"), groups("keep_channels")))
+
+    def describe(self) -> dict:
+        return {**self.layout.describe(), "heads": {str(l): len(k) for l, k in self.selection.keep_heads.items()},
+                "channels": {str(l): len(k) for l, k in self.selection.keep_channels.items()}}
 
 
 @register_term
