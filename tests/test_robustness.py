@@ -129,7 +129,8 @@ def _fake_results(tasks, rnd):
                           lora_upload_bytes=8)
         out.append(DeviceResult(d, rnd, params, num_examples=5 + d, work=work,
                                 timing=DeviceTiming(0.1, 1.0 + d, 2.0 * (d + 1), 0.3 * (d + 1)),
-                                metrics={"tail_norm": 0.5, "tail_norm_start": 1.0}))
+                                metrics={"tail_norm": 0.5, "tail_norm_start": 1.0, "first_loss": 1.0,
+                                         "last_loss": 0.9 - 0.1 * d}))
     return out
 
 

@@ -72,6 +72,7 @@ class ModelSpec:
     # weights of a per-token output projection outside the blocks (a decoder's LM head: vocab x hidden; 0 for an
     # encoder, whose head works on one pooled vector per sequence and is in ``head``)
     output_projection: int = 0
+    attention_heads: int = 0  # heads per attention layer (structured pruning's groups; 0: not known)
     # the backbone's pretrained weights ("full.<name>"), for strategies that exchange the whole model
     base_state: Tensors | None = field(default=None, repr=False, compare=False)
 

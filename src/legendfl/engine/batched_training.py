@@ -36,7 +36,7 @@ from ..models.backbone import Backbone
 from .batched_lora import batchable_head, inject_batched
 from .device_rows import DeviceRows, Segment, device_dropout
 from .local_terms import batched_support, implement
-from .trainer import FlopsFn, autocast_bf16, local_batches
+from .trainer import FlopsFn, autocast_bf16, local_batches, loss_metrics
 
 IGNORE_INDEX = -100
 CPU_MAX_PADDING = 0.25  # on a CPU padded tokens cost compute: cut a pass rather than pad it by more than this
@@ -244,7 +244,8 @@ def _train_group(backbone: Backbone, tasks: list[DeviceTask], data, batches: lis
                 num_tokens=s["tokens"], num_steps=len(batches[i]), forward_flops=s["fwd"], backward_flops=s["bwd"],
                 layer_forward_flops=s["layer"], trainable_forward_flops=s["trainable"],
                 train_loss=float(np.mean(losses[i])) if losses[i] else float("nan"),
-                wall_time_s=s["share"] + overhead, measured_forward_s=s["fwd_s"], measured_backward_s=s["bwd_s"])
+                wall_time_s=s["share"] + overhead, measured_forward_s=s["fwd_s"], measured_backward_s=s["bwd_s"],
+                metrics=loss_metrics(losses[i]))
             for term in terms[i]:
                 term.finish(None, result.metrics)
             result.metrics.update(start_metrics[i])

@@ -123,7 +123,13 @@ def _train_steps(model, task, data, batches, rows: DeviceRows, cfg: TrainConfig,
         layer_forward_flops=layer_flops, trainable_forward_flops=trainable_flops,
         train_loss=float(np.mean(losses)) if losses else float("nan"),
         wall_time_s=time.perf_counter() - start, measured_forward_s=fwd_s, measured_backward_s=bwd_s,
+        metrics=loss_metrics(losses),
     )
+
+
+def loss_metrics(losses: Sequence[float]) -> dict[str, float]:
+    """A device's first and last step loss of the round (its local progress: FedSpine's bandit reward)."""
+    return {"first_loss": losses[0], "last_loss": losses[-1]} if losses else {}
 
 
 @torch.no_grad()

@@ -292,6 +292,7 @@ def load_backbone(name: str = DEFAULT_MODEL, num_labels: int = 2, seed: int = 0,
                      head={head_key(n): params[n].detach().clone() for n in head_names},
                      hidden_size=hidden, base_param_count=sum(params[n].numel() for n in backbone_names),
                      decoder=task_type == "causal_lm", output_projection=_output_projection(model, task_type),
+                     attention_heads=int(getattr(model.config, "num_attention_heads", 0) or 0),
                      base_state={full_key(n): params[n].detach().clone() for n in backbone_names})
     model.to(resolve_device(device))
     return Backbone(model, tokenizer, name, prefix, linear, head_names, spec, task_type)

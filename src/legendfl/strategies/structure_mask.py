@@ -56,6 +56,10 @@ class PrunedLoraConfig(TaskConfig):
         return cls(LoraLayout.from_fields(data["layout"]),
                    GroupSelection(int(data["head_size"]), groups("keep_heads"), groups("keep_channels")))
 
+    @property
+    def depth(self) -> int:
+        return self.layout.depth
+
     def describe(self) -> dict:
         return {**self.layout.describe(), "heads": {str(l): len(k) for l, k in self.selection.keep_heads.items()},
                 "channels": {str(l): len(k) for l, k in self.selection.keep_channels.items()}}
@@ -86,9 +90,10 @@ def scheduled_sparsity(rnd: int, target: float, ramp_rounds: int) -> float:
 
 
 def next_mask(reports: Sequence[tuple[float, Mapping[int, torch.Tensor]]], groups: Mapping[int, int], sparsity: float,
-              minimum: int = 1) -> dict[int, list[int]]:
+              minimum: int = 1, candidates: Mapping[int, Sequence[int]] | None = None) -> dict[int, list[int]]:
     """Kept group indices per layer. ``reports``: (weight, layer -> importance of each of the layer's ``groups[layer]``
-    groups, NaN where the device did not hold the group); ``groups``: layer -> number of groups."""
+    groups, NaN where the device did not hold the group); ``groups``: layer -> number of groups; ``candidates``:
+    layer -> the groups that may be kept (pruning is for good: a group pruned before never comes back)."""
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r}")
     kept = {}
@@ -105,7 +110,8 @@ def next_mask(reports: Sequence[tuple[float, Mapping[int, torch.Tensor]]], group
             weight[held] += w
         mean = torch.where(weight > 0, total / weight.clamp_min(1e-300), torch.zeros_like(total))
         keep = max(minimum, math.ceil((1.0 - sparsity) * n - 1e-9))
-        order = sorted(range(n), key=lambda g: (-float(mean[g]), g))
+        allowed = range(n) if candidates is None or layer not in candidates else candidates[layer]
+        order = sorted(allowed, key=lambda g: (-float(mean[g]), g))
         kept[layer] = sorted(order[:min(keep, n)])
     return kept
 
