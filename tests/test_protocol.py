@@ -107,3 +107,24 @@ def test_an_unknown_local_term_or_method_is_refused_by_name():
         implement(RankTailPenalty(), "adapter")
     with pytest.raises(ValueError, match="task method must be one of"):
         get_method("prefix-tuning")
+
+
+def test_a_fresh_process_reads_every_kind_of_task_config_and_term(tmp_path):
+    """A Flower ClientApp process decodes its task before anything else is imported: the configs and terms that
+    strategies define must be readable there (found by the fresh-clone suite: a per-message node refused them)."""
+    import pickle
+    import subprocess
+    import sys
+
+    from legendfl.runtime.flower.payloads import task_to_payload
+    from legendfl.strategies.fedadapter import AdapterLayout
+    from legendfl.strategies.hetlora import RankTailPenalty
+
+    task = DeviceTask(0, 1, {}, AdapterLayout(2, 8), "adapter", local_terms=(RankTailPenalty(),))
+    (tmp_path / "payload.pkl").write_bytes(pickle.dumps(task_to_payload(task, {}, [])))
+    code = ("import pickle, sys; from legendfl.runtime.flower.payloads import task_from_payload; "
+            "t = task_from_payload(pickle.load(open(sys.argv[1], 'rb')))[0]; print(t.config.kind, t.local_terms[0].kind)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "payload.pkl")], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["adapter", "rank_tail_penalty"]

@@ -45,6 +45,9 @@ def task_to_payload(task: DeviceTask, run_config: dict[str, Any], label_names: l
 
 def task_from_payload(payload: dict[str, Any]) -> tuple[DeviceTask, dict[str, Any], list[str]]:
     """The task, the run configuration (a ``RunConfig`` as a dict) and the task's label names (the server's)."""
+    # task configs and local terms are registered by the modules that define them: every built-in strategy and
+    # installed plugin is imported first (a fresh ClientApp process may have imported none of them yet)
+    from ... import strategies  # noqa: F401
     f = json.loads(payload["task-json"])
     task = DeviceTask(device_id=int(f["device_id"]), round=int(f["round"]), params=to_torch(payload["arrays"]),
                       config=task_config_from_json(f["config"]), method=str(f["method"]), lr=float(f["lr"]),
