@@ -11,6 +11,7 @@ from legendfl.experiments.runner import run
 from legendfl.metrics.summary import read_records
 
 
+@pytest.mark.slow
 def test_a_fedspine_run_prunes_to_the_target_and_its_devices_train_their_arms(tmp_path):
     cfg = RunConfig.from_sources({"model": TINY_BERT, "strategy": "fedspine", "fedspine.sparsity": 0.5,
                                   "fedspine.ramp": 0.5, "num_devices": 3, "rounds": 4, "max_local_steps": 2,

@@ -109,6 +109,7 @@ def test_an_unknown_local_term_or_method_is_refused_by_name():
         get_method("prefix-tuning")
 
 
+@pytest.mark.slow
 def test_a_fresh_process_reads_every_kind_of_task_config_and_term(tmp_path):
     """A Flower ClientApp process decodes its task before anything else is imported: the configs and terms that
     strategies define must be readable there (found by the fresh-clone suite: a per-message node refused them)."""
