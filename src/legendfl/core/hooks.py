@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
+from .kinds import KindRegistry
+
 
 @dataclass(frozen=True)
 class LocalTerm:
@@ -22,7 +24,7 @@ class LocalTerm:
         return {"kind": self.kind, **dataclasses.asdict(self)}
 
 
-_TERMS: dict[str, type[LocalTerm]] = {}
+_TERMS = KindRegistry("local term", unset=LocalTerm.kind)
 
 
 def register_term(cls: type[LocalTerm]) -> type[LocalTerm]:
@@ -30,18 +32,9 @@ def register_term(cls: type[LocalTerm]) -> type[LocalTerm]:
     it. The strategy or method that uses a term defines and registers it (HetLoRA's ``RankTailPenalty`` is in
     ``strategies/hetlora.py``); its implementation on a live model is registered with the engine
     (``engine.local_terms.register_term_implementation``)."""
-    if cls.kind == LocalTerm.kind:
-        raise ValueError(f"{cls.__name__} must set its own kind to be registered")
-    known = _TERMS.get(cls.kind)
-    if known is not None and known is not cls and known.__qualname__ != cls.__qualname__:
-        raise ValueError(f"local term kind {cls.kind!r} is already {known.__module__}.{known.__qualname__}")
-    _TERMS[cls.kind] = cls
-    return cls
+    return _TERMS.register(cls)
 
 
 def term_from_json(data: dict) -> LocalTerm:
-    data = dict(data)
-    kind = data.pop("kind", None)
-    if kind not in _TERMS:
-        raise ValueError(f"local term kind must be one of {sorted(_TERMS)}, got {kind!r}")
-    return _TERMS[kind](**data)
+    cls, fields = _TERMS.split(data)
+    return cls(**fields)

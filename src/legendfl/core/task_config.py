@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar
 
+from .kinds import KindRegistry
+
 
 class TaskConfig:
     """Base class of a method-owned task configuration (a frozen dataclass in practice)."""
@@ -35,27 +37,16 @@ class TaskConfig:
         return self.fields_json()
 
 
-_CONFIGS: dict[str, type[TaskConfig]] = {}
+_CONFIGS = KindRegistry("task config")
 
 
 def register_task_config(cls: type[TaskConfig]) -> type[TaskConfig]:
     """Class decorator: make ``cls`` (by its ``kind``) readable from JSON in every process that imported it."""
-    if not cls.kind:
-        raise ValueError(f"{cls.__name__} must set a kind to be registered")
-    known = _CONFIGS.get(cls.kind)
-    if known is not None and known is not cls and known.__qualname__ != cls.__qualname__:
-        raise ValueError(f"task config kind {cls.kind!r} is already {known.__module__}.{known.__qualname__}")
-    _CONFIGS[cls.kind] = cls
-    return cls
+    return _CONFIGS.register(cls)
 
 
 def task_config_from_json(data: dict[str, Any] | None) -> TaskConfig | None:
     if data is None:
         return None
-    if not isinstance(data, dict):
-        raise ValueError(f"a task config must be a JSON object with a kind, got {type(data).__name__}")
-    fields = dict(data)
-    kind = fields.pop("kind", None)
-    if kind not in _CONFIGS:
-        raise ValueError(f"task config kind must be one of {sorted(_CONFIGS)}, got {kind!r}")
-    return _CONFIGS[kind].from_fields(fields)
+    cls, fields = _CONFIGS.split(data)
+    return cls.from_fields(fields)
