@@ -41,3 +41,15 @@ def test_a_fedspine_run_prunes_to_the_target_and_its_devices_train_their_arms(tm
 def test_bad_options_are_refused_naming_the_field(options, field):
     with pytest.raises(ValueError, match=field):
         RunConfig.from_sources({"strategy": "fedspine", **options}).strategy_options_resolved()
+
+
+def test_its_list_options_are_flags_and_listed_with_their_defaults(capsys):
+    from legendfl.cli import build_config, main, make_parser
+
+    cfg = build_config(make_parser().parse_args(["run", "--strategy", "fedspine", "--fedspine.ratio-steps", "0", "0.25",
+                                                 "--fedspine.ranks", "2", "4"]))
+    options = cfg.strategy_options_resolved()
+    assert (options.ratio_steps, options.ranks) == ([0.0, 0.25], [2, 4])
+    assert main(["strategies"]) == 0
+    listed = capsys.readouterr().out
+    assert "(default: [0.0, 0.1, 0.2])" in listed and "MISSING" not in listed

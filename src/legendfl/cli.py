@@ -50,11 +50,15 @@ def _parse_bool_or_word(text: str) -> bool | str:
         return text
 
 
+def _field_default(f: dataclasses.Field):
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
 def _add_field_flag(parser: argparse.ArgumentParser, flag: str, dest: str, f: dataclasses.Field, hint, help_prefix: str = "") -> None:
     args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else ()
     optional = type(None) in args
     base = next((a for a in args if a is not type(None)), hint)
-    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    default = _field_default(f)
     help_text = f"{help_prefix}{f.metadata.get('help', '')} (default: {default})".replace("%", "%%")
     if typing.get_origin(base) is list:
         item = (typing.get_args(base) or (str,))[0]
@@ -133,7 +137,7 @@ def _cmd_strategies(ns: argparse.Namespace) -> int:
         print(f"{name:24s} {entry.help}{fixed}")
         if entry.base == name:
             for f in dataclasses.fields(entry.options_cls):
-                print(f"    --{name}.{f.name.replace('_', '-'):22s} {f.metadata.get('help', '')} (default: {f.default})")
+                print(f"    --{name}.{f.name.replace('_', '-'):22s} {f.metadata.get('help', '')} (default: {_field_default(f)})")
     return 0
 
 

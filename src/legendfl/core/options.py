@@ -40,9 +40,10 @@ def validate(obj: Any, prefix: str = "") -> None:
         if kind == "float" and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise ValueError(f"{name} must be a number, got {value!r}")
         if "list[" in kind:
-            item = str if "list[str]" in kind else int
+            item, words = ((str,), "strings") if "list[str]" in kind else ((int, float), "numbers") if "list[float]" in kind \
+                else ((int,), "integers")
             if (not isinstance(value, list) or any(isinstance(v, bool) or not isinstance(v, item) for v in value)):
-                raise ValueError(f"{name} must be a list of {'strings' if item is str else 'integers'}, got {value!r}")
+                raise ValueError(f"{name} must be a list of {words}, got {value!r}")
         choices = meta.get("choices")
         if choices is not None:
             if value not in choices:

@@ -54,7 +54,7 @@ class FedSpineOptions(StrategyOptions):
                              minimum=0.0, maximum=1.0)
     ramp: float = option(0.5, "share of the rounds over which the mask's sparsity ramps (cubically) to s*",
                          minimum=0.0, maximum=1.0, exclusive_minimum=True)
-    ratio_steps: list = option([0.0, 0.1, 0.2], "bandit arms: pruning ratio above the scheduled sparsity")
+    ratio_steps: list[float] = option([0.0, 0.1, 0.2], "bandit arms: pruning ratio above the scheduled sparsity")
     ranks: list[int] = option([2, 4, 8], "bandit arms: LoRA ranks (the server's rank is the largest)")
     window: int = option(20, "sliding window of each device's bandit (pulls)", minimum=1, integer=True)
     deadline: float = option(1.5, "a device slower than this x the round's median time gets reward 0", minimum=1.0)
