@@ -2,7 +2,7 @@
 copy of the model, uploads the LoRA of its kept entries only, leaves the shared model whole, counts the FLOPs
 of the pruned shapes (checked against the multiply-adds that really ran), and its task travels over Flower."""
 import torch
-from conftest import TINY_BERT
+from conftest import TINY_BERT, linear_macs
 
 from legendfl.core.flops import batch_work
 from legendfl.core.group_selection import GroupSelection
@@ -16,22 +16,6 @@ from legendfl.models.tokenized import TokenizedData
 from legendfl.strategies.structure_mask import GroupImportance, PrunedLoraConfig
 
 HEAD = 16
-
-
-def _linear_macs(model, inputs) -> int:
-    total = [0]
-
-    def hook(module, args, out):
-        total[0] += args[0].numel() // module.in_features * module.in_features * module.out_features
-
-    # core.flops leaves BERT's pooler out (one hidden x hidden product per sequence, next to the layers' per token)
-    handles = [m.register_forward_hook(hook) for n, m in model.named_modules()
-               if isinstance(m, torch.nn.Linear) and ".pooler." not in f".{n}."]
-    with torch.no_grad():
-        model(**inputs)
-    for h in handles:
-        h.remove()
-    return total[0]
 
 
 def test_a_pruned_device_trains_uploads_its_kept_entries_and_counts_the_pruned_flops(sst2):
@@ -57,7 +41,7 @@ def test_a_pruned_device_trains_uploads_its_kept_entries_and_counts_the_pruned_f
     batch = data.batch([0, 1, 2])
     seqs, width = batch["input_ids"].shape
     with method.inject(backbone, task, TrainConfig(), train=False) as model:
-        macs = _linear_macs(model, {k: v for k, v in batch.items() if k != "labels"})
+        macs = linear_macs(model, {k: v for k, v in batch.items() if k != "labels"})
     attention = 6 * seqs * width * 4.0 * width * HEAD  # one head kept per layer
     counted = method.flops(backbone, task)(seqs, width)
     assert counted.forward == 2.0 * macs + attention

@@ -3,7 +3,7 @@ modules (parameters and a forward's multiply-adds, counted by hand), LoRA merged
 logits of the unmerged one, and a pruned model saved loads pruned with plain transformers."""
 import pytest
 import torch
-from conftest import TINY_BERT
+from conftest import TINY_BERT, linear_macs
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForSequenceClassification
 
@@ -23,25 +23,10 @@ def _inputs():
             "attention_mask": torch.ones(3, 12, dtype=torch.long)}
 
 
-def _linear_macs(model, inputs) -> int:
-    """Multiply-adds of every nn.Linear in one forward, from the shapes that really ran."""
-    total = [0]
-
-    def hook(module, args, out):
-        total[0] += args[0].numel() // module.in_features * module.in_features * module.out_features
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    with torch.no_grad():
-        model(**inputs)
-    for h in handles:
-        h.remove()
-    return total[0]
-
-
 def test_pruned_groups_leave_the_modules_by_the_hand_count():
     model = _model()
     inputs = _inputs()
-    params, macs = sum(p.numel() for p in model.parameters()), _linear_macs(model, inputs)
+    params, macs = sum(p.numel() for p in model.parameters()), linear_macs(model, inputs)
     prune_encoder(model, keep_heads={1: [1], 4: [0]}, keep_channels={2: range(16), 5: [0, 3, 7]})
     assert structure(model) == {0: (2, 64), 1: (1, 64), 2: (2, 16), 3: (2, 64), 4: (1, 64), 5: (2, 3)}
     per_head = 3 * (HIDDEN * HEAD + HEAD) + HEAD * HIDDEN  # q, k, v rows with biases; the output's columns
@@ -50,7 +35,7 @@ def test_pruned_groups_leave_the_modules_by_the_hand_count():
     assert params - sum(p.numel() for p in model.parameters()) == removed
     tokens = 3 * 12
     removed_macs = tokens * (2 * 4 * HIDDEN * HEAD + (48 + 61) * 2 * HIDDEN)
-    assert macs - _linear_macs(model, inputs) == removed_macs
+    assert macs - linear_macs(model, inputs) == removed_macs
 
 
 def test_lora_merged_into_a_pruned_model_gives_the_unmerged_logits():

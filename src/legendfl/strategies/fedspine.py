@@ -27,7 +27,6 @@ Every sentence of the abstract, and what this file does for it (the choices the 
 """
 from __future__ import annotations
 
-import math
 import statistics
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,7 +42,8 @@ from .bandit import SlidingWindowUCB
 from .hetlora import pad, truncate
 from .lora_base import LoraStrategy
 from .registry import register_strategy
-from .structure_mask import GroupImportance, PrunedLoraConfig, elementwise_average, next_mask, scheduled_sparsity
+from .structure_mask import (GroupImportance, PrunedLoraConfig, elementwise_average, keep_top, kept_count, mean_importance,
+                             scheduled_sparsity)
 
 MAX_RATIO = 0.95  # a device keeps at least 5% of each layer's groups (and one head)
 
@@ -125,7 +125,7 @@ class FedSpine(LoraStrategy):
         for layer in range(self.spec.num_layers):
             for kind, kept, out in (("heads", self.state.keep_heads[layer], heads),
                                     ("channels", self.state.keep_channels[layer], channels)):
-                n = max(1, min(len(kept), math.ceil((1.0 - ratio) * self.groups[kind] - 1e-9)))
+                n = min(len(kept), kept_count(self.groups[kind], ratio))
                 out[layer] = tuple(sorted(self._ranked(kind, layer, kept)[:n]))
         return GroupSelection(self.head_size, heads, channels)
 
@@ -204,21 +204,9 @@ class FedSpine(LoraStrategy):
                     row[list(held.get(layer, range(n)))] = torch.tensor(values, dtype=torch.float64)
                     full[layer] = row
                 reports.append((self.weight(r), full))
-            kept = next_mask(reports, {l: n for l in keep}, target, candidates=keep)
-            for layer, groups in kept.items():
-                keep[layer] = groups
-                means = [self._mean(reports, layer, g) for g in range(n)]
-                self.state.importance[kind][layer] = means
-
-    @staticmethod
-    def _mean(reports, layer: int, group: int) -> float:
-        total = weight = 0.0
-        for w, scores in reports:
-            row = scores.get(layer)
-            if row is not None and not math.isnan(float(row[group])):
-                total += w * float(row[group])
-                weight += w
-        return total / weight if weight > 0 else 0.0
+            means = mean_importance(reports, {l: n for l in keep})
+            keep.update(keep_top(means, target, candidates=keep))
+            self.state.importance[kind].update({layer: mean.tolist() for layer, mean in means.items()})
 
     def sparsity(self) -> float:
         """The global mask's share of pruned groups (heads and channels counted apiece)."""

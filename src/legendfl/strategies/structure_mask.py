@@ -89,14 +89,17 @@ def scheduled_sparsity(rnd: int, target: float, ramp_rounds: int) -> float:
     return target * (1.0 - (1.0 - progress) ** 3)
 
 
-def next_mask(reports: Sequence[tuple[float, Mapping[int, torch.Tensor]]], groups: Mapping[int, int], sparsity: float,
-              minimum: int = 1, candidates: Mapping[int, Sequence[int]] | None = None) -> dict[int, list[int]]:
-    """Kept group indices per layer. ``reports``: (weight, layer -> importance of each of the layer's ``groups[layer]``
-    groups, NaN where the device did not hold the group); ``groups``: layer -> number of groups; ``candidates``:
-    layer -> the groups that may be kept (pruning is for good: a group pruned before never comes back)."""
-    if not 0.0 <= sparsity < 1.0:
-        raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r}")
-    kept = {}
+def kept_count(n: int, sparsity: float, minimum: int = 1) -> int:
+    """Groups of ``n`` kept at ``sparsity``: ``ceil((1 - s) n)``, at least ``minimum``."""
+    return min(n, max(minimum, math.ceil((1.0 - sparsity) * n - 1e-9)))
+
+
+def mean_importance(reports: Sequence[tuple[float, Mapping[int, torch.Tensor]]], groups: Mapping[int, int]
+                    ) -> dict[int, torch.Tensor]:
+    """Per layer, each group's weighted mean importance over the devices that reported it (0 where none did).
+    ``reports``: (weight, layer -> importance of each of the layer's ``groups[layer]`` groups, NaN where the device
+    did not hold the group)."""
+    means = {}
     for layer, n in groups.items():
         total, weight = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
         for w, scores in reports:
@@ -108,12 +111,29 @@ def next_mask(reports: Sequence[tuple[float, Mapping[int, torch.Tensor]]], group
             held = ~torch.isnan(s)
             total[held] += w * s[held]
             weight[held] += w
-        mean = torch.where(weight > 0, total / weight.clamp_min(1e-300), torch.zeros_like(total))
-        keep = max(minimum, math.ceil((1.0 - sparsity) * n - 1e-9))
+        means[layer] = torch.where(weight > 0, total / weight.clamp_min(1e-300), torch.zeros_like(total))
+    return means
+
+
+def keep_top(means: Mapping[int, torch.Tensor], sparsity: float, minimum: int = 1,
+             candidates: Mapping[int, Sequence[int]] | None = None) -> dict[int, list[int]]:
+    """Kept group indices per layer: the :func:`kept_count` highest means (ties: the lower index); ``candidates``:
+    layer -> the groups that may be kept (pruning is for good: a group pruned before never comes back)."""
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r}")
+    kept = {}
+    for layer, mean in means.items():
+        n = len(mean)
         allowed = range(n) if candidates is None or layer not in candidates else candidates[layer]
         order = sorted(allowed, key=lambda g: (-float(mean[g]), g))
-        kept[layer] = sorted(order[:min(keep, n)])
+        kept[layer] = sorted(order[:kept_count(n, sparsity, minimum)])
     return kept
+
+
+def next_mask(reports: Sequence[tuple[float, Mapping[int, torch.Tensor]]], groups: Mapping[int, int], sparsity: float,
+              minimum: int = 1, candidates: Mapping[int, Sequence[int]] | None = None) -> dict[int, list[int]]:
+    """Kept group indices per layer from the devices' reports (:func:`mean_importance`, then :func:`keep_top`)."""
+    return keep_top(mean_importance(reports, groups), sparsity, minimum, candidates)
 
 
 def elementwise_average(updates: Sequence[tuple[float, Tensors, Tensors]], previous: Tensors) -> Tensors:
