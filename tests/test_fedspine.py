@@ -6,9 +6,14 @@ import json
 import pytest
 from conftest import TINY_BERT
 
+from peft.tuners.tuners_utils import BaseTunerLayer
+from transformers import AutoModelForSequenceClassification
+
 from legendfl.config import RunConfig
+from legendfl.experiments.evaluate_export import evaluate_exported
 from legendfl.experiments.runner import run
 from legendfl.metrics.summary import read_records
+from legendfl.models.pruning import structure
 
 
 @pytest.mark.slow
@@ -33,6 +38,13 @@ def test_a_fedspine_run_prunes_to_the_target_and_its_devices_train_their_arms(tm
     assert {tuple(r["aggregation"]["arms"][d]) for r in records[:1] for d in first} == {(0.0, 2)}
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["final_sparsity"] == 0.5 and summary["final_accuracy"] is not None
+    # the export: the global model pruned to the final mask, LoRA merged, loaded by plain transformers alone
+    assert not (tmp_path / "adapter").exists()
+    exported = AutoModelForSequenceClassification.from_pretrained(tmp_path / "pruned_model")
+    assert structure(exported) == {layer: (1, 32) for layer in range(6)}  # 1 of 2 heads, 32 of 64 channels
+    assert not any(isinstance(m, BaseTunerLayer) for m in exported.modules())  # merged: no LoRA modules left
+    accuracy = evaluate_exported(str(tmp_path / "pruned_model"), "sst2", max_length=32, max_dev_examples=32)
+    assert abs(accuracy - summary["final_accuracy"]) <= 1 / 32 + 1e-9
 
 
 @pytest.mark.parametrize("options,field", [({"fedspine.sparsity": 1.0}, "fedspine.sparsity"),

@@ -118,7 +118,7 @@ def test_two_legend_rounds_over_tls_match_the_inprocess_runtime(federation):
 # speed, and from round 2 on Flower's speeds are measured here while the simulator's are the fleet's, so only
 # round 1 is comparable for it anyway.
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["hetlora", "fedadapter"])
+@pytest.mark.parametrize("strategy", ["hetlora", "fedadapter", "fedspine"])
 def test_baselines_run_unchanged_over_flower(federation, strategy):
     """Every strategy plugs into both runtimes the same way: same per-device losses, same global model."""
     work, fed = federation
@@ -150,6 +150,12 @@ def test_baselines_run_unchanged_over_flower(federation, strategy):
         assert sorted(load_file(flower_adapter)) == sorted(local_adapter)
         for key, value in load_file(flower_adapter).items():
             assert torch.equal(local_adapter[key], value), key
+    if strategy == "fedspine":  # its pruned global model with the LoRA merged, bit for bit (its groups crossed Flower)
+        flower_model = load_file(out / "pruned_model" / "model.safetensors")
+        local_model = load_file(reference / "pruned_model" / "model.safetensors")
+        assert sorted(flower_model) == sorted(local_model)
+        assert all(torch.equal(local_model[k], v) for k, v in flower_model.items())
+        assert records[0]["aggregation"]["sparsity"] == local_records[0]["aggregation"]["sparsity"] > 0
 
 
 @pytest.mark.slow

@@ -1,5 +1,5 @@
 """Command line: ``legendfl run``, ``fleet``, ``compare``, ``retime``, ``profile``, ``flower {credentials,worker,local}``,
-``eval-adapter``.
+``prune``, ``eval-adapter``.
 
 Every option of ``run`` is a field of :class:`~legendfl.config.RunConfig` or an option of a strategy
 (``--hetlora.r-min``); ``--config FILE`` (TOML or YAML) sets them first and flags override. Bad input exits
@@ -122,7 +122,7 @@ def _cmd_run(ns: argparse.Namespace) -> int:
     keys = ["final_accuracy", "best_accuracy", "target_accuracy", "time_to_target_s", "traffic_to_target_bytes",
             "virtual_time_s", "traffic_bytes", "mean_waiting_s", "wall_time_s"]
     print("summary: " + json.dumps({k: summary.get(k) for k in keys}))
-    adapter = [name for name in ("adapter/", "global_params.safetensors") if (Path(out_dir) / name).exists()]
+    adapter = [name for name in ("adapter/", "pruned_model/", "global_params.safetensors") if (Path(out_dir) / name).exists()]
     print(f"outputs in {out_dir}: " + ", ".join(["rounds.jsonl", "summary.json", *adapter, *summary.get("plots", [])]))
     return 0
 
@@ -179,52 +179,23 @@ def _cmd_retime(ns: argparse.Namespace) -> int:
 
 
 def _cmd_profile(ns: argparse.Namespace) -> int:
-    import datetime
-    import platform
+    from .experiments.profiling import profile_entry
 
-    import torch
-
-    from .data.tasks import load_task
-    from .fleet.profiles import device_type_entry
-    from .models.backbone import load_backbone
-    from .experiments.profiling import measure_profile
-    from .engine.trainer import autocast_bf16
-    from .models.tokenized import TokenizedData
-
-    for name in ("batch_size", "seq_len", "rank", "batches") + (("threads",) if ns.threads is not None else ()):
-        if getattr(ns, name) <= 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(ns, name)}")
-    if ns.threads:
-        torch.set_num_threads(ns.threads)
-    task = load_task(ns.task)
-    examples = task.train[:2000]
-    if ns.batch_size > len(examples):
-        raise ValueError(f"--batch-size must be at most {len(examples)} (the {ns.task} examples profiled), got {ns.batch_size}")
-    backbone = load_backbone(ns.model, task.num_labels, 0, ns.device)
-    positions = getattr(backbone.model.config, "max_position_embeddings", None)
-    if positions and ns.seq_len > positions:
-        raise ValueError(f"--seq-len must be at most {positions} (model {ns.model!r}'s positions), got {ns.seq_len}")
-    bound = backbone.spec.max_lora_rank
-    if bound is not None and ns.rank > bound:
-        raise ValueError(f"--rank must be at most {bound} for model {ns.model!r}, got {ns.rank}")
-    data = TokenizedData(backbone.tokenizer, examples, ns.seq_len)
-    bf16 = False if ns.no_bf16 else "auto"  # as the trainer: bf16 autocast where the hardware has it
-    m = measure_profile(backbone, data, ns.batch_size, ns.seq_len, ns.rank, ns.batches, bf16=bf16)
-    device = next(backbone.model.parameters()).device
-    cpu = f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu
-    L = backbone.num_layers
-    depths = ", ".join(f"{k}: {v:.1f}" for k, v in m["by_depth_ms"].items())
-    m["source"] = (f"legendfl profile on {platform.node()} ({where}), torch {torch.__version__}, {datetime.date.today()}: "
-                   f"{ns.model}, batch {ns.batch_size} x {ns.seq_len}, LoRA rank {ns.rank}, bf16 {autocast_bf16(bf16, device)}")
-    comment = (f"{m['source']}\nper-batch training latency (ms) by LoRA depth: {depths}; LoRA on layer 0 only: "
-               f"{m['layer0_only_ms']:.1f}; forward {m['forward_ms']:.1f}\ndepth {L} / depth 1 = "
-               f"{m['by_depth_ms'][L] / m['by_depth_ms'][1]:.2f}x")
-    text = device_type_entry(ns.name, m, comment)
+    text = profile_entry(ns.model, ns.task, ns.batch_size, ns.seq_len, ns.rank, ns.batches, ns.device, ns.threads,
+                         bf16=False if ns.no_bf16 else "auto", name=ns.name)
     if ns.out:
         write_atomic(ns.out, text)
         print(f"fleet entry written to {ns.out}")
     print(text)
+    return 0
+
+
+def _cmd_prune(ns: argparse.Namespace) -> int:
+    from .experiments.one_shot_pruning import prune_run
+
+    for report in prune_run(ns.run, ns.sparsity, ns.out, ns.examples_per_device):
+        print(json.dumps({k: report[k] for k in ("sparsity", "accuracy", "parameters", "dense_parameters", "model_bytes")}))
+    print(f"pruned models (plain transformers) and their pruning.json in {ns.out}/pruned-s<percent>/")
     return 0
 
 
@@ -345,8 +316,16 @@ def make_parser() -> argparse.ArgumentParser:
     p_loc.add_argument("--emulate", type=float, default=None, metavar="SCALE",
                        help="node i emulates fleet entry i, its virtual seconds times SCALE")
     p_loc.set_defaults(func=_cmd_flower_local)
-    p_eval = sub.add_parser("eval-adapter", help="evaluate an exported adapter with plain transformers + peft")
-    p_eval.add_argument("adapter", help="adapter folder written by a run")
+    p_prune = sub.add_parser("prune", help="prune a finished LoRA run's model once to a sparsity, by FedSpine's importance "
+                             "rule (for comparisons at equal sparsity); save it for plain transformers and evaluate it")
+    p_prune.add_argument("run", help="a run's output folder (config.json, adapter/)")
+    p_prune.add_argument("--sparsity", type=float, nargs="+", required=True,
+                         help="shares of heads and FFN channels pruned, each in [0, 1) (one model each, one scoring)")
+    p_prune.add_argument("--out", required=True, help="folder for the pruned models (pruned-s<percent>/, with pruning.json)")
+    p_prune.add_argument("--examples-per-device", type=int, default=64, help="examples each device scores its groups on")
+    p_prune.set_defaults(func=_cmd_prune)
+    p_eval = sub.add_parser("eval-adapter", help="evaluate an exported adapter or pruned model with plain transformers + peft")
+    p_eval.add_argument("adapter", help="adapter/ or pruned_model/ folder written by a run, or a folder `prune` wrote")
     p_eval.add_argument("--task", default="sst2")
     p_eval.add_argument("--model", default="minilm")
     p_eval.add_argument("--max-length", type=int, default=128)

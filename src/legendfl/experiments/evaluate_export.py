@@ -1,4 +1,6 @@
-"""Evaluate an exported adapter with nothing but transformers + peft (no legendfl model code)."""
+"""Evaluate an exported model with nothing but transformers + peft (no legendfl model code): a run's peft adapter
+(``adapter/``) on its base model, or a pruned model with its LoRA merged (``pruned_model/``, FedSpine's export or
+one-shot pruning's), loaded alone."""
 from __future__ import annotations
 
 import json
@@ -10,7 +12,7 @@ import torch
 @torch.no_grad()
 def evaluate_exported(adapter_dir: str, task: str = "sst2", model: str = "minilm", max_length: int = 128,
                       max_dev_examples: int | None = None) -> float:
-    """Accuracy of the adapter on the task's dev split (its first ``max_dev_examples``, as a run evaluates)."""
+    """Accuracy of the exported model on the task's dev split (its first ``max_dev_examples``, as a run evaluates)."""
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -22,10 +24,11 @@ def evaluate_exported(adapter_dir: str, task: str = "sst2", model: str = "minilm
     if max_dev_examples is not None and max_dev_examples <= 0:
         raise ValueError(f"--max-dev-examples must be a positive integer, got {max_dev_examples}")
     folder = Path(adapter_dir)
-    missing = [n for n in ("adapter_config.json", "labels.json") if not (folder / n).is_file()]
+    plain = not (folder / "adapter_config.json").is_file() and (folder / "config.json").is_file()
+    missing = [n for n in ("config.json" if plain else "adapter_config.json", "labels.json") if not (folder / n).is_file()]
     if missing:
-        raise ValueError(f"{adapter_dir} is not an exported adapter (no {' or '.join(missing)}; runs of FedAdapter and "
-                         f"full fine-tuning export none)")
+        raise ValueError(f"{adapter_dir} is not an exported adapter or pruned model (no {' or '.join(missing)}; runs of "
+                         f"FedAdapter and full fine-tuning export none)")
     try:
         labels = json.loads((folder / "labels.json").read_text())
     except json.JSONDecodeError as err:
@@ -34,10 +37,14 @@ def evaluate_exported(adapter_dir: str, task: str = "sst2", model: str = "minilm
     if not isinstance(labels, list) or [str(x) for x in labels] != [str(x) for x in data.label_names]:
         raise ValueError(f"the adapter in {adapter_dir} was trained on labels {labels}, task {task!r} has "
                          f"{data.label_names}: evaluate it on its own task (--task)")
-    path = resolve_model_path(model)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    base = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(labels))
-    peft_model = PeftModel.from_pretrained(base, adapter_dir).eval()
+    if plain:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        peft_model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    else:
+        path = resolve_model_path(model)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        base = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(labels))
+        peft_model = PeftModel.from_pretrained(base, adapter_dir).eval()
     dev = data.dev[:max_dev_examples]
     correct = 0
     for i in range(0, len(dev), 64):

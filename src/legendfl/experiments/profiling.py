@@ -15,6 +15,8 @@ frozen) and the forward pass alone. The fit (``fit_profile``):
 from __future__ import annotations
 
 import contextlib
+import datetime
+import platform
 import time
 
 import numpy as np
@@ -24,7 +26,9 @@ from ..core.flops import layer_forward_flops
 from ..core.lora_layout import LoraLayout
 from ..engine.trainer import autocast_bf16
 from ..methods.lora import lora_adapter
-from ..models.backbone import Backbone
+from ..data.tasks import load_task
+from ..fleet.profiles import device_type_entry
+from ..models.backbone import Backbone, load_backbone
 from ..models.tokenized import TokenizedData
 
 
@@ -121,3 +125,42 @@ def fit_profile(backbone: Backbone, by_depth: dict[int, dict], layer0_only_ms: f
         # the flops model's throughput for this machine: one forward pass's FLOPs over its measured time
         "reference_gflops": L * layer_flops / (forward / 1000.0) / 1e9,
     }
+
+
+def profile_entry(model: str, task: str = "sst2", batch_size: int = 16, seq_len: int = 64, rank: int = 8,
+                  batches: int = 10, device: str = "auto", threads: int | None = None, bf16: bool | str = "auto",
+                  name: str = "this-machine") -> str:
+    """``legendfl profile``: measure this machine's per-batch training latency by LoRA depth on ``task``'s real
+    examples; a fleet file's device type entry (TOML), with where and how it was measured in its comment."""
+    sizes = {"batch_size": batch_size, "seq_len": seq_len, "rank": rank, "batches": batches}
+    if threads is not None:
+        sizes["threads"] = threads
+    for key, value in sizes.items():
+        if value <= 0:
+            raise ValueError(f"--{key.replace('_', '-')} must be a positive integer, got {value}")
+    if threads:
+        torch.set_num_threads(threads)
+    data_task = load_task(task)
+    examples = data_task.train[:2000]
+    if batch_size > len(examples):
+        raise ValueError(f"--batch-size must be at most {len(examples)} (the {task} examples profiled), got {batch_size}")
+    backbone = load_backbone(model, data_task.num_labels, 0, device)
+    positions = getattr(backbone.model.config, "max_position_embeddings", None)
+    if positions and seq_len > positions:
+        raise ValueError(f"--seq-len must be at most {positions} (model {model!r}'s positions), got {seq_len}")
+    bound = backbone.spec.max_lora_rank
+    if bound is not None and rank > bound:
+        raise ValueError(f"--rank must be at most {bound} for model {model!r}, got {rank}")
+    data = TokenizedData(backbone.tokenizer, examples, seq_len)
+    m = measure_profile(backbone, data, batch_size, seq_len, rank, batches, bf16=bf16)
+    where_device = next(backbone.model.parameters()).device
+    cpu = f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    where = torch.cuda.get_device_name(where_device) if where_device.type == "cuda" else cpu
+    L = backbone.num_layers
+    depths = ", ".join(f"{k}: {v:.1f}" for k, v in m["by_depth_ms"].items())
+    m["source"] = (f"legendfl profile on {platform.node()} ({where}), torch {torch.__version__}, {datetime.date.today()}: "
+                   f"{model}, batch {batch_size} x {seq_len}, LoRA rank {rank}, bf16 {autocast_bf16(bf16, where_device)}")
+    comment = (f"{m['source']}\nper-batch training latency (ms) by LoRA depth: {depths}; LoRA on layer 0 only: "
+               f"{m['layer0_only_ms']:.1f}; forward {m['forward_ms']:.1f}\ndepth {L} / depth 1 = "
+               f"{m['by_depth_ms'][L] / m['by_depth_ms'][1]:.2f}x")
+    return device_type_entry(name, m, comment)

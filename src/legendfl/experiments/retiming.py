@@ -62,6 +62,19 @@ def decisions_use_time(cfg: RunConfig) -> bool:
     return deadline or bool(cfg.build_strategy().decisions_use_time)
 
 
+def run_config_values(source: Path) -> dict:
+    """The run options in a run folder's ``config.json`` (keys of earlier versions' flat files included; entries
+    that are not options, such as ``retimed_from``, left out)."""
+    try:
+        values = json.loads((Path(source) / "config.json").read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{Path(source) / 'config.json'} is not valid JSON ({err.msg}, line {err.lineno})") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{Path(source) / 'config.json'} must hold a JSON object of run options")
+    known = set(RunConfig.__dataclass_fields__) | set(legacy_keys())
+    return {k: v for k, v in values.items() if k in known}
+
+
 def retime_run(source: Path, out: Path, cost_model: str, fleet: str | None = None, overwrite: bool = False) -> dict:
     """Re-time the run in ``source`` into ``out``; returns the new summary. Refuses an ``out`` that is the
     source (it would replace the run's own records) or that holds files (unless ``overwrite``), and a run
@@ -78,14 +91,7 @@ def retime_run(source: Path, out: Path, cost_model: str, fleet: str | None = Non
         source_records = read_records(source / "rounds.jsonl")
         if not source_records:
             raise ValueError(f"{source / 'rounds.jsonl'} holds no rounds: nothing to re-time")
-        try:
-            values = json.loads((source / "config.json").read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{source / 'config.json'} is not valid JSON ({err.msg}, line {err.lineno})") from None
-        if not isinstance(values, dict):
-            raise ValueError(f"{source / 'config.json'} must hold a JSON object of run options")
-        known = set(RunConfig.__dataclass_fields__) | set(legacy_keys())  # config.json of earlier versions: flat keys
-        values = {k: v for k, v in values.items() if k in known}
+        values = run_config_values(source)
         cfg = RunConfig.from_sources(values, {"cost_model": cost_model, "fleet": fleet or values.get("fleet", "jetson"),
                                               "out_dir": str(out)})
         records = retime_records(source_records, load_fleet(cfg.fleet, cfg.num_devices, cfg.seed),

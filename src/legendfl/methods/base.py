@@ -43,6 +43,7 @@ class ClientMethod(ABC):
     full: ClassVar[bool] = False  # every weight trained (the cost model adds weight gradients)
     batched: ClassVar[bool] = False  # its tasks may train in the batched engine (a LoRA layout on the shared backbone)
     config_kind: ClassVar[str | None] = None  # the kind of TaskConfig its tasks carry (DeviceTask.config); None: none
+    export_name: ClassVar[str] = "adapter"  # the folder of a run's output that :meth:`export` writes
 
     def task_config(self, task: DeviceTask):
         """The task's own configuration (``DeviceTask.config``), refused by name unless it is this method's kind."""

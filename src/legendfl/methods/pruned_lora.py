@@ -4,7 +4,8 @@ The task's config (kind ``pruned-lora``: ``strategies.structure_mask.PrunedLoraC
 the groups the device keeps (``core.group_selection.GroupSelection``); the task's tensors are already cut to the
 kept entries. The device copies the shared frozen model, prunes the copy physically (``models/pruning.py``: the
 pruned modules really are smaller), injects the LoRA there and trains it as method "lora" does; it uploads the
-LoRA of the kept entries. Its FLOPs are counted on the pruned shapes (:func:`pruned_batch_work`), so both cost
+LoRA of the kept entries. A run's global model is exported pruned, with its LoRA merged, as a model plain
+transformers loads (``pruned_model/``). Its FLOPs are counted on the pruned shapes (:func:`pruned_batch_work`), so both cost
 models price the pruned model: attention in proportion to the kept heads, the FFN to the kept channels.
 
 Not batched: the batched engine shares one frozen model among devices, which a pruned copy is not.
@@ -25,7 +26,7 @@ from ..core.strategy import DeviceTask, ModelSpec
 from ..core.training import TrainConfig
 from ..engine.trainer import FlopsFn
 from ..models.backbone import Backbone
-from ..models.pruning import prune_encoder
+from ..models.pruning import prune_encoder, save_pruned
 from .base import ClientMethod, register_method
 from .lora import LoraMethod, lora_adapter
 
@@ -73,6 +74,7 @@ def pruned_batch_work(spec: ModelSpec, layout: LoraLayout, selection: GroupSelec
 class PrunedLoraMethod(LoraMethod):
     name = "pruned-lora"
     config_kind = "pruned-lora"
+    export_name = "pruned_model"
     batched = False
 
     def task_config(self, task: DeviceTask) -> LoraLayout:
@@ -96,7 +98,11 @@ class PrunedLoraMethod(LoraMethod):
         return lambda seqs, width: pruned_batch_work(backbone.spec, layout, sel, seqs, width)
 
     def export(self, task: DeviceTask, backbone: Backbone, out_dir: str, cfg: TrainConfig) -> bool:
-        return False  # a pruned model with LoRA merged is exported by the strategy that prunes (not yet: issue 23)
+        """The pruned model with its LoRA merged and its head, as a plain transformers model (``save_pruned``)."""
+        with self.inject(backbone, task, cfg, train=False) as peft_model:
+            merged = copy.deepcopy(peft_model).merge_and_unload()
+        save_pruned(merged, out_dir, backbone.tokenizer)
+        return True
 
 
 register_method(PrunedLoraMethod())

@@ -18,6 +18,8 @@ and ``output.dense``). Decoders (Llama, GPT-2) are refused by name: transformers
 """
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import torch
@@ -88,3 +90,18 @@ def pruned_config_for_export(model: torch.nn.Module):
                          f"FFN channels (config.intermediate_size is one number); got {sorted(widths)}")
     model.config.intermediate_size = widths.pop()
     return model.config
+
+
+def save_pruned(model: torch.nn.Module, out_dir: str | Path, tokenizer=None) -> None:
+    """Save a pruned model (any LoRA merged already) where plain transformers loads it,
+    ``AutoModelForSequenceClassification.from_pretrained(out_dir)``: its config (pruned heads, FFN width), weights
+    and tokenizer. Written to a sibling folder first and renamed, so ``out_dir`` is never left half-written."""
+    pruned_config_for_export(model)
+    out = Path(out_dir)
+    staging = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(staging)
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)

@@ -1,8 +1,9 @@
 """What every runtime leaves after a run: ``summary.json``, the exported model, the figures.
 
-The model: where the client method has a standard format (LoRA: a peft adapter) it goes to ``adapter/``;
-otherwise (bottleneck adapters, full fine-tuning, plugins without an export) the global tensors under their
-canonical names go to ``global_params.safetensors``, so no run's trained model is lost.
+The model: where the client method has a standard format it goes to the method's folder (LoRA: a peft adapter
+in ``adapter/``; pruned LoRA: a pruned model with the LoRA merged in ``pruned_model/``); otherwise (bottleneck
+adapters, full fine-tuning, plugins without an export) the global tensors under their canonical names go to
+``global_params.safetensors``, so no run's trained model is lost.
 """
 from __future__ import annotations
 
@@ -26,8 +27,9 @@ def write_outputs(ctx: RunContext, strategy: Strategy, records: list[dict], out:
                "cost_model": cfg.cost_model, "fleet": cfg.fleet, "num_devices": cfg.num_devices,
                "wall_time_s": wall_time_s, **extra}
     task = strategy.evaluation_task()
-    if get_method(task.method).export(task, ctx.backbone, str(out / "adapter"), ctx.train_cfg):
-        write_atomic(out / "adapter" / "labels.json", json.dumps(ctx.label_names))
+    method = get_method(task.method)
+    if method.export(task, ctx.backbone, str(out / method.export_name), ctx.train_cfg):
+        write_atomic(out / method.export_name / "labels.json", json.dumps(ctx.label_names))
     else:
         # one metadata entry: safetensors writes several in a per-process order, and the bytes would differ
         meta = {"legendfl": json.dumps({"strategy": strategy.name, "method": task.method, "model": cfg.model,

@@ -27,7 +27,7 @@ LOCK = ".legendfl.lock"
 INPUTS = "inputs.json"
 # what a run writes into its folder (figures are *.png); --overwrite removes these and nothing else
 OUTPUTS = ("rounds.jsonl", "summary.json", "config.json", "partition.json", INPUTS, "checkpoint.pt", "adapter",
-           "global_params.safetensors")
+           "pruned_model", ".pruned_model.partial", "global_params.safetensors")
 # options that may name an input file (the fleet and model options also take built-in names)
 INPUT_OPTIONS = ("data_file", "dev_file", "availability_trace", "fleet", "model")
 

@@ -22,8 +22,9 @@ Every sentence of the abstract, and what this file does for it (the choices the 
 * Aggregation: every LoRA entry averaged over the devices that kept it (element-wise counts, sample-weighted;
   ranks zero-padded as HetLoRA's, the padding not counted), the head over all devices.
 * The global model is evaluated pruned to the current mask (at the end: to ``sparsity``), so its accuracy is
-  at that sparsity. Not done yet (issue 23): exporting the pruned model with LoRA merged, and one-shot pruning
-  of other strategies' models for comparisons at equal sparsity.
+  at that sparsity; the run exports it pruned, with its LoRA merged, as a model plain transformers loads
+  (``pruned_model/``). For comparisons at equal sparsity, ``legendfl prune`` prunes another LoRA run's dense
+  model once to the same sparsity by the same importance rule (``experiments/one_shot_pruning.py``).
 """
 from __future__ import annotations
 
