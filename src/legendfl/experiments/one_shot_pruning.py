@@ -33,7 +33,7 @@ from ..core.strategy import key_layer
 from ..data.run_data import load_run_task, run_partitions
 from ..engine.group_importance import METRIC, GroupImportanceTerm
 from ..methods.lora import get_lora_tensors
-from ..models.pruning import prune_encoder, save_pruned, structure
+from ..models.pruning import encoder_blocks, prune_encoder, save_pruned, structure
 from ..runtime.context import RunContext
 from ..strategies.structure_mask import GroupImportance, keep_top, mean_importance
 from .evaluate_export import evaluate_exported
@@ -91,6 +91,7 @@ def prune_run(run_dir: str | Path, sparsities: list[float], out: str | Path, exa
     chosen = [[int(i) for i in rng(cfg.seed, "batches", 0, device).permutation(indices)[:examples_per_device]]
               for device, indices in enumerate(run_partitions(cfg, task))]
     ctx = RunContext.for_client(cfg, [task.train[i] for part in chosen for i in part], task.label_names)
+    encoder_blocks(ctx.backbone.model)  # a model family that cannot be pruned is refused before any scoring
     model = PeftModel.from_pretrained(ctx.backbone.model, str(adapter), is_trainable=True).eval()
     scored = {key_layer(k) for k in get_lora_tensors(ctx.backbone, model)}
     bare = sorted(set(range(ctx.backbone.num_layers)) - scored)
