@@ -33,6 +33,8 @@ def test_a_pruned_device_trains_uploads_its_kept_entries_and_counts_the_pruned_f
     assert result.metrics["group_importance"]["heads"]["0"] and len(result.metrics["group_importance"]["heads"]["0"]) == 1
     assert {k: tuple(v.shape) for k, v in result.params.items()} == {k: tuple(v.shape) for k, v in task.params.items()}
     assert result.upload_bytes < tensors_bytes(full)  # only the kept entries travel
+    # priced upload: the kept LoRA entries and head, plus a float32 importance score per kept head and channel
+    assert result.work.upload_bytes == result.upload_bytes + 4 * 6 * (1 + 32)
     assert any(not torch.equal(result.params[k], task.params[k]) for k in task.params if k.endswith("lora_B"))
     assert all(torch.equal(v, shared[k]) for k, v in backbone.model.state_dict().items())  # the shared model is whole
 

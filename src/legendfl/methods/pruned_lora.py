@@ -4,7 +4,8 @@ The task's config (kind ``pruned-lora``: ``strategies.structure_mask.PrunedLoraC
 the groups the device keeps (``core.group_selection.GroupSelection``); the task's tensors are already cut to the
 kept entries. The device copies the shared frozen model, prunes the copy physically (``models/pruning.py``: the
 pruned modules really are smaller), injects the LoRA there and trains it as method "lora" does; it uploads the
-LoRA of the kept entries. A run's global model is exported pruned, with its LoRA merged, as a model plain
+LoRA of the kept entries and the importance of its groups (priced as uploaded: :meth:`PrunedLoraMethod.work`).
+A run's global model is exported pruned, with its LoRA merged, as a model plain
 transformers loads (``pruned_model/``). Its FLOPs are counted on the pruned shapes (:func:`pruned_batch_work`), so both cost
 models price the pruned model: attention in proportion to the kept heads, the FFN to the kept channels.
 
@@ -22,8 +23,10 @@ import torch
 from ..core.flops import BatchFlops, head_forward_flops, output_forward_flops
 from ..core.group_selection import GROUP_AXES, GroupSelection
 from ..core.lora_layout import LoraLayout
-from ..core.strategy import DeviceTask, ModelSpec
+from ..core.strategy import DeviceResult, DeviceTask, ModelSpec
+from ..core.work import DeviceWork
 from ..core.training import TrainConfig
+from ..engine.group_importance import METRIC as IMPORTANCE_METRIC
 from ..engine.trainer import FlopsFn
 from ..models.backbone import Backbone
 from ..models.pruning import prune_encoder, save_pruned
@@ -71,6 +74,12 @@ def pruned_batch_work(spec: ModelSpec, layout: LoraLayout, selection: GroupSelec
     return BatchFlops(forward, backward, sum(layers) / spec.num_layers, trainable)
 
 
+def score_bytes(metrics: dict) -> int:
+    """Bytes of the group importance a device reports (float32 per score) in a result's ``metrics``."""
+    reported = metrics.get(IMPORTANCE_METRIC) or {}
+    return 4 * sum(len(scores) for by_layer in reported.values() for scores in by_layer.values())
+
+
 class PrunedLoraMethod(LoraMethod):
     name = "pruned-lora"
     config_kind = "pruned-lora"
@@ -96,6 +105,12 @@ class PrunedLoraMethod(LoraMethod):
     def flops(self, backbone: Backbone, task: DeviceTask) -> FlopsFn:
         layout, sel = self.task_config(task), self.selection(task)
         return lambda seqs, width: pruned_batch_work(backbone.spec, layout, sel, seqs, width)
+
+    def work(self, task: DeviceTask, result: DeviceResult, num_layers: int) -> DeviceWork:
+        """As LoRA's, with the importance scores the device reports (one float32 per kept head and channel,
+        ``engine.group_importance``) added to what it uploads: they travel with its LoRA."""
+        work = super().work(task, result, num_layers)
+        return dataclasses.replace(work, upload_bytes=work.upload_bytes + score_bytes(result.metrics))
 
     def export(self, task: DeviceTask, backbone: Backbone, out_dir: str, cfg: TrainConfig) -> bool:
         """The pruned model with its LoRA merged and its head, as a plain transformers model (``save_pruned``)."""
