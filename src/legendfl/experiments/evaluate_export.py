@@ -35,7 +35,7 @@ def evaluate_exported(adapter_dir: str, task: str = "sst2", model: str = "minilm
         raise ValueError(f"{folder / 'labels.json'} is not valid JSON ({err.msg})") from None
     data = load_task(task)
     if not isinstance(labels, list) or [str(x) for x in labels] != [str(x) for x in data.label_names]:
-        raise ValueError(f"the adapter in {adapter_dir} was trained on labels {labels}, task {task!r} has "
+        raise ValueError(f"the {'model' if plain else 'adapter'} in {adapter_dir} was trained on labels {labels}, task {task!r} has "
                          f"{data.label_names}: evaluate it on its own task (--task)")
     if plain:
         tokenizer = AutoTokenizer.from_pretrained(folder)

@@ -12,10 +12,10 @@ sparsity, the dense model is pruned once, after training, by FedSpine's own rule
    transformers loads, and evaluated on the run's dev examples with plain transformers alone.
 
 Several sparsities share one scoring. Calibration data: each device's first ``examples_per_device`` examples in
-the order of its batches in a "round 0"
-(drawn from (seed, "batches", 0, device); rounds count from 1, so no training round drew it), in batches of the
-run's batch size; nothing but the scores leaves a device, as in FedSpine. At sparsity 0 nothing
-is pruned: the output is the run's dense model with its LoRA merged (its accuracy is the run's own).
+the order of its batches in a "round 0" (drawn from (seed, "batches", 0, device); rounds count from 1, so no
+training round drew it), in batches of the run's batch size; nothing but the scores leaves a device, as in
+FedSpine. At sparsity 0 nothing is pruned: the output is the run's dense model with its LoRA merged (its accuracy
+is the run's own).
 """
 from __future__ import annotations
 
@@ -107,7 +107,7 @@ def prune_run(run_dir: str | Path, sparsities: list[float], out: str | Path, exa
     spec = ctx.backbone.spec
     groups = {"heads": spec.attention_heads, "channels": spec.linear_modules["intermediate.dense"][1]}
     means = {kind: mean_importance(reports[kind], {l: groups[kind] for l in range(spec.num_layers)}) for kind in groups}
-    merged = copy.deepcopy(model).merge_and_unload()
+    merged = model.merge_and_unload()  # in place: nothing reads the unmerged model after the scoring
     dense_params = sum(p.numel() for p in merged.parameters())
     results = []
     for sparsity in sparsities:

@@ -5,9 +5,9 @@ the groups the device keeps (``core.group_selection.GroupSelection``); the task'
 kept entries. The device copies the shared frozen model, prunes the copy physically (``models/pruning.py``: the
 pruned modules really are smaller), injects the LoRA there and trains it as method "lora" does; it uploads the
 LoRA of the kept entries and the importance of its groups (priced as uploaded: :meth:`PrunedLoraMethod.work`).
-A run's global model is exported pruned, with its LoRA merged, as a model plain
-transformers loads (``pruned_model/``). Its FLOPs are counted on the pruned shapes (:func:`pruned_batch_work`), so both cost
-models price the pruned model: attention in proportion to the kept heads, the FFN to the kept channels.
+Its FLOPs are counted on the pruned shapes (:func:`pruned_batch_work`), so both cost models price the pruned
+model: attention in proportion to the kept heads, the FFN to the kept channels. A run's global model is exported
+pruned, with its LoRA merged, as a model plain transformers loads (``pruned_model/``).
 
 Not batched: the batched engine shares one frozen model among devices, which a pruned copy is not.
 """
