@@ -9,7 +9,7 @@ import hashlib
 import numpy as np
 
 _PURPOSES = ("partition", "fleet", "batches", "dropout", "noise", "init", "probe", "fedadapter", "hetlora", "validation",
-             "availability")
+             "availability", "mergesfl")
 
 
 def derive_seed(seed: int, purpose: str, *keys: int) -> int:

@@ -146,6 +146,8 @@ class DeviceResult:
     metrics: dict[str, Any] = field(default_factory=dict)
     work: DeviceWork | None = None  # what the device did (filled by the client method)
     timing: DeviceTiming | None = None  # how long each phase took, as the device (and transport) measured it
+    # a split round's participant (core.split): its work in each iteration, which the clock times one by one
+    iterations: list[DeviceWork] = field(default_factory=list)
 
     @property
     def upload_bytes(self) -> int:

@@ -61,6 +61,7 @@ class Fleet:
     mode_switch_every: int = 20
     min_mbps: float = 0.1
     max_mbps: float = 1e9
+    server: dict | None = None  # the fleet file's [server] table: name, gflops, source (split rounds' server)
 
     def __len__(self) -> int:
         return len(self.devices)
@@ -77,6 +78,17 @@ class Fleet:
         up = float(np.clip(gen.normal(dev.uplink_mbps, dev.uplink_std_mbps), self.min_mbps, self.max_mbps))
         down = float(np.clip(gen.normal(dev.downlink_mbps, dev.downlink_std_mbps), self.min_mbps, self.max_mbps))
         return DeviceRoundState(device_id, rnd, mode, dev.modes_gflops[mode], up, down, dev.profile)
+
+
+    def server_state(self, rnd: int, device_id: int) -> DeviceRoundState:
+        """The server of a split round (``fleet/split_clock.py``): its throughput from the fleet file's
+        ``[server]`` table, priced with the fleet's profile; its links are never charged (each transfer is charged
+        on the device's side)."""
+        if self.server is None:
+            raise ValueError(f"fleet {self.name!r} has no [server] table (name, gflops, source): a split round's clock "
+                             f"prices the server's compute from it")
+        profile = next((d.profile for d in self.devices if d.profile is not None), None)
+        return DeviceRoundState(device_id, rnd, 0, float(self.server["gflops"]), float("inf"), float("inf"), profile)
 
 
 def _scaled_counts(counts: list[int], size: int) -> list[int]:
@@ -183,8 +195,8 @@ def load_fleet(name_or_path: str = "jetson", size: int | None = None, seed: int 
     if cfg.get("kind") == "traces":
         devices = _load_traces(cfg, size, seed)
         return Fleet(cfg["name"], cfg["description"], devices, seed, mode_switch_every=0,
-                     min_mbps=float(cfg.get("min_kbps", 16)) * 8 / 1000)
+                     min_mbps=float(cfg.get("min_kbps", 16)) * 8 / 1000, server=cfg.get("server"))
     devices = _load_jetson_like(cfg, size, seed)
     net = cfg["network"]
     return Fleet(cfg["name"], cfg["description"], devices, seed, int(cfg.get("mode_switch_every", 20)),
-                 float(net.get("min_mbps", 1.0)), float(net.get("max_mbps", 30.0)))
+                 float(net.get("min_mbps", 1.0)), float(net.get("max_mbps", 30.0)), cfg.get("server"))

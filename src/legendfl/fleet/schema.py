@@ -6,10 +6,11 @@ import math
 from typing import Any
 
 TOP = {"name", "description", "kind", "reference_size", "mode_switch_every", "profile", "device_types", "network",
-       "availability", "best_phone_gflops", "min_kbps", "scores", "bandwidth"}
+       "availability", "best_phone_gflops", "min_kbps", "scores", "bandwidth", "server"}
 DEVICE_TYPE = {"name", "count", "peak", "modes", "availability", "profile"}
 NETWORK = {"min_mbps", "max_mbps", "relative_std", "groups"}
 GROUP = {"distance_m", "uplink_mbps", "downlink_mbps"}
+SERVER = {"name", "gflops", "source"}  # the server that trains the top of a split round (fleet/split_clock.py)
 
 
 def _number(table: dict, key: str, where: str, *, minimum: float = 0.0, exclusive: bool = True,
@@ -52,6 +53,11 @@ def check_fleet(cfg: dict) -> None:
     _number(cfg, "reference_size", "", required=False, integer=True)
     _number(cfg, "mode_switch_every", "", exclusive=False, required=False, integer=True)
     _number(cfg, "availability", "", maximum=1.0, required=False)  # 0: no device would ever be online
+    if "server" in cfg:
+        server = _table(cfg["server"], "server", SERVER)
+        if not isinstance(server.get("name", ""), str):
+            raise ValueError(f"fleet server.name must be a string, got {server['name']!r}")
+        _number(server, "gflops", "server")
     if cfg.get("kind", "types") not in ("types", "traces"):
         raise ValueError(f"fleet kind must be one of ['types', 'traces'], got {cfg['kind']!r}")
     if cfg.get("kind") == "traces":

@@ -44,6 +44,9 @@ class ClientMethod(ABC):
     batched: ClassVar[bool] = False  # its tasks may train in the batched engine (a LoRA layout on the shared backbone)
     config_kind: ClassVar[str | None] = None  # the kind of TaskConfig its tasks carry (DeviceTask.config); None: none
     export_name: ClassVar[str] = "adapter"  # the folder of a run's output that :meth:`export` writes
+    # its tasks train together with a server task, iteration by iteration (a split round, ``core.split``):
+    # the runtime calls :meth:`train_joint` instead of :meth:`train`
+    joint: ClassVar[bool] = False
 
     def task_config(self, task: DeviceTask):
         """The task's own configuration (``DeviceTask.config``), refused by name unless it is this method's kind."""
@@ -83,6 +86,12 @@ class ClientMethod(ABC):
             result.params = self.collect(backbone, model, task)
         result.work = self.work(task, result, backbone.num_layers)
         return result
+
+    def train_joint(self, server: DeviceTask, tasks: list[DeviceTask], backbone: Backbone, data: TokenizedData,
+                    partitions: dict[int, list[int]], cfg: TrainConfig) -> dict[int, DeviceResult]:
+        """A split round: ``tasks`` trained together with the server's task (results by device id, the server's
+        under ``core.split.SERVER_ID``). Only methods with ``joint`` set implement it."""
+        raise ValueError(f"client method {self.name!r} trains one device at a time; a split round needs a joint method")
 
     def evaluate(self, task: DeviceTask, backbone: Backbone, data, cfg: TrainConfig) -> dict[str, float]:
         """Accuracy and loss: classification on ``TokenizedData``, a generative task on a ``GenerativeSplit``."""

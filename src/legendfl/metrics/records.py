@@ -37,7 +37,8 @@ def device_entry(result: DeviceResult, task: DeviceTask, timing: dict[str, float
     """One device's line of a round record (``timing``: seconds by phase and ``total_s``)."""
     return {**extra, **timing_fields(timing, waiting_s),
             "examples": result.num_examples, "tokens": result.num_tokens, "forward_flops": result.forward_flops,
-            "backward_flops": result.backward_flops, "download_bytes": task.download_bytes,
+            "backward_flops": result.backward_flops,
+            "download_bytes": result.work.download_bytes if result.work is not None else task.download_bytes,
             "upload_bytes": result.work.upload_bytes if result.work is not None else result.upload_bytes,
             "train_loss": round(result.train_loss, 5),
             "wall_s": round(result.wall_time_s, 3),

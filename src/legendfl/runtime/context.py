@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..config import RunConfig
+from ..core.split import SERVER_ID
 from ..core.strategy import DeviceResult, DeviceTask
 from ..core.training import TrainConfig
 from ..data.partition import partition_stats
@@ -118,6 +119,15 @@ class RunContext:
         """Train every task on its device's partition; results by device (``done`` hears of each as it finishes).
         With ``engine = "batched"`` the tasks the batched engine covers train together
         (``engine.batched_training``), the others one after another."""
+        if SERVER_ID in tasks:  # a split round (core.split): every device trains with the server, iteration by iteration
+            server = tasks[SERVER_ID]
+            devices = [t for d, t in sorted(tasks.items()) if d != SERVER_ID]
+            results = get_method(server.method).train_joint(server, devices, self.backbone, self.train,
+                                                            {t.device_id: partitions[t.device_id] for t in devices}, self.train_cfg)
+            for d in sorted(results):
+                if d != SERVER_ID:
+                    done(results[d])
+            return results
         results: dict[int, DeviceResult] = {}
         if self.cfg.engine == "batched":
             chosen: dict[str, list[DeviceTask]] = {}  # by client method: each counts its own devices' work

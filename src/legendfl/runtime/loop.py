@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ..core.split import split_update_limit
 from ..core.strategy import DeviceResult, DeviceTask, Strategy
 from ..core.training import TrainConfig
 from ..core.validation import UpdateLimit
@@ -41,6 +42,7 @@ class RoundOutcome:
     extras: dict[int, dict[str, Any]] = field(default_factory=dict)  # per device: fields only this runtime knows
     missing: dict[int, str] = field(default_factory=dict)  # device -> why it did not answer
     summary: str = ""  # one line for the log
+    server: DeviceResult | None = None  # a split round's server result (core.split), handed to the strategy last
 
 
 class Transport(Protocol):
@@ -85,11 +87,15 @@ def run_rounds(strategy: Strategy, transport: Transport, ctx: RunContext, writer
         tasks = strategy.configure_round(rnd, transport.participants(rnd))
         outcome = transport.run_round(rnd, tasks)
         limits = {r.device_id: update_limit(ctx.train_cfg, transport.partition_size(r.device_id)) for r in outcome.results}
+        if outcome.server is not None:  # a split round: every device ran the server's iterations at its own batch size
+            limits = {d: split_update_limit(limit, outcome.server.num_steps, tasks[d].config.batch_size)
+                      for d, limit in limits.items()}
         screening = strategy.screen(tasks, outcome.results, limits)
         accepted, rejected = screening.accepted, screening.rejected
         for dev, why in sorted(rejected.items()):
             log.warning("[%s] round %d: update of device %d rejected: %s", strategy.name, rnd, dev, why)
-        agg = (strategy.aggregate_round(rnd, accepted) if accepted else
+        server = [outcome.server] if outcome.server is not None else []  # a split round's server (core.split)
+        agg = (strategy.aggregate_round(rnd, accepted + server) if accepted else
                {"skipped": "no device answered" if not outcome.results else "every update was rejected"})
         candidates = strategy.candidate_evaluations(rnd)
         if candidates:

@@ -11,15 +11,22 @@ Devices that are offline in a round (``fleet/availability.py``) get no task. Wit
 (``round_deadline`` seconds, or ``round_deadline_median`` times the median completion of the round's
 devices), a device that would finish later is dropped from the round's results (recorded as missing, late);
 its download and upload still count as traffic, and the round then lasts until the deadline.
+
+A split round (``core.split``: the tasks include the server's) trains every device together with the server,
+iteration by iteration, and ``fleet/split_clock.py`` times it from each iteration's work; the server's compute
+is priced from the fleet file's ``[server]``.
 """
 from __future__ import annotations
 
 import statistics
 
+from ..core.split import SERVER_ID
 from ..core.strategy import DeviceTask
+from ..core.work import DeviceWork
 from ..fleet.availability import Availability, run_availability
 from ..fleet.cost_model import device_timing, measured_timing, state_fields
 from ..fleet.devices import Fleet
+from ..fleet.split_clock import split_round_timing
 from ..fleet.virtual_clock import VirtualClock
 from .context import RunContext
 from .loop import ClockState, RoundOutcome
@@ -55,6 +62,8 @@ class SimulatorTransport(ClockState):
         return None
 
     def run_round(self, rnd: int, tasks: dict[int, DeviceTask]) -> RoundOutcome:
+        if SERVER_ID in tasks:
+            return self.run_split_round(rnd, tasks)
         cfg = self.ctx.cfg
         results, timings, extras = [], {}, {}
         bar = RoundProgress(f"round {rnd}", len(tasks))
@@ -83,3 +92,29 @@ class SimulatorTransport(ClockState):
         entry = self.clock.advance(rnd, completion, down, up, round_time_s=round_time)
         return RoundOutcome(results, {d: timings[d] for d in completion}, entry.waiting_s, self.clock.record_fields(entry),
                             extras, missing)
+
+    def run_split_round(self, rnd: int, tasks: dict[int, DeviceTask]) -> RoundOutcome:
+        """A split round: trained together, timed iteration by iteration (``fleet/split_clock.py``)."""
+        cfg = self.ctx.cfg
+        if cfg.round_deadline is not None or cfg.round_deadline_median is not None:
+            raise ValueError("round_deadline and round_deadline_median must be unset for a split strategy: its devices "
+                             "and server wait for each other in every iteration, so no device can be dropped mid-round")
+        bar = RoundProgress(f"round {rnd}", len(tasks) - 1)
+        trained = self.ctx.train_tasks(tasks, self.ctx.partitions, lambda result: bar.advance(result.num_tokens))
+        bar.close()
+        server = trained.pop(SERVER_ID)
+        states = {d: self.fleet.state(d, rnd) for d in trained}
+        models = {d: DeviceWork(forward_flops=0.0, backward_flops=0.0, download_bytes=r.work.lora_download_bytes,
+                                upload_bytes=r.work.lora_upload_bytes) for d, r in trained.items()}
+        timing = split_round_timing(states, {d: r.iterations for d, r in trained.items()}, models,
+                                    self.fleet.server_state(rnd, SERVER_ID), server.iterations, cfg.cost_model)
+        for d, r in trained.items():
+            r.timing = measured_timing(states[d], timing.devices[d], noise=cfg.report_noise, seed=cfg.seed)
+        completion = {d: t.total_s for d, t in timing.devices.items()}
+        entry = self.clock.advance(rnd, completion, {d: r.work.download_bytes for d, r in trained.items()},
+                                   {d: r.work.upload_bytes for d, r in trained.items()}, round_time_s=timing.round_time_s)
+        server.metrics.update({"server_compute_s": round(timing.server_compute_s, 4),
+                               "iteration_s": [round(t, 4) for t in timing.iteration_s]})
+        extras = {d: state_fields(self.fleet.devices[d].kind, states[d], cfg.cost_model) for d in trained}
+        return RoundOutcome(list(trained.values()), {d: t.to_json() for d, t in timing.devices.items()}, entry.waiting_s,
+                            self.clock.record_fields(entry), extras, dict(self.offline), server=server)

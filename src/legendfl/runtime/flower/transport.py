@@ -20,6 +20,7 @@ from flwr.app import Message
 from flwr.serverapp import Grid
 
 from ...config import RunConfig
+from ...core.split import SERVER_ID
 from ...core.strategy import DeviceTask
 from ...core.work import DeviceTiming
 from ...fleet.virtual_clock import VirtualClock
@@ -134,6 +135,9 @@ class FlowerTransport(ClockState):
         return present
 
     def run_round(self, rnd: int, tasks: dict[int, DeviceTask]) -> RoundOutcome:
+        if SERVER_ID in tasks:
+            raise ValueError(f"strategy {self.cfg.strategy!r} runs split rounds (core.split), in which the server trains in "
+                             f"every iteration; this runtime sends one task per node and round: run it in the simulator")
         fed, cfg_json = self.fed, self.cfg.to_json()
         msgs = {d: Message(encode_task(t, cfg_json, self.label_names), dst_node_id=fed.node_of[d],
                            message_type=TRAIN, group_id=str(rnd)) for d, t in tasks.items()}
