@@ -149,7 +149,7 @@ def test_generative_evaluation_scores_letters_and_generated_numbers(decoder):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("task, strategy", [("mmlu", "legend"), ("gsm8k", "hetlora")])
+@pytest.mark.parametrize("task, strategy", [("mmlu", "legend"), ("gsm8k", "hetlora"), ("mmlu", "mergesfl")])
 def test_a_decoder_runs_a_generative_task_through_the_engine(tmp_path, backbone, task, strategy):
     from legendfl.config import RunConfig
     from legendfl.metrics.summary import read_records

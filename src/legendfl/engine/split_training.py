@@ -13,7 +13,8 @@ own tensors and the devices step independently. In each iteration:
 3. the merged batch's mean loss is backpropagated through the top; the server clips and steps (AdamW, its state
    kept across rounds in the strategy);
 4. each device receives its rows of the features' gradient, scaled by N / b_i (so that it is the gradient of
-   its own examples' mean loss: the authors' dispatch rule), backpropagates through its bottom, clips and steps.
+   its own examples' mean loss: the authors' dispatch rule; for a decoder, whose loss is a mean over answer
+   tokens, by the merged batch's answer tokens over its own), backpropagates through its bottom, clips and steps.
 
 Padding is exact: the padded positions are masked keys, so no real token attends to them. Batches come from
 (seed, round, device) and dropout from each device's own generator (``engine.device_rows``), in its bottom
@@ -38,6 +39,7 @@ from ..core.strategy import DeviceResult, DeviceTask, ModelSpec, Tensors, key_la
 from ..core.training import ADAMW_BETAS, TrainConfig
 from ..core.work import DeviceWork
 from ..models.backbone import Backbone
+from ..models.generative import IGNORE, CausalLMData
 from ..models.keys import lora_key_of, lora_regex
 from ..models.tokenized import TokenizedData
 from .device_rows import DeviceRows, Segment, device_dropout
@@ -94,10 +96,24 @@ def top_only(backbone: Backbone, split: int, features: torch.Tensor) -> Iterator
 
 def merged_inputs(batches: list[dict[str, torch.Tensor]], width: int) -> dict[str, torch.Tensor]:
     """The server's inputs for the merged batch: a mask and labels (token ids are placeholders: the features
-    replace the embeddings)."""
-    masks = [nn.functional.pad(b["attention_mask"], (0, width - b["attention_mask"].shape[1])) for b in batches]
-    mask = torch.cat(masks)
-    return {"input_ids": torch.zeros_like(mask), "attention_mask": mask, "labels": torch.cat([b["labels"] for b in batches])}
+    replace the embeddings). A decoder's labels are per token, padded with ``IGNORE`` like its batches."""
+    def pad(x: torch.Tensor, value: int) -> torch.Tensor:
+        return nn.functional.pad(x, (0, width - x.shape[1]), value=value) if x.dim() == 2 else x
+
+    mask = torch.cat([pad(b["attention_mask"], 0) for b in batches])
+    return {"input_ids": torch.zeros_like(mask), "attention_mask": mask,
+            "labels": torch.cat([pad(b["labels"], IGNORE) for b in batches])}
+
+
+def loss_terms(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of the merged batch: the sum of its loss terms and how many it has, as the model's own loss counts
+    them (a classifier: one cross-entropy per example; a decoder: one per answer token, shifted by one)."""
+    logits = logits.detach().float()
+    if labels.dim() == 1:
+        return nn.functional.cross_entropy(logits, labels, reduction="none"), torch.ones(len(labels))
+    targets = labels[:, 1:]
+    terms = nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), targets, ignore_index=IGNORE, reduction="none")
+    return terms.sum(dim=1), (targets != IGNORE).sum(dim=1).float()
 
 
 def split_iteration(backbone: Backbone, split: int, device_params: list[dict[str, torch.Tensor]],
@@ -124,14 +140,15 @@ def split_iteration(backbone: Backbone, split: int, device_params: list[dict[str
         out = backbone.model(**top_inputs)
     loss = out.loss.to(torch.promote_types(out.loss.dtype, torch.float32))  # bf16 -> fp32; fp64 stays
     loss.backward()
-    per_row = nn.functional.cross_entropy(out.logits.detach().float(), top_inputs["labels"], reduction="none")
-    total = int(starts[-1])
+    sums, counts = loss_terms(out.logits, top_inputs["labels"])
+    total = float(counts.sum())
     losses = []
     for seg, f in zip(segments, features):
+        own = float(counts[seg.start:seg.stop].sum())
         grad = merged.grad[seg.start:seg.stop, : seg.width]
-        scale = total / (seg.stop - seg.start) if dispatch else 1.0
+        scale = total / own if dispatch and own > 0 else 1.0  # the gradient of its own terms' mean
         f.backward((grad * scale).to(f.dtype))
-        losses.append(float(per_row[seg.start:seg.stop].mean()))
+        losses.append(float(sums[seg.start:seg.stop].sum()) / own if own > 0 else float("nan"))
     return loss.detach(), losses
 
 
@@ -178,7 +195,8 @@ def _total_work(iterations: list[DeviceWork], download: int, upload: int, rank_s
 
 
 def train_split_round(backbone: Backbone, model: nn.Module, server: DeviceTask, tasks: list[DeviceTask],
-                      data: TokenizedData, partitions: dict[int, list[int]], cfg: TrainConfig) -> dict[int, DeviceResult]:
+                      data: TokenizedData | CausalLMData, partitions: dict[int, list[int]],
+                      cfg: TrainConfig) -> dict[int, DeviceResult]:
     """Train one split round; ``model``: the backbone with LoRA on every block holding the server's top and head
     (``methods.split_lora``). Results by device id, the server's under ``SERVER_ID``."""
     plan: SplitPlan = server.config
@@ -245,9 +263,9 @@ def train_split_round(backbone: Backbone, model: nn.Module, server: DeviceTask, 
         params = {k: own[i][n].detach().to("cpu", copy=True) for k, n in bottom_names.items()}
         results[t.device_id] = _result(t, params, works[i], losses[i], examples[i], tokens[i], wall, split * plan.rank,
                                        t.download_bytes, tensors_bytes(params))
-        # what MergeSFL's devices report besides their timing: their label counts (the privacy cost: docs)
-        labels = data.labels[np.asarray(partitions[t.device_id], dtype=int)]
-        results[t.device_id].metrics["label_counts"] = np.bincount(labels, minlength=backbone.model.config.num_labels).tolist()
+        if isinstance(data, TokenizedData):  # MergeSFL's devices report their label counts (a privacy cost: docs)
+            labels = data.labels[np.asarray(partitions[t.device_id], dtype=int)]
+            results[t.device_id].metrics["label_counts"] = np.bincount(labels, minlength=backbone.model.config.num_labels).tolist()
     top_params = {k: p.detach().to("cpu", copy=True) for k, p in top.items()}
     top_params.update(_adamw_state(server_opt, top))
     server_result = _result(server, top_params, server_works, server_losses, sum(examples), sum(tokens), wall,

@@ -17,7 +17,8 @@ What differs from the paper and why is said in ``feature_merging.py`` and in BEN
 - learning rates: the paper scales SGD's rate by b_i / max b; with AdamW (the optimizer of every method here)
   a gradient's scale cancels, so every participant uses the round's learning rate; the server's gradient to
   device i is scaled by N / b_i (the authors' dispatch rule), so each device steps on its own examples' mean loss.
-- Encoders only (classification): a decoder's loss is over tokens, not examples, and is refused here.
+- decoders (generative tasks) split the same way, the server's top ending in the frozen LM head; their examples
+  have no class labels, so devices report none and are chosen at random within the budget, as without merging.
 """
 from __future__ import annotations
 
@@ -98,9 +99,6 @@ class MergeSFL(Strategy):
         return LoraLayout.all_layers(self.lora_rank, self.spec.num_layers)
 
     def initialize(self, spec: ModelSpec, device_ids: list[int]) -> None:
-        if spec.decoder:
-            raise ValueError("strategy 'mergesfl' splits an encoder with a classification head; generative tasks "
-                             "(decoders) are not supported by it")
         super().initialize(spec, device_ids)
         self.options.check_num_layers(spec.num_layers)
         if spec.num_layers < 2:
@@ -122,12 +120,13 @@ class MergeSFL(Strategy):
         return {d: min(b, budget) if budget is not None else b for d, b in sizes.items()}
 
     def choose(self, rnd: int, sizes: dict[int, int]) -> tuple[list[int], float | None]:
-        """The round's devices: first those not yet heard from (in a random order), then by feature merging over
-        the rest (or, without merging, in a random order) within the budget and the device cap."""
+        """The round's devices within the budget and the device cap: by feature merging once every device has
+        reported its label counts; until then those not yet heard from first, then the others, in a random order
+        (without merging, or without labels: a generative task, in a random order)."""
         budget, most = self.options.ingress_budget, self.options.max_devices
         order = [int(d) for d in rng(self.seed, "mergesfl", rnd).permutation(sorted(sizes))]
         new = [d for d in order if d not in self.label_counts]
-        if not self.options.merging or new:
+        if not self.options.merging or not all(self.label_counts.get(d) for d in sizes):
             picked, used = [], 0
             for d in (new + [d for d in order if d not in new]) if self.options.merging else order:
                 if (budget is None or used + sizes[d] <= budget) and (most is None or len(picked) < most):
@@ -167,8 +166,7 @@ class MergeSFL(Strategy):
         rho = self.options.ema
         for r in devices:
             self.chosen[r.device_id] = self.chosen.get(r.device_id, 0) + 1
-            if "label_counts" in r.metrics:
-                self.label_counts.setdefault(r.device_id, [int(c) for c in r.metrics["label_counts"]])
+            self.label_counts.setdefault(r.device_id, [int(c) for c in r.metrics.get("label_counts", [])])
             if r.timing is not None and r.work is not None and r.num_examples > 0:
                 for estimates, seconds in ((self.compute_s, r.timing.compute_s), (self.transfer_s, activation_seconds(r))):
                     observed = seconds / r.num_examples
