@@ -59,8 +59,9 @@ def _close(a, b, rel=1e-10):
 
 def test_split_forward_backward_gives_the_unsplit_models_gradients(tiny64, sst2):
     """Devices' bottoms at their own widths, features merged, the top on the merged batch: the top's (and a
-    classifier's head's) gradients equal the whole model's on the merged batch, and the devices' bottom gradients add up to its
-    bottom gradients (float64, see ``_close``); with the dispatch rule each device's is the gradient of its own examples' (a decoder: answer tokens') mean loss."""
+    classifier's head's) gradients equal the whole model's on the merged batch, and the devices' bottom gradients
+    add up to its bottom gradients (float64, see ``_close``); with the dispatch rule each device's is the gradient
+    of its own examples' (a decoder: answer tokens') mean loss."""
     torch.manual_seed(0)
     tiny = tiny64
     L, split = tiny.num_layers, 2
