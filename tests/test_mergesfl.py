@@ -222,3 +222,14 @@ def test_a_mergesfl_run_records_its_choices_its_activations_and_exports_one_adap
     assert layers == set(range(6))
     summary = json.loads((out / "summary.json").read_text())
     assert summary["final_accuracy"] == records[-1]["accuracy"]
+
+
+def test_the_flower_runtime_refuses_a_split_round_in_one_line():
+    """Flower carries one task per node and round; a split round needs the server in every iteration."""
+    from legendfl.config import RunConfig
+    from legendfl.runtime.flower.transport import FlowerTransport
+
+    transport = FlowerTransport(None, RunConfig(num_devices=2, strategy="mergesfl"), ["negative", "positive"], 1.0, 1.0)
+    tasks = {SERVER_ID: object(), 0: object()}
+    with pytest.raises(ValueError, match="strategy 'mergesfl' runs split rounds.*run it in the simulator"):
+        transport.run_round(1, tasks)
