@@ -99,7 +99,7 @@ def _assert_same(batched, sequential, tasks, tol, same_work=True):
                 assert _relative(b.params[key] - task.params[key], moved) <= 100 * tol, (task.device_id, key)
         assert (b.num_examples, b.num_tokens, b.num_steps) == (s.num_examples, s.num_tokens, s.num_steps)
         if same_work:  # (peft on padded batches counts the padding's FLOPs; the engine counts a device's own width)
-            assert (b.forward_flops, b.backward_flops) == (s.forward_flops, s.backward_flops)
+            assert (b.work.forward_flops, b.work.backward_flops) == (s.work.forward_flops, s.work.backward_flops)
             assert b.work == s.work  # the cost model prices the same work
         assert b.train_loss == pytest.approx(s.train_loss, rel=1e-5)
         assert b.metrics.keys() == s.metrics.keys()

@@ -76,10 +76,12 @@ def test_a_task_and_a_result_survive_flower_messages():
                       rank_sum=4, lora_upload_bytes=16, steps=3, layer_forward_flops=0.5,
                       trainable_forward_flops=0.25, trained_layers=1, num_layers=6, full=False)
     result = DeviceResult(3, 7, {"5.q.lora_A": torch.randn(4, 3)}, num_examples=12, num_tokens=300, num_steps=3,
-                          train_loss=0.5, metrics={"tail_norm": 0.1}, work=work, timing=DeviceTiming(0.1, 0.2, 0.3, 0.4))
+                          train_loss=0.5, metrics={"tail_norm": 0.1}, work=work, timing=DeviceTiming(0.1, 0.2, 0.3, 0.4),
+                          iterations=[work, DeviceWork(forward_flops=1.0, backward_flops=2.0, download_bytes=3, upload_bytes=4)])
     got, node = decode_result(encode_result(result, {"hostname": "h", "busy_s": 1.0}))
     assert node == {"hostname": "h", "busy_s": 1.0}
     assert (got.work, got.timing, got.metrics, got.num_tokens) == (work, result.timing, {"tail_norm": 0.1}, 300)
+    assert got.iterations == result.iterations  # a split round's per-iteration work (core.split) survives too
     assert torch.equal(got.params["5.q.lora_A"], result.params["5.q.lora_A"])
     assert math.isclose(got.train_loss, 0.5)
 

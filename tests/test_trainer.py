@@ -44,7 +44,7 @@ def test_training_reduces_loss_and_reports_its_work(backbone, sst2_small):
     batches = local_batches(list(range(600)), cfg, 0, 1, 0, train.lengths)
     assert result.num_steps == 12 and result.num_examples == sum(len(b) for b in batches) > 10 * 16
     assert result.num_tokens > 12 * 16 * 3
-    assert result.backward_flops > 0 and result.forward_flops > result.backward_flops  # depth 3 of 6
+    assert result.work.backward_flops > 0 and result.work.forward_flops > result.work.backward_flops  # depth 3 of 6
     assert result.wall_time_s > 0 and result.measured_backward_s > 0
     assert set(k.split(".")[0] for k in result.params if not k.startswith("head")) == {"3", "4", "5"}
     assert result.upload_bytes == 4 * sum(v.numel() for v in result.params.values())

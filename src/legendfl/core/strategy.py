@@ -135,16 +135,14 @@ class DeviceResult:
     num_examples: int
     num_tokens: int = 0
     num_steps: int = 0
-    forward_flops: float = 0.0
-    backward_flops: float = 0.0
-    layer_forward_flops: float = 0.0  # one frozen layer's forward FLOPs summed over the round's batches
-    trainable_forward_flops: float = 0.0  # forward FLOPs of the trained modules (LoRA, adapters) over the round
     train_loss: float = float("nan")
     wall_time_s: float = 0.0  # measured on the machine that ran the training
     measured_forward_s: float = 0.0
     measured_backward_s: float = 0.0
     metrics: dict[str, Any] = field(default_factory=dict)
-    work: DeviceWork | None = None  # what the device did (filled by the client method)
+    # what the device did: the FLOPs and steps the trainer counted (``core.work.counted``), completed by the client
+    # method with the bytes exchanged and the trained shape (``ClientMethod.work``)
+    work: DeviceWork | None = None
     timing: DeviceTiming | None = None  # how long each phase took, as the device (and transport) measured it
     # a split round's participant (core.split): its work in each iteration, which the clock times one by one
     iterations: list[DeviceWork] = field(default_factory=list)

@@ -37,6 +37,14 @@ class DeviceWork:
         return asdict(self)
 
 
+def counted(forward_flops: float, backward_flops: float, layer_forward_flops: float, trainable_forward_flops: float,
+            steps: int) -> DeviceWork:
+    """What a trainer counts of a device's round (FLOPs and steps); the bytes and the trained shape are filled in by
+    the client method that knows them (``ClientMethod.work``, with ``dataclasses.replace``)."""
+    return DeviceWork(forward_flops=forward_flops, backward_flops=backward_flops, download_bytes=0, upload_bytes=0,
+                      steps=steps, layer_forward_flops=layer_forward_flops, trainable_forward_flops=trainable_forward_flops)
+
+
 @dataclass(frozen=True)
 class DeviceTiming:
     """Seconds one device spent in one round, by phase."""

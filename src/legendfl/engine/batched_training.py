@@ -31,7 +31,7 @@ from ..core.lora_layout import LoraLayout
 from ..core.seeding import derive_seed
 from ..core.strategy import DeviceResult, DeviceTask
 from ..core.training import ADAMW_BETAS, TrainConfig
-from ..core.work import DeviceWork
+from ..core.work import DeviceWork, counted
 from ..models.backbone import Backbone
 from .batched_lora import batchable_head, inject_batched
 from .device_rows import DeviceRows, Segment, device_dropout
@@ -241,8 +241,8 @@ def _train_group(backbone: Backbone, tasks: list[DeviceTask], data, batches: lis
         for i, (task, slot, s) in enumerate(zip(tasks, slots, stats)):
             result = DeviceResult(
                 device_id=task.device_id, round=task.round, params=slot.upload(), num_examples=s["examples"],
-                num_tokens=s["tokens"], num_steps=len(batches[i]), forward_flops=s["fwd"], backward_flops=s["bwd"],
-                layer_forward_flops=s["layer"], trainable_forward_flops=s["trainable"],
+                num_tokens=s["tokens"], num_steps=len(batches[i]),
+                work=counted(s["fwd"], s["bwd"], s["layer"], s["trainable"], len(batches[i])),
                 train_loss=float(np.mean(losses[i])) if losses[i] else float("nan"),
                 wall_time_s=s["share"] + overhead, measured_forward_s=s["fwd_s"], measured_backward_s=s["bwd_s"],
                 metrics=loss_metrics(losses[i]))

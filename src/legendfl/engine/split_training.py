@@ -281,8 +281,6 @@ def _result(task: DeviceTask, params: Tensors, works: list[DeviceWork], losses: 
             wall: float, rank_sum: int, download: int, upload: int) -> DeviceResult:
     total = _total_work(works, download, upload, rank_sum)
     return DeviceResult(device_id=task.device_id, round=task.round, params=params, num_examples=examples,
-                        num_tokens=tokens, num_steps=len(works), forward_flops=total.forward_flops,
-                        backward_flops=total.backward_flops, layer_forward_flops=total.layer_forward_flops,
-                        trainable_forward_flops=total.trainable_forward_flops,
+                        num_tokens=tokens, num_steps=len(works),
                         train_loss=float(np.mean(losses)) if losses else float("nan"), wall_time_s=wall,
                         metrics=loss_metrics(losses), work=total, iterations=works)

@@ -18,6 +18,7 @@ from ..core.flops import BatchFlops
 from ..core.seeding import derive_seed, rng
 from ..core.strategy import DeviceResult, DeviceTask
 from ..core.training import ADAMW_BETAS, TrainConfig
+from ..core.work import counted
 from ..models.tokenized import TokenizedData
 from .device_rows import DeviceRows, Segment, device_dropout
 
@@ -108,19 +109,18 @@ def _train_steps(model, task, data, batches, rows: DeviceRows, cfg: TrainConfig,
         fwd_s += t1 - t0
         bwd_s += t2 - t1
         seqs, width = batch["input_ids"].shape
-        counted = flops(seqs, width)
-        fwd_flops += counted.forward
-        bwd_flops += counted.backward
-        layer_flops += counted.layer_forward
-        trainable_flops += counted.trainable_forward
+        batch_flops = flops(seqs, width)
+        fwd_flops += batch_flops.forward
+        bwd_flops += batch_flops.backward
+        layer_flops += batch_flops.layer_forward
+        trainable_flops += batch_flops.trainable_forward
         tokens += int(batch["attention_mask"].sum())
         examples += seqs
         losses.append(float(out.loss.detach()))
     model.eval()
     return DeviceResult(
         device_id=task.device_id, round=task.round, params={}, num_examples=examples, num_tokens=tokens,
-        num_steps=len(batches), forward_flops=fwd_flops, backward_flops=bwd_flops,
-        layer_forward_flops=layer_flops, trainable_forward_flops=trainable_flops,
+        num_steps=len(batches), work=counted(fwd_flops, bwd_flops, layer_flops, trainable_flops, len(batches)),
         train_loss=float(np.mean(losses)) if losses else float("nan"),
         wall_time_s=time.perf_counter() - start, measured_forward_s=fwd_s, measured_backward_s=bwd_s,
         metrics=loss_metrics(losses),

@@ -17,6 +17,7 @@ module of this package named after the method (``lora``, ``adapter``, ``full``),
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import pkgutil
 from abc import ABC, abstractmethod
@@ -110,12 +111,12 @@ class ClientMethod(ABC):
         def per_layer(params: Tensors) -> int:  # bytes of the LoRA or adapter tensors (not the head)
             return tensors_bytes({k: v for k, v in params.items() if key_layer(k) is not None})
 
-        return DeviceWork(
-            forward_flops=result.forward_flops, backward_flops=result.backward_flops,
-            download_bytes=task.download_bytes, upload_bytes=result.upload_bytes,
+        if result.work is None:
+            raise ValueError(f"device {result.device_id}: no counted work to complete (the trainer sets it)")
+        return dataclasses.replace(
+            result.work, download_bytes=task.download_bytes, upload_bytes=result.upload_bytes,
             trained_depth=depth, rank_sum=rank_sum, trained_layers=layers, num_layers=num_layers, full=self.full,
-            lora_upload_bytes=per_layer(result.params), lora_download_bytes=per_layer(task.params), steps=result.num_steps,
-            layer_forward_flops=result.layer_forward_flops, trainable_forward_flops=result.trainable_forward_flops)
+            lora_upload_bytes=per_layer(result.params), lora_download_bytes=per_layer(task.params))
 
 
 _METHODS: dict[str, ClientMethod] = {}

@@ -36,8 +36,9 @@ def device_entry(result: DeviceResult, task: DeviceTask, timing: dict[str, float
                  config_log: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     """One device's line of a round record (``timing``: seconds by phase and ``total_s``)."""
     return {**extra, **timing_fields(timing, waiting_s),
-            "examples": result.num_examples, "tokens": result.num_tokens, "forward_flops": result.forward_flops,
-            "backward_flops": result.backward_flops,
+            "examples": result.num_examples, "tokens": result.num_tokens,
+            "forward_flops": result.work.forward_flops if result.work is not None else 0.0,
+            "backward_flops": result.work.backward_flops if result.work is not None else 0.0,
             "download_bytes": result.work.download_bytes if result.work is not None else task.download_bytes,
             "upload_bytes": result.work.upload_bytes if result.work is not None else result.upload_bytes,
             "train_loss": round(result.train_loss, 5),

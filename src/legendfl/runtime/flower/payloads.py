@@ -57,8 +57,10 @@ def task_from_payload(payload: dict[str, Any]) -> tuple[DeviceTask, dict[str, An
 
 def result_payload(result: DeviceResult, node: dict[str, Any]) -> dict[str, Any]:
     """``node`` carries what the server cannot see: set-up time, emulation, host."""
-    fields = {f.name: getattr(result, f.name) for f in dataclasses.fields(result) if f.name not in ("params", "work", "timing")}
+    fields = {f.name: getattr(result, f.name) for f in dataclasses.fields(result)
+              if f.name not in ("params", "work", "timing", "iterations")}
     fields["work"] = result.work.to_json() if result.work is not None else None
+    fields["iterations"] = [w.to_json() for w in result.iterations]
     fields["timing"] = dataclasses.asdict(result.timing) if result.timing is not None else None
     fields["node"] = node
     return {"result-json": json.dumps(fields), "arrays": to_numpy(result.params)}
@@ -67,8 +69,9 @@ def result_payload(result: DeviceResult, node: dict[str, Any]) -> dict[str, Any]
 def result_from_payload(payload: dict[str, Any]) -> tuple[DeviceResult, dict[str, Any]]:
     fields = json.loads(payload["result-json"])
     node = fields.pop("node")
-    work, timing = fields.pop("work"), fields.pop("timing")
+    work, timing, iterations = fields.pop("work"), fields.pop("timing"), fields.pop("iterations")
     result = DeviceResult(params=to_torch(payload["arrays"]), **fields)
     result.work = DeviceWork(**work) if work is not None else None
+    result.iterations = [DeviceWork(**w) for w in iterations]
     result.timing = DeviceTiming(**timing) if timing is not None else None
     return result, node
