@@ -9,6 +9,12 @@
   was trained on. A seeded subset of the test split is used when
   ``max_dev_examples`` is set (``legendfl.models.generative`` documents the prompts and the scoring).
 
+- ``sst2-prompted``, ``qnli-prompted``, ``mnli-prompted``: the shipped GLUE tasks posed as instructions with
+  verbalised labels (:data:`PROMPTED`; prompts chosen once, before any run): a 135M decoder learns these within a
+  CPU budget, where MMLU and GSM-8K stay at chance. Training on ``train``, reporting on ``dev``. Scored
+  (``choice``) by the log-likelihood of each verbalised label after the prompt (robust to formatting: the most
+  likely label is the answer), and by exact match of a short greedy generation, reported next to it.
+
 - ``instructions``: a user's own JSON/JSONL (or CSV/TSV) file of prompt/response pairs (``--data-file``;
   field names ``--prompt-field`` / ``--response-field``), trained the same way and scored by exact match of
   the greedy generation with the response (whitespace-stripped), next to the answer loss; ``--dev-file`` or a
@@ -29,8 +35,26 @@ from pathlib import Path
 from ..core.seeding import rng
 
 FILES = Path(__file__).parent / "files"
-GENERATIVE_TASKS = ("gsm8k", "mmlu", "instructions")
 LETTERS = ("A", "B", "C", "D")
+
+
+@dataclass(frozen=True)
+class Prompted:
+    """A shipped classification task posed as an instruction: its prompt and one answer word per label."""
+
+    task: str  # the built-in task it reads (data/tasks.py)
+    template: str  # ``{a}`` (and ``{b}`` for a pair task) filled with the example's texts
+    answers: tuple[str, ...]  # per label index (GLUE's order); the answer is " " + the word, then the end of turn
+
+
+PROMPTED = {
+    "sst2-prompted": Prompted("sst2", "Review: {a}\nIs this review positive or negative?\nAnswer:", ("negative", "positive")),
+    "qnli-prompted": Prompted("qnli", "Question: {a}\nSentence: {b}\nDoes the sentence answer the question? "
+                                      "Answer yes or no.\nAnswer:", ("yes", "no")),
+    "mnli-prompted": Prompted("mnli", "Premise: {a}\nHypothesis: {b}\nDoes the premise imply the hypothesis? "
+                                      "Answer yes, maybe or no.\nAnswer:", ("yes", "maybe", "no")),
+}
+GENERATIVE_TASKS = ("gsm8k", "mmlu", *PROMPTED, "instructions")
 
 
 def gsm8k_prompt(question: str) -> str:
@@ -46,11 +70,26 @@ class GenerativeTask:
     name: str
     train: list[tuple[str, str, int]]  # (prompt, answer, label)
     dev: list[tuple[str, str, int]]
-    scoring: str  # "number" (GSM-8K: final number), "letter" (MMLU: answer-letter likelihood), "exact" (instructions)
+    scoring: str  # "number" (GSM-8K: final number), "letter" (MMLU: answer-letter likelihood), "exact" (instructions),
+    #               "choice" (a prompted task: the likeliest of its answers)
+    answers: tuple[str, ...] = ()  # "choice": the answer words, by label
 
     @property
     def num_labels(self) -> int:
-        return 4 if self.scoring == "letter" else 1
+        return 4 if self.scoring == "letter" else len(self.answers) if self.scoring == "choice" else 1
+
+
+def _prompted(name: str) -> GenerativeTask:
+    from .tasks import load_builtin_task
+
+    spec = PROMPTED[name]
+    data = load_builtin_task(spec.task)
+
+    def pose(examples):
+        return [(spec.template.format(a=a.strip(), b=(b or "").strip()), f" {spec.answers[label]}", label)
+                for a, b, label in examples]
+
+    return GenerativeTask(name, pose(data.train), pose(data.dev), "choice", spec.answers)
 
 
 def _gsm8k(split: str) -> list[tuple[str, str, int]]:
@@ -106,6 +145,8 @@ def load_generative_task(name: str, max_dev_examples: int | None = None, seed: i
         task = load_instructions(**files, seed=seed)
     elif name == "gsm8k":
         task = GenerativeTask("gsm8k", _gsm8k("train"), _gsm8k("test"), "number")
+    elif name in PROMPTED:
+        task = _prompted(name)
     elif name == "mmlu":
         test = _mmlu("test")
         reported = {prompt for prompt, _, _ in test}

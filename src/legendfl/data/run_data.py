@@ -22,7 +22,7 @@ def load_run_task(cfg) -> TaskData:
         files = ({"data_file": cfg.data_file, "dev_file": cfg.dev_file, "prompt_field": cfg.prompt_field,
                   "response_field": cfg.response_field} if cfg.task == "instructions" else {})
         gen = load_generative_task(cfg.task, cfg.max_dev_examples, cfg.seed, **files)
-        labels = list(LETTERS) if gen.scoring == "letter" else ["answer"]
+        labels = list(LETTERS) if gen.scoring == "letter" else list(gen.answers) if gen.scoring == "choice" else ["answer"]
         return TaskData(gen.name, gen.train, gen.dev, labels, gen.scoring)
     return load_task(cfg.task, data_file=cfg.data_file, dev_file=cfg.dev_file, text_columns=cfg.text_columns,
                      label_column=cfg.label_column, seed=cfg.seed)

@@ -65,13 +65,15 @@ class RoundRecord:
     rejected: list[dict[str, Any]] = field(default_factory=list)  # {device, reason} of updates refused
     accuracy: float | None = None  # on the dev split, where evaluated
     eval_loss: float | None = None
+    eval_metrics: dict[str, float] = field(default_factory=dict)  # the dev split's other scores (a prompted task's exact match)
     wall_s: float = 0.0  # the server's wall seconds for the round
 
     def to_json(self) -> dict[str, Any]:
         return {"round": self.round, "strategy": self.strategy, "runtime": self.runtime, "clock": self.clock,
                 "lr": self.lr, "cost_model": self.cost_model, **self.clock_fields, "accuracy": self.accuracy,
-                "eval_loss": self.eval_loss, "aggregation": self.aggregation, "devices": self.devices,
-                "missing": self.missing, "rejected": self.rejected, "wall_s": self.wall_s}
+                "eval_loss": self.eval_loss, **({"eval_metrics": self.eval_metrics} if self.eval_metrics else {}),
+                "aggregation": self.aggregation, "devices": self.devices, "missing": self.missing,
+                "rejected": self.rejected, "wall_s": self.wall_s}
 
 
 class RecordWriter:

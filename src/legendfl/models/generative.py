@@ -8,7 +8,9 @@ Prompt formats (``data/generative_tasks.py``, the same for training and evaluati
 Training uses the causal-LM loss on the answer tokens only: the prompt's tokens (and padding) get label
 -100, which the loss ignores. Scoring: GSM-8K by the final number of a greedy generation compared exactly
 with the reference's number after ``####`` (:func:`final_number`); MMLU by comparing the model's next-token
-log-likelihood of the four answer letters after the prompt (:func:`mmlu_choice`), no generation.
+log-likelihood of the four answer letters after the prompt (:func:`mmlu_choice`), no generation; a prompted task
+(``choice``) by the log-likelihood of each answer's whole token sequence after the prompt (:func:`answer_scores`),
+and, reported next to it as ``exact_match``, by a greedy generation of a few tokens compared with the answer.
 """
 from __future__ import annotations
 
@@ -90,20 +92,44 @@ class CausalLMData:
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+def answer_scores(logits: torch.Tensor, input_ids: torch.Tensor, spans: list[tuple[int, int]]) -> torch.Tensor:
+    """Log-likelihood of each sequence's answer tokens ``input_ids[i, start:stop]`` given what precedes them (the
+    logits at position t predict token t + 1): one score per sequence."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return torch.stack([logp[i, start - 1:stop - 1].gather(-1, input_ids[i, start:stop, None]).sum()
+                        for i, (start, stop) in enumerate(spans)])
+
+
+def _choices(model, tokenizer, prompts: list[list[int]], answers: list[str], pad: int, device) -> torch.Tensor:
+    """(prompts x answers) log-likelihoods of every answer after every prompt, in one right-padded batch."""
+    encoded = [tokenizer(a, add_special_tokens=False)["input_ids"] for a in answers]
+    rows = [(p, a) for p in prompts for a in encoded]
+    ids, mask = right_padded([p + a for p, a in rows], range(len(rows)), pad)
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+    spans = [(len(p), len(p) + len(a)) for p, a in rows]
+    return answer_scores(logits, ids.to(device), spans).view(len(prompts), len(answers)).cpu()
+
+
 @torch.no_grad()
 def evaluate_generative(model: torch.nn.Module, tokenizer, examples: list[tuple[str, str, int]], scoring: str,
-                        batch_size: int = 16, max_new_tokens: int = 256) -> dict[str, float]:
+                        batch_size: int = 16, max_new_tokens: int = 256, answers: tuple[str, ...] = ()) -> dict[str, float]:
     """Accuracy on ``(prompt, answer, label)`` examples: ``letter`` compares the next-token likelihood of the
     four answer letters after each prompt with the label (MMLU); ``number`` generates greedily up to
     ``max_new_tokens`` and compares the final number with the answer's (GSM-8K); ``exact`` compares the
-    whole generated response with the answer (whitespace-stripped; a user's instruction data)."""
-    if scoring not in ("letter", "number", "exact"):
-        raise ValueError(f"scoring must be one of ['letter', 'number', 'exact'], got {scoring!r}")
+    whole generated response with the answer (whitespace-stripped; a user's instruction data); ``choice``
+    takes the likeliest of ``answers`` (a prompted task) and adds ``exact_match``: greedy generation of at most
+    as many tokens as the longest answer, plus one, compared with the answer."""
+    if scoring not in ("letter", "number", "exact", "choice"):
+        raise ValueError(f"scoring must be one of ['letter', 'number', 'exact', 'choice'], got {scoring!r}")
+    if scoring == "choice" and not answers:
+        raise ValueError("scoring 'choice' needs the task's answers")
     model.eval()
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     letters = letter_token_ids(tokenizer) if scoring == "letter" else []
-    correct = 0
+    if scoring == "choice":
+        max_new_tokens = 1 + max(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers)
+    correct = exact = 0
     for start in range(0, len(examples), batch_size):
         chunk = examples[start:start + batch_size]
         prompts = [tokenizer(p, add_special_tokens=False)["input_ids"] for p, _, _ in chunk]
@@ -117,15 +143,24 @@ def evaluate_generative(model: torch.nn.Module, tokenizer, examples: list[tuple[
         if scoring == "letter":
             logits = model(input_ids=ids, attention_mask=mask).logits[:, -1]
             correct += sum(int(mmlu_choice(logits[row], letters) == label) for row, (_, _, label) in enumerate(chunk))
-        else:
+        if scoring == "choice":
+            scores = _choices(model, tokenizer, prompts, list(answers), pad, device)
+            correct += sum(int(int(scores[row].argmax()) == label) for row, (_, _, label) in enumerate(chunk))
+        if scoring != "letter":
             out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
                                  pad_token_id=pad)
             texts = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
             if scoring == "number":
                 correct += sum(int(gsm8k_correct(text, answer)) for text, (_, answer, _) in zip(texts, chunk))
             else:  # exact match of the generated response
-                correct += sum(int(text.strip() == answer.strip()) for text, (_, answer, _) in zip(texts, chunk))
-    return {"accuracy": correct / len(examples) if examples else 0.0}
+                exact += sum(int(text.strip() == answer.strip()) for text, (_, answer, _) in zip(texts, chunk))
+    n = len(examples)
+    if scoring == "exact":
+        return {"accuracy": exact / n if n else 0.0}
+    out = {"accuracy": correct / n if n else 0.0}
+    if scoring == "choice":
+        out["exact_match"] = exact / n if n else 0.0
+    return out
 
 
 class GenerativeSplit:
@@ -133,8 +168,9 @@ class GenerativeSplit:
     tokenised for the teacher-forced answer loss."""
 
     def __init__(self, tokenizer, examples: list[tuple[str, str, int]], scoring: str, max_length: int,
-                 max_new_tokens: int = 256) -> None:
+                 max_new_tokens: int = 256, answers: tuple[str, ...] = ()) -> None:
         self.examples, self.scoring, self.max_new_tokens = list(examples), scoring, max_new_tokens
+        self.answers = tuple(answers)  # "choice": the answer of each label, as the model sees it (" positive")
         self.teacher = CausalLMData(tokenizer, [(p, a) for p, a, _ in examples], max_length)
 
     def __len__(self) -> int:
@@ -144,7 +180,8 @@ class GenerativeSplit:
 @torch.no_grad()
 def evaluate_split(model: torch.nn.Module, tokenizer, split: GenerativeSplit, batch_size: int = 16) -> dict[str, float]:
     """Accuracy (the task's scoring) and the mean answer-token loss (teacher-forced) on ``split``."""
-    out = evaluate_generative(model, tokenizer, split.examples, split.scoring, batch_size, split.max_new_tokens)
+    out = evaluate_generative(model, tokenizer, split.examples, split.scoring, batch_size, split.max_new_tokens,
+                              split.answers)
     device = next(model.parameters()).device
     total = count = 0.0
     for start in range(0, len(split), batch_size):

@@ -58,8 +58,10 @@ class RunContext:
         return TokenizedData(self.backbone.tokenizer, examples, self.cfg.max_length)
 
     def _evaluation_data(self, examples: list, scoring: str | None):
-        if scoring is not None:
-            return GenerativeSplit(self.backbone.tokenizer, examples, scoring, self.cfg.max_length, self.cfg.max_new_tokens)
+        if scoring is not None:  # a prompted task's answers: " " + each label's word (data/generative_tasks.py)
+            answers = tuple(f" {name}" for name in self.label_names) if scoring == "choice" else ()
+            return GenerativeSplit(self.backbone.tokenizer, examples, scoring, self.cfg.max_length, self.cfg.max_new_tokens,
+                                   answers)
         return TokenizedData(self.backbone.tokenizer, examples, self.cfg.max_length)
 
     @classmethod

@@ -116,6 +116,7 @@ def run_rounds(strategy: Strategy, transport: Transport, ctx: RunContext, writer
         if rnd % cfg.eval_every == 0 or rnd == cfg.rounds:
             ev = ctx.evaluate(strategy.evaluation_task())
             record.accuracy, record.eval_loss = ev["accuracy"], ev["loss"]
+            record.eval_metrics = {k: v for k, v in ev.items() if k not in ("accuracy", "loss")}
         record.wall_s = time.perf_counter() - wall0
         rec = record.to_json()
         writer.write(rec)

@@ -1,0 +1,133 @@
+"""Generative tasks a small decoder learns (issue 27): the shipped GLUE tasks posed as instructions with verbalised
+labels, scored by the likelihood of each answer and by exact match; the GGUF conversion cache's reuse. Tiny random
+decoders (conftest.py): what is checked is arithmetic and plumbing; the real data's prompts."""
+import json
+import math
+import os
+
+import pytest
+import torch
+from conftest import TINY_BERT, tiny_decoder
+from transformers import AutoTokenizer
+
+from legendfl.core.lora_layout import LoraLayout
+from legendfl.core.strategy import DeviceTask
+from legendfl.core.training import TrainConfig
+from legendfl.data.generative_tasks import PROMPTED, load_generative_task
+from legendfl.methods.lora import train_lora
+from legendfl.models.generative import CausalLMData, answer_scores, evaluate_generative
+
+
+def test_answer_scores_sum_the_answer_tokens_log_likelihoods_on_hand_made_logits():
+    # vocabulary of 3; two sequences of 4 tokens; sequence 0's answer is tokens 2-3, sequence 1's token 3 alone
+    ids = torch.tensor([[0, 1, 2, 1], [0, 0, 1, 2]])
+    logits = torch.zeros(2, 4, 3)
+    logits[0, 1] = torch.tensor([0.0, 0.0, math.log(2.0)])  # predicts token 2: p = 2/4
+    logits[0, 2] = torch.tensor([0.0, math.log(3.0), 0.0])  # predicts token 1: p = 3/5
+    logits[1, 2] = torch.tensor([math.log(7.0), 0.0, 0.0])  # predicts token 2: p = 1/9
+    got = answer_scores(logits, ids, [(2, 4), (3, 4)])
+    assert got.tolist() == pytest.approx([math.log(0.5) + math.log(0.6), math.log(1 / 9)])
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    return tiny_decoder("llama", tmp_path_factory.mktemp("llama"), AutoTokenizer.from_pretrained(TINY_BERT))
+
+
+def test_the_prompted_tasks_pose_real_examples_with_one_answer_per_label():
+    for name, spec in PROMPTED.items():
+        task = load_generative_task(name, max_dev_examples=50)
+        assert task.scoring == "choice" and task.answers == spec.answers and len(task.dev) == 50
+        assert {answer for _, answer, _ in task.train[:2000]} == {f" {a}" for a in spec.answers}
+        for prompt, answer, label in task.train[:50]:
+            assert prompt.endswith("\nAnswer:") and answer == f" {spec.answers[label]}"
+    first = load_generative_task("sst2-prompted").train[0]
+    assert first[0].startswith("Review: ") and "Is this review positive or negative?" in first[0]
+
+
+def test_choice_scoring_takes_the_likeliest_answer_and_reports_exact_match(llama, monkeypatch):
+    examples = [("Review: good\nAnswer:", " positive", 1), ("Review: bad\nAnswer:", " negative", 0)]
+    answers = (" negative", " positive")
+    out = evaluate_generative(llama.model, llama.tokenizer, examples, "choice", answers=answers)
+    assert set(out) == {"accuracy", "exact_match"} and 0 <= out["exact_match"] <= 1
+    # the scores the evaluation compares, computed here one sequence at a time
+    expected = []
+    for prompt, _, label in examples:
+        p = llama.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        scores = []
+        for a in answers:
+            ids = torch.tensor([p + llama.tokenizer(a, add_special_tokens=False)["input_ids"]])
+            with torch.no_grad():
+                logits = llama.model(input_ids=ids).logits
+            scores.append(float(answer_scores(logits, ids, [(len(p), ids.shape[1])])[0]))
+        expected.append(int(max(range(2), key=lambda i: scores[i]) == label))
+    assert out["accuracy"] == sum(expected) / 2
+    with pytest.raises(ValueError, match="answers"):
+        evaluate_generative(llama.model, llama.tokenizer, examples, "choice")
+
+
+def test_a_tiny_llama_learns_a_two_prompt_task(tmp_path):
+    """Answer-only LoRA training on two prompts with opposite answers: the loss falls and the answers' likelihood
+    ranks both prompts right afterwards. (Its weights are drawn wider than transformers' default 0.02: with a
+    frozen LM head of rows that short after RMSNorm, no LoRA could move a logit by more than about 0.6.)"""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from legendfl.models.backbone import load_backbone
+
+    tokenizer = AutoTokenizer.from_pretrained(TINY_BERT)
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                                 initializer_range=0.3)).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    llama = load_backbone(str(tmp_path), task_type="causal_lm", seed=0)
+    pairs = [("Review: a wonderful film\nIs this review positive or negative?\nAnswer:", " positive"),
+             ("Review: a dreadful film\nIs this review positive or negative?\nAnswer:", " negative")]
+    data = CausalLMData(llama.tokenizer, pairs * 8, max_length=64)
+    layout = LoraLayout.all_layers(4, llama.num_layers)
+    task = DeviceTask(0, 1, llama.spec.init_lora(layout, 0), layout, lr=1e-2)
+    cfg = TrainConfig(batch_size=4, max_local_steps=40, local_epochs=20.0, max_grad_norm=None)
+    result = train_lora(llama, task, data, list(range(16)), cfg)
+    assert result.metrics["last_loss"] < 0.5 * result.metrics["first_loss"]
+    trained = DeviceTask(-1, 0, {**task.params, **result.params}, layout)
+    from legendfl.methods.base import get_method
+
+    examples = [(p, a, int(a == " positive")) for p, a in pairs]
+    with get_method("lora").inject(llama, trained, cfg, train=False) as model:
+        out = evaluate_generative(model, llama.tokenizer, examples, "choice", answers=(" negative", " positive"))
+    assert out["accuracy"] == 1.0
+
+
+def test_the_gguf_conversion_is_reused_and_made_again_when_the_file_changes(tmp_path, monkeypatch):
+    """The cache folder is keyed by the file (path, size, modification time) and transformers' version: an existing
+    conversion is reused without reading the file, a changed file gets a new folder (and a new conversion)."""
+    import transformers
+
+    from legendfl.models import gguf_cache
+
+    monkeypatch.setenv("LEGENDFL_CACHE", str(tmp_path / "cache"))
+    gguf = tmp_path / "model" / "tiny.gguf"
+    gguf.parent.mkdir()
+    gguf.write_bytes(b"GGUF" + bytes(60))
+    target = tmp_path / "cache" / "gguf" / f"tiny-{gguf_cache._key(gguf)}"
+    target.mkdir(parents=True)
+    (target / "config.json").write_text(json.dumps({"model_type": "llama"}))
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("the file was read: the conversion was made again")
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", no_conversion)
+    assert gguf_cache.plain_folder(str(gguf.parent), gguf.name) == str(target)  # reused
+    os.utime(gguf, ns=(gguf.stat().st_atime_ns, gguf.stat().st_mtime_ns + 10**9))  # the file changed
+    assert gguf_cache._key(gguf) != target.name.rsplit("-", 1)[1]
+    with pytest.raises(AssertionError, match="conversion was made again"):
+        gguf_cache.plain_folder(str(gguf.parent), gguf.name)
+
+
+def test_the_readmes_example_file_is_a_task():
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "prompt_response.jsonl"
+    task = load_generative_task("instructions", data_file=str(path), prompt_field="q", response_field="a")
+    assert (len(task.train), len(task.dev), task.scoring) == (36, 4, "exact")
+    assert all(answer in (" positive", " negative") for _, answer, _ in task.train + task.dev)
