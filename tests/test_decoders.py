@@ -166,6 +166,8 @@ def test_a_decoder_runs_a_generative_task_through_the_engine(tmp_path, backbone,
     first = records[0]["devices"]
     assert len(first) == 3 and all(d["tokens"] > 0 and d["upload_bytes"] > 0 for d in first.values())
     assert summary["final_accuracy"] == records[-1]["accuracy"]
+    if strategy == "mergesfl":  # devices reported their answer letters in round 1: round 2 merged by them
+        assert records[0]["aggregation"]["merged_kl"] is None and records[1]["aggregation"]["merged_kl"] is not None
     import json
 
     assert json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())["task_type"] == "CAUSAL_LM"

@@ -259,13 +259,14 @@ def train_split_round(backbone: Backbone, model: nn.Module, server: DeviceTask, 
     model.eval()
     wall = time.perf_counter() - start
     results: dict[int, DeviceResult] = {}
+    classes = data.labels if isinstance(data, TokenizedData) else data.classes  # a generative task's, where it has them
     for i, t in enumerate(tasks):
         params = {k: own[i][n].detach().to("cpu", copy=True) for k, n in bottom_names.items()}
         results[t.device_id] = _result(t, params, works[i], losses[i], examples[i], tokens[i], wall, split * plan.rank,
                                        t.download_bytes, tensors_bytes(params))
-        if isinstance(data, TokenizedData):  # MergeSFL's devices report their label counts (a privacy cost: docs)
-            labels = data.labels[np.asarray(partitions[t.device_id], dtype=int)]
-            results[t.device_id].metrics["label_counts"] = np.bincount(labels, minlength=backbone.model.config.num_labels).tolist()
+        if classes is not None:  # MergeSFL's devices report their label counts (a privacy cost: docs)
+            held = classes[np.asarray(partitions[t.device_id], dtype=int)]
+            results[t.device_id].metrics["label_counts"] = np.bincount(held, minlength=int(classes.max()) + 1).tolist()
     top_params = {k: p.detach().to("cpu", copy=True) for k, p in top.items()}
     top_params.update(_adamw_state(server_opt, top))
     server_result = _result(server, top_params, server_works, server_losses, sum(examples), sum(tokens), wall,

@@ -66,7 +66,11 @@ class CausalLMData:
     """Prompt/answer pairs tokenised for a decoder: ``batch`` gives right-padded ids, attention mask and labels
     that are the ids on answer tokens and -100 on prompt and padding (the interface of ``TokenizedData``)."""
 
-    def __init__(self, tokenizer, examples: list[tuple[str, str]], max_length: int = 256) -> None:
+    def __init__(self, tokenizer, examples: list[tuple[str, str]], max_length: int = 256,
+                 classes: list[int] | None = None) -> None:
+        # each example's class where the task has one (a prompted task's label, MMLU's answer letter): what a
+        # device reports of its label mix (MergeSFL); never read by training
+        self.classes = np.asarray(classes, dtype=np.int64) if classes is not None else None
         self.input_ids: list[list[int]] = []
         self.answer_start: list[int] = []
         eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []

@@ -54,7 +54,8 @@ class RunContext:
     def _training_data(self, examples: list):
         """Tokenised training examples: classification pairs, or prompt/answer pairs with answer-only labels."""
         if is_generative(self.cfg):
-            return CausalLMData(self.backbone.tokenizer, [(p, a) for p, a, _ in examples], self.cfg.max_length)
+            return CausalLMData(self.backbone.tokenizer, [(p, a) for p, a, _ in examples], self.cfg.max_length,
+                                [y for _, _, y in examples])
         return TokenizedData(self.backbone.tokenizer, examples, self.cfg.max_length)
 
     def _evaluation_data(self, examples: list, scoring: str | None):

@@ -17,8 +17,9 @@ What differs from the paper and why is said in ``feature_merging.py`` and in BEN
 - learning rates: the paper scales SGD's rate by b_i / max b; with AdamW (the optimizer of every method here)
   a gradient's scale cancels, so every participant uses the round's learning rate; the server's gradient to
   device i is scaled by N / b_i (the authors' dispatch rule), so each device steps on its own examples' mean loss.
-- decoders (generative tasks) split the same way, the server's top ending in the frozen LM head; their examples
-  have no class labels, so devices report none and are chosen at random within the budget, as without merging.
+- decoders (generative tasks) split the same way, the server's top ending in the frozen LM head; devices report
+  their examples' classes where the task has them (a prompted task's label, MMLU's answer letter; a task without
+  classes counts all in one, so merging then only weighs examples and fairness).
 """
 from __future__ import annotations
 
@@ -122,7 +123,7 @@ class MergeSFL(Strategy):
     def choose(self, rnd: int, sizes: dict[int, int]) -> tuple[list[int], float | None]:
         """The round's devices within the budget and the device cap: by feature merging once every device has
         reported its label counts; until then those not yet heard from first, then the others, in a random order
-        (without merging, or without labels: a generative task, in a random order)."""
+        (without merging: in a random order)."""
         budget, most = self.options.ingress_budget, self.options.max_devices
         order = [int(d) for d in rng(self.seed, "mergesfl", rnd).permutation(sorted(sizes))]
         new = [d for d in order if d not in self.label_counts]
