@@ -11,6 +11,7 @@ from conftest import TINY_BERT, cli, tiny_decoder
 from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
+from legendfl.config import RunConfig
 from legendfl.core.lora_layout import LoraLayout
 from legendfl.core.split import SERVER_ID, SplitPlan, activation_bytes
 from legendfl.core.work import DeviceWork
@@ -185,6 +186,8 @@ def test_bad_options_are_refused_by_name():
             MergeSFLOptions(**bad)
     with pytest.raises(ValueError, match=r"mergesfl.split_layer must be in \[1, 5\]"):
         MergeSFLOptions(split_layer=6).check_num_layers(6)
+    with pytest.raises(ValueError, match="round_deadline_median must be unset for strategy 'mergesfl'"):
+        RunConfig.from_sources({"strategy": "mergesfl", "round_deadline_median": 1.5})
     with pytest.raises(ValueError, match="split_layer"):
         SplitPlan(6, 6, 4, 8)
     with pytest.raises(ValueError, match="batch_size"):
@@ -226,7 +229,6 @@ def test_a_mergesfl_run_records_its_choices_its_activations_and_exports_one_adap
 
 def test_the_flower_runtime_refuses_a_split_round_in_one_line():
     """Flower carries one task per node and round; a split round needs the server in every iteration."""
-    from legendfl.config import RunConfig
     from legendfl.runtime.flower.transport import FlowerTransport
 
     transport = FlowerTransport(None, RunConfig(num_devices=2, strategy="mergesfl"), ["negative", "positive"], 1.0, 1.0)

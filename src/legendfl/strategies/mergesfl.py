@@ -69,6 +69,12 @@ class MergeSFLOptions(StrategyOptions):
     def __post_init__(self) -> None:
         validate(self, "mergesfl.")
 
+    def check_run(self, cfg: Any) -> None:
+        for name in ("round_deadline", "round_deadline_median"):
+            if getattr(cfg, name, None) is not None:
+                raise ValueError(f"{name} must be unset for strategy 'mergesfl': its devices and server wait for each "
+                                 f"other in every iteration, so no device can be dropped mid-round")
+
     def check_num_layers(self, num_layers: int) -> None:
         if self.split_layer is not None and not 1 <= self.split_layer <= num_layers - 1:
             raise ValueError(f"mergesfl.split_layer must be in [1, {num_layers - 1}] for a model of {num_layers} "
