@@ -45,12 +45,16 @@ def test_the_prompted_tasks_pose_real_examples_with_one_answer_per_label():
     assert first[0].startswith("Review: ") and "Is this review positive or negative?" in first[0]
 
 
-def test_choice_scoring_takes_the_likeliest_answer_and_reports_exact_match(llama, monkeypatch):
-    examples = [("Review: good\nAnswer:", " positive", 1), ("Review: bad\nAnswer:", " negative", 0)]
-    answers = (" negative", " positive")
+@pytest.mark.parametrize("answers", [(" negative", " positive"), (" not at all good", " rather good")])
+def test_choice_scoring_takes_the_likeliest_answer_and_reports_exact_match(llama, answers):
+    """One-token answers (the next token's distribution after the prompt, as MMLU's letters) and answers of several
+    tokens (each scored in full): the accuracy is the likeliest answer's, computed here one sequence at a time."""
+    assert [len(llama.tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers] in ([1, 1], [4, 2])
+    prompts = ["Review: good\nAnswer:", "Review: bad\nAnswer:", "Review: a long and winding film\nAnswer:",
+               "Review: fine\nAnswer:"]
+    examples = [(p, answers[i % 2], i % 2) for i, p in enumerate(prompts)]
     out = evaluate_generative(llama.model, llama.tokenizer, examples, "choice", answers=answers)
     assert set(out) == {"accuracy", "exact_match"} and 0 <= out["exact_match"] <= 1
-    # the scores the evaluation compares, computed here one sequence at a time
     expected = []
     for prompt, _, label in examples:
         p = llama.tokenizer(prompt, add_special_tokens=False)["input_ids"]
@@ -61,7 +65,7 @@ def test_choice_scoring_takes_the_likeliest_answer_and_reports_exact_match(llama
                 logits = llama.model(input_ids=ids).logits
             scores.append(float(answer_scores(logits, ids, [(len(p), ids.shape[1])])[0]))
         expected.append(int(max(range(2), key=lambda i: scores[i]) == label))
-    assert out["accuracy"] == sum(expected) / 2
+    assert out["accuracy"] == sum(expected) / len(examples)
     with pytest.raises(ValueError, match="answers"):
         evaluate_generative(llama.model, llama.tokenizer, examples, "choice")
 

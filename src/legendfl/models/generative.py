@@ -104,10 +104,9 @@ def answer_scores(logits: torch.Tensor, input_ids: torch.Tensor, spans: list[tup
                         for i, (start, stop) in enumerate(spans)])
 
 
-def _choices(model, tokenizer, prompts: list[list[int]], answers: list[str], pad: int, device) -> torch.Tensor:
-    """(prompts x answers) log-likelihoods of every answer after every prompt, in one right-padded batch."""
-    encoded = [tokenizer(a, add_special_tokens=False)["input_ids"] for a in answers]
-    rows = [(p, a) for p in prompts for a in encoded]
+def _choices(model, prompts: list[list[int]], answers: list[list[int]], pad: int, device) -> torch.Tensor:
+    """(prompts x answers) log-likelihoods of every answer (token ids) after every prompt, in one right-padded batch."""
+    rows = [(p, a) for p in prompts for a in answers]
     ids, mask = right_padded([p + a for p, a in rows], range(len(rows)), pad)
     logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
     spans = [(len(p), len(p) + len(a)) for p, a in rows]
@@ -131,8 +130,9 @@ def evaluate_generative(model: torch.nn.Module, tokenizer, examples: list[tuple[
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     letters = letter_token_ids(tokenizer) if scoring == "letter" else []
+    answer_ids = [tokenizer(a, add_special_tokens=False)["input_ids"] for a in answers]
     if scoring == "choice":
-        max_new_tokens = 1 + max(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers)
+        max_new_tokens = 1 + max(len(a) for a in answer_ids)
     correct = exact = 0
     for start in range(0, len(examples), batch_size):
         chunk = examples[start:start + batch_size]
@@ -148,7 +148,11 @@ def evaluate_generative(model: torch.nn.Module, tokenizer, examples: list[tuple[
             logits = model(input_ids=ids, attention_mask=mask).logits[:, -1]
             correct += sum(int(mmlu_choice(logits[row], letters) == label) for row, (_, _, label) in enumerate(chunk))
         if scoring == "choice":
-            scores = _choices(model, tokenizer, prompts, list(answers), pad, device)
+            if all(len(a) == 1 for a in answer_ids):  # one token each: the next token after the prompt decides
+                logits = model(input_ids=ids, attention_mask=mask).logits[:, -1]
+                scores = torch.log_softmax(logits.float(), dim=-1)[:, [a[0] for a in answer_ids]].cpu()
+            else:
+                scores = _choices(model, prompts, answer_ids, pad, device)
             correct += sum(int(int(scores[row].argmax()) == label) for row, (_, _, label) in enumerate(chunk))
         if scoring != "letter":
             out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
