@@ -235,3 +235,19 @@ def test_the_flower_runtime_refuses_a_split_round_in_one_line():
     tasks = {SERVER_ID: object(), 0: object()}
     with pytest.raises(ValueError, match="strategy 'mergesfl' runs split rounds.*run it in the simulator"):
         transport.run_round(1, tasks)
+
+
+def test_a_devices_batch_never_exceeds_what_it_holds_or_the_budget():
+    """The transcription's rule (the train split caps each client's batch): a device that reported 3 examples gets
+    at most 3 per iteration, so the merged label distribution counts only examples that come."""
+    from legendfl.core.strategy import ModelSpec
+    from legendfl.strategies.mergesfl import MergeSFL
+
+    spec = ModelSpec(num_layers=4, linear_modules={"q": (8, 8)}, head={}, hidden_size=8, base_param_count=0)
+    for options, expected in ((MergeSFLOptions(), {0: 16, 1: 3, 2: 8}), (MergeSFLOptions(ingress_budget=6), {0: 6, 1: 3, 2: 6}),
+                              (MergeSFLOptions(regulation=False), {0: 16, 1: 3, 2: 16})):
+        strategy = MergeSFL(options)
+        strategy.initialize(spec, [0, 1, 2])
+        strategy.label_counts = {0: [50, 50], 1: [3, 0], 2: [10, 30]}
+        strategy.compute_s, strategy.transfer_s = {0: 0.1, 1: 0.1, 2: 0.15}, {0: 0.0, 1: 0.0, 2: 0.05}
+        assert strategy.batch_sizes([0, 1, 2]) == expected

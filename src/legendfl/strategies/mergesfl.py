@@ -11,6 +11,8 @@ What differs from the paper and why is said in ``feature_merging.py`` and in BEN
   transfer seconds per example (its features up and their gradients down: the transfer seconds it reports less
   the model's share by bytes, :func:`activation_seconds`), from its reports; a device
   not yet heard from gets the median of the others (every device, in round 1, the same: all get D);
+- batch sizes are capped by what a device holds (the sum of its label counts; the transcription's rule) and by the
+  ingress budget, so the merged label distribution counts only examples that come;
 - label counts: each device reports its label counts with its first result (devices send them once; the
   paper's devices do the same, a privacy cost: the server learns every device's label mix). A device not yet
   heard from is chosen before any other, so the controller knows every device after it first took part;
@@ -119,12 +121,22 @@ class MergeSFL(Strategy):
     def batch_sizes(self, devices: list[int]) -> dict[int, int]:
         largest = self.options.max_batch_size
         if not self.options.regulation:
-            return {d: largest for d in devices}
+            return self.capped({d: largest for d in devices})
         known = {d: self.compute_s[d] + self.transfer_s[d] for d in devices if d in self.compute_s}
         fill = statistics.median(known.values()) if known else 1.0
         sizes = regulate_batches({d: known.get(d, fill) for d in devices}, largest)
+        return self.capped(sizes)
+
+    def capped(self, sizes: dict[int, int]) -> dict[int, int]:
+        """Batch sizes within the ingress budget and within what each device holds (the sum of the label counts it
+        reported): a device holding fewer examples than its batch would send fewer, and the merged label
+        distribution would be computed for examples that never come."""
         budget = self.options.ingress_budget
-        return {d: min(b, budget) if budget is not None else b for d, b in sizes.items()}
+        out = {}
+        for d, b in sizes.items():
+            held = sum(self.label_counts.get(d, []))
+            out[d] = min([b] + ([budget] if budget is not None else []) + ([held] if held > 0 else []))
+        return out
 
     def choose(self, rnd: int, sizes: dict[int, int]) -> tuple[list[int], float | None]:
         """The round's devices within the budget and the device cap: by feature merging once every device has
