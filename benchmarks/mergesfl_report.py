@@ -23,6 +23,7 @@ ROOT = Path(__file__).parent / "results"
 OUT = ROOT / "mergesfl"
 HEADLINE = ROOT / "headline" / "sst2" / "profile"
 ALPHAS = ("0.1", "0.5", "10.0")
+CAPPED = OUT / "capped" / "alpha-0.1" / "sst2" / "profile"  # the batch cap's run (b76e7bb), seed 0
 ABSTRACT = ("80 Jetsons, CNNs on images, audio and sensor data: +5.82 to 26.22 points of final accuracy and 1.74-4.14x "
             "speed-up over its baselines (split and federated learning methods)")
 
@@ -35,16 +36,30 @@ def sources(alpha: str, names: list[str]) -> dict[str, Path]:
     return {n: HEADLINE if alpha == "10.0" and n in ("legend", "fedlora") else base(alpha) for n in names}
 
 
-def composition(alpha: str, name: str = "mergesfl") -> str:
+def finished_table(sources: dict[str, Path], title: str) -> str:
+    """The comparison over the seeds every listed strategy finished; strategies that finished no seed with the first
+    one are left out and named."""
+    first, *others = sources
+    kept = {first: sources[first], **{n: sources[n] for n in others
+                                      if any(finished(sources[first] / f"seed-{s}" / first) and finished(sources[n] / f"seed-{s}" / n)
+                                             for s in range(3))}}
+    left = [n for n in sources if n not in kept]
+    note = f" (not finished, left out: {', '.join(left)})" if left else ""
+    if len(kept) < 2:
+        return f"{title}{note}: nothing to compare yet.\n"
+    return table(load(kept, seeds=range(3)), f"{title}{note}")
+
+
+def composition(alpha: str, name: str = "mergesfl", root: Path | None = None, label: str = "") -> str:
     rows = []
     for seed in range(3):
-        folder = base(alpha) / f"seed-{seed}" / name
+        folder = (root or base(alpha)) / f"seed-{seed}" / name
         if not finished(folder):
             continue
         rec = read_records(folder / "rounds.jsonl")
         agg = [r["aggregation"] for r in rec]
         activation = sum(sum(a.get("activation_upload_bytes", [])) + sum(a.get("activation_download_bytes", [])) for a in agg)
-        rows.append(f"| {alpha} | {name} | {seed} | {mean(a['merged_batch'] for a in agg):.1f} | "
+        rows.append(f"| {alpha} | {name}{label} | {seed} | {mean(a['merged_batch'] for a in agg):.1f} | "
                     f"{mean(len(a['selected']) for a in agg):.1f} | {100 * activation / rec[-1]['traffic_bytes']:.1f}% | "
                     f"{rec[-1]['traffic_bytes'] / 1e6:.0f} | {mean(r['round_time_s'] for r in rec):.2f} | "
                     f"{sum(a.get('server_compute_s', 0.0) for a in agg):.2f} |")
@@ -54,15 +69,19 @@ def composition(alpha: str, name: str = "mergesfl") -> str:
 def main() -> None:
     parts = []
     for alpha in ALPHAS:
-        parts.append(table(load(sources(alpha, ["mergesfl", "legend", "fedlora"]), seeds=range(3)),
-                           f"MergeSFL vs LEGEND and FedLoRA, SST-2, Dirichlet alpha {alpha}"))
-    parts.append(table(load(sources("0.1", ["mergesfl", "mergesfl-no-merging", "mergesfl-no-regulation"]), seeds=range(3)),
-                       "MergeSFL's ablation, SST-2, Dirichlet alpha 0.1"))
+        parts.append(finished_table(sources(alpha, ["mergesfl", "legend", "fedlora"]),
+                                    f"MergeSFL vs LEGEND and FedLoRA, SST-2, Dirichlet alpha {alpha}"))
+    parts.append(finished_table({"mergesfl": CAPPED, "legend": base("0.1"), "fedlora": base("0.1")},
+                                "MergeSFL with each batch capped at what its device holds (b76e7bb) vs LEGEND and FedLoRA, "
+                                "SST-2, Dirichlet alpha 0.1"))
+    parts.append(finished_table(sources("0.1", ["mergesfl", "mergesfl-no-merging", "mergesfl-no-regulation"]),
+                                "MergeSFL's ablation, SST-2, Dirichlet alpha 0.1"))
     lines = ["| alpha | strategy | seed | examples merged per iteration (mean over rounds) | devices per round | "
              "activations' share of traffic | traffic (MB) | mean round (s) | server compute, whole run (s) |",
              "|---|---|---|---|---|---|---|---|---|"]
     lines += [row for alpha in ALPHAS for name in ("mergesfl", "mergesfl-no-merging", "mergesfl-no-regulation")
               for row in [composition(alpha, name)] if row]
+    lines += [row for row in [composition("0.1", "mergesfl", CAPPED, " (capped)")] if row]
     parts.append("What MergeSFL's rounds were made of:\n\n" + "\n".join(lines) + "\n")
     parts.append(f"MergeSFL's abstract: {ABSTRACT}.\n")
     report = "\n".join(parts)
