@@ -59,7 +59,8 @@ def composition(alpha: str, name: str = "mergesfl", root: Path | None = None, la
         rec = read_records(folder / "rounds.jsonl")
         agg = [r["aggregation"] for r in rec]
         activation = sum(sum(a.get("activation_upload_bytes", [])) + sum(a.get("activation_download_bytes", [])) for a in agg)
-        rows.append(f"| {alpha} | {name}{label} | {seed} | {mean(a['merged_batch'] for a in agg):.1f} | "
+        merged = mean(sum(e["examples"] for e in r["devices"].values()) / r["aggregation"]["iterations"] for r in rec)
+        rows.append(f"| {alpha} | {name}{label} | {seed} | {mean(a['merged_batch'] for a in agg):.1f} / {merged:.1f} | "
                     f"{mean(len(a['selected']) for a in agg):.1f} | {100 * activation / rec[-1]['traffic_bytes']:.1f}% | "
                     f"{rec[-1]['traffic_bytes'] / 1e6:.0f} | {mean(r['round_time_s'] for r in rec):.2f} | "
                     f"{sum(a.get('server_compute_s', 0.0) for a in agg):.2f} |")
@@ -76,7 +77,7 @@ def main() -> None:
                                 "SST-2, Dirichlet alpha 0.1"))
     parts.append(finished_table(sources("0.1", ["mergesfl", "mergesfl-no-merging", "mergesfl-no-regulation"]),
                                 "MergeSFL's ablation, SST-2, Dirichlet alpha 0.1"))
-    lines = ["| alpha | strategy | seed | examples merged per iteration (mean over rounds) | devices per round | "
+    lines = ["| alpha | strategy | seed | examples merged per iteration, planned / sent (mean over rounds) | devices per round | "
              "activations' share of traffic | traffic (MB) | mean round (s) | server compute, whole run (s) |",
              "|---|---|---|---|---|---|---|---|---|"]
     lines += [row for alpha in ALPHAS for name in ("mergesfl", "mergesfl-no-merging", "mergesfl-no-regulation")
