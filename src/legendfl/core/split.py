@@ -64,14 +64,6 @@ class SplitPlan(TaskConfig):
         """Blocks this participant trains (and backpropagates through)."""
         return self.split_layer if self.role == "device" else self.num_layers - self.split_layer
 
-    @property
-    def bottom_layers(self) -> list[int]:
-        return list(range(self.split_layer))
-
-    @property
-    def top_layers(self) -> list[int]:
-        return list(range(self.split_layer, self.num_layers))
-
     def describe(self) -> dict[str, Any]:
         return {"split_layer": self.split_layer, "batch_size": self.batch_size, "depth": self.depth}
 

@@ -38,13 +38,12 @@ from ..core.split import OPTIMIZER, SERVER_ID, SplitPlan, activation_bytes
 from ..core.strategy import DeviceResult, DeviceTask, ModelSpec, Tensors, key_layer, tensors_bytes
 from ..core.training import ADAMW_BETAS, TrainConfig
 from ..core.work import DeviceWork
-from ..models.backbone import Backbone
+from ..models.backbone import Backbone, head_parameters
 from ..models.generative import IGNORE, CausalLMData
 from ..models.keys import lora_key_of, lora_regex
 from ..models.tokenized import TokenizedData
 from .device_rows import DeviceRows, Segment, device_dropout
 from .trainer import autocast_bf16, local_batches, loss_metrics
-
 
 
 class _Stop(Exception):
@@ -206,7 +205,7 @@ def train_split_round(backbone: Backbone, model: nn.Module, server: DeviceTask, 
     canonical = {name: lora_key_of(regex, name) for name in live}
     bottom_names = {k: n for n, k in canonical.items() if k is not None and key_layer(k) < split}
     top = {k: live[n] for n, k in canonical.items() if k is not None and key_layer(k) >= split}
-    top.update({f"head.{n}": live[n] for n in backbone.head_names})
+    top.update(head_parameters(backbone, backbone.model))
     for p in live.values():
         p.requires_grad_(False)
     for p in top.values():

@@ -133,6 +133,8 @@ def evaluate_generative(model: torch.nn.Module, tokenizer, examples: list[tuple[
     answer_ids = [tokenizer(a, add_special_tokens=False)["input_ids"] for a in answers]
     if scoring == "choice":
         max_new_tokens = 1 + max(len(a) for a in answer_ids)
+        if all(len(a) == 1 for a in answer_ids):  # one token each: the next token after the prompt decides, as MMLU's letters
+            letters = [a[0] for a in answer_ids]
     correct = exact = 0
     for start in range(0, len(examples), batch_size):
         chunk = examples[start:start + batch_size]
@@ -144,15 +146,11 @@ def evaluate_generative(model: torch.nn.Module, tokenizer, examples: list[tuple[
             ids[row, width - len(p):] = torch.tensor(p)
             mask[row, width - len(p):] = 1
         ids, mask = ids.to(device), mask.to(device)
-        if scoring == "letter":
+        if letters:
             logits = model(input_ids=ids, attention_mask=mask).logits[:, -1]
             correct += sum(int(mmlu_choice(logits[row], letters) == label) for row, (_, _, label) in enumerate(chunk))
-        if scoring == "choice":
-            if all(len(a) == 1 for a in answer_ids):  # one token each: the next token after the prompt decides
-                logits = model(input_ids=ids, attention_mask=mask).logits[:, -1]
-                scores = torch.log_softmax(logits.float(), dim=-1)[:, [a[0] for a in answer_ids]].cpu()
-            else:
-                scores = _choices(model, prompts, answer_ids, pad, device)
+        elif scoring == "choice":
+            scores = _choices(model, prompts, answer_ids, pad, device)
             correct += sum(int(int(scores[row].argmax()) == label) for row, (_, _, label) in enumerate(chunk))
         if scoring != "letter":
             out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
