@@ -70,6 +70,7 @@ def test_unknown_profile_is_a_one_line_error(tmp_path):
     assert r.returncode == 2 and "profile must be one of" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow  # trains 6 runs and re-times 2 (about 17 s)
 def test_compare_over_seeds_and_cost_models_retimes_what_ignores_time(tmp_path):
     out = tmp_path / "seeds"
     r = cli("compare", "--strategies", "legend", "fedlora", "--tasks", "sst2", "--seeds", "0", "1",

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from legendfl.cli import main
-from legendfl.config import RunConfig
+from legendfl.config import option_fields, option_hints
 from legendfl.strategies import registered_bases
 
 # derandomized: the suite gives the same verdict on every machine (CI found a case a local run had not drawn, so
@@ -46,10 +46,11 @@ def _bad_values(f: dataclasses.Field, hint) -> list:
 
 def _fields():
     out = []
-    for f in dataclasses.fields(RunConfig):
+    hints = option_hints()
+    for f in option_fields():  # the training options (RunConfig.train) too: files and flags name them flat
         if f.name in UNCHECKED:
             continue
-        hint = typing.get_type_hints(RunConfig)[f.name]
+        hint = hints[f.name]
         vals = _bad_values(f, hint)
         if f.name in ("availability_trace", "data_file"):
             vals = ["", "missing-file.json"]

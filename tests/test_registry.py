@@ -64,11 +64,11 @@ gamma = 0.8
     opts = cfg.strategy_options_resolved()
     assert (opts.r_min, opts.r_max, opts.gamma, opts.ema) == (3, 12, 0.7, 0.5)
     assert cfg.strategy_options["legend"]["ema"] == 0.5
-    assert cfg.max_grad_norm is None and cfg.bf16 is False
-    train = cfg.train_config()
-    assert type(train).__name__ == "TrainConfig" and train.max_grad_norm is None and train.seed == cfg.seed
+    train = cfg.train  # the training options, composed (flat in files and flags)
+    assert type(train).__name__ == "TrainConfig" and train.max_grad_norm is None and train.bf16 is False
+    assert cfg.to_json()["max_grad_norm"] is None and "train" not in cfg.to_json()
     # a run's config.json reads back to the same configuration
-    again = RunConfig(**json.loads(json.dumps(cfg.to_json())))
+    again = RunConfig.from_record(json.loads(json.dumps(cfg.to_json())), "config.json")
     assert again.strategy_options_resolved() == opts and again.to_json() == cfg.to_json()
     strategy = cfg.build_strategy()
     assert isinstance(strategy, HetLoRA) and strategy.r_min == 3 and strategy.penalty.gamma == 0.7

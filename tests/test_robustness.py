@@ -71,7 +71,7 @@ def contexts(tmp_path_factory):
 
 def _run(cfg, ctx, poison, out):
     strategy = cfg.build_strategy()
-    fleet = load_fleet(cfg.fleet, cfg.num_devices, cfg.seed)
+    fleet = load_fleet(cfg.fleet, cfg.num_devices, cfg.train.seed)
     strategy.initialize(ctx.backbone.spec, list(range(len(fleet))))
     records = run_rounds(strategy, Poisoned(ctx, fleet, poison), ctx, RecordWriter(out), checkpoint=False)
     return strategy, records

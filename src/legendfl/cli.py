@@ -20,7 +20,7 @@ from pathlib import Path
 
 from . import logs
 from .core.files import write_atomic
-from .config import RunConfig, legacy_keys, load_config_file
+from .config import RunConfig, legacy_keys, load_config_file, option_fields, option_hints
 from .fleet.cost_model import COST_MODELS
 from .strategies import get_entry, registered_bases, strategy_names
 
@@ -76,8 +76,8 @@ def _add_field_flag(parser: argparse.ArgumentParser, flag: str, dest: str, f: da
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    hints = typing.get_type_hints(RunConfig)
-    for f in dataclasses.fields(RunConfig):
+    hints = option_hints()
+    for f in option_fields():
         if f.name == "strategy_options":
             continue
         _add_field_flag(parser, "--" + f.name.replace("_", "-"), f.name, f, hints[f.name])
@@ -99,7 +99,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 def build_config(ns: argparse.Namespace) -> RunConfig:
     """Defaults < ``--config`` file < flags."""
     file_values = load_config_file(ns.config) if getattr(ns, "config", None) else {}
-    names = {f.name for f in dataclasses.fields(RunConfig)} | set(legacy_keys())
+    names = {f.name for f in option_fields()} | set(legacy_keys())
     flags = {k: v for k, v in vars(ns).items() if k in names or ("." in k and k.split(".")[0] in registered_bases())}
     return RunConfig.from_sources(file_values, flags)
 
@@ -154,7 +154,7 @@ def _cmd_compare(ns: argparse.Namespace) -> int:
     from .experiments.compare import run_profile
 
     overrides = {}
-    known = {f.name for f in dataclasses.fields(RunConfig)} | set(legacy_keys())
+    known = {f.name for f in option_fields()} | set(legacy_keys())
     for item in ns.set or []:
         key, sep, value = item.partition("=")
         if not sep or not (key in known or ("." in key and key.split(".")[0] in registered_bases())):

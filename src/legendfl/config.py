@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
+import typing
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,8 +97,27 @@ def merge(*sources: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def option_fields() -> list[dataclasses.Field]:
+    """Every run option as files, flags and ``config.json`` name it (one flat namespace): the local training
+    options (:class:`TrainConfig`, ``RunConfig.train``) first, then the run's own."""
+    return [*dataclasses.fields(TrainConfig), *(f for f in dataclasses.fields(RunConfig) if f.name != "train")]
+
+
+def option_hints() -> dict[str, Any]:
+    """The type of each option of :func:`option_fields`."""
+    return {**typing.get_type_hints(TrainConfig), **typing.get_type_hints(RunConfig)}
+
+
+TRAIN_OPTIONS = frozenset(f.name for f in dataclasses.fields(TrainConfig))
+
+
 @dataclass
-class RunConfig(TrainConfig):
+class RunConfig:
+    """A run's options: the common ones here, local training in ``train`` (:class:`TrainConfig`), the chosen
+    strategy's in ``strategy_options``. Files, flags and ``config.json`` name all of them in one flat namespace
+    (``batch_size``, not ``train.batch_size``): build one from such a table with :meth:`from_sources` or
+    :meth:`from_record`."""
+
     # --- task and data
     task: str = option("sst2", "built-in task (sst2, qnli, qqp, mnli; generative with a decoder --model: gsm8k, mmlu, or "
                        "instructions with a prompt/response --data-file), a hub dataset like glue/sst2, or 'file' with "
@@ -168,9 +188,13 @@ class RunConfig(TrainConfig):
                                           "split into groups (None: from a memory budget, 4 GiB of activations on "
                                           "CPU, half the memory of a GPU)", minimum=1, integer=True)
     out_dir: str = option("runs/default", "output folder (records, summary, adapter, plots)")
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig, metadata={
+        "help": "local training options (the same for every device; flat keys in files and flags: batch_size, ...)"})
 
     def __post_init__(self) -> None:
         validate(self)
+        if not isinstance(self.train, TrainConfig):
+            raise ValueError(f"train must be a TrainConfig, got {type(self.train).__name__}")
         if not isinstance(self.text_columns, list) or not 1 <= len(self.text_columns) <= 2:
             raise ValueError(f"text_columns must name one or two columns, got {self.text_columns}")
         for name in ("data_file", "dev_file", "availability_trace", "out_dir", "task", "model", "fleet", "label_column",
@@ -199,7 +223,13 @@ class RunConfig(TrainConfig):
     @classmethod
     def from_sources(cls, *sources: dict[str, Any]) -> "RunConfig":
         """Defaults < each source in turn (a config file's values, then flags)."""
-        return cls(**merge(*sources))
+        return cls.from_flat(merge(*sources))
+
+    @classmethod
+    def from_flat(cls, data: dict[str, Any]) -> "RunConfig":
+        """From one flat table of options (canonical form, :func:`normalize`): the training options go to ``train``."""
+        train = TrainConfig(**{k: v for k, v in data.items() if k in TRAIN_OPTIONS})
+        return cls(**{k: v for k, v in data.items() if k not in TRAIN_OPTIONS}, train=train)
 
     @classmethod
     def from_record(cls, data: Any, where: str) -> "RunConfig":
@@ -207,12 +237,12 @@ class RunConfig(TrainConfig):
         if it is not one (a field unknown to this version, a bad value)."""
         if not isinstance(data, dict):
             raise ValueError(f"{where}: the run's configuration must be a table of options, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = {f.name for f in option_fields()}
         unknown = sorted(set(data) - known - {"runtime", "retimed_from", "federation"})
         if unknown:
             raise ValueError(f"{where}: unknown option(s) {unknown} (written by another version of legendfl?)")
         try:
-            return cls(**{k: v for k, v in data.items() if k in known})
+            return cls.from_flat({k: v for k, v in data.items() if k in known})
         except (TypeError, ValueError) as err:
             raise ValueError(f"{where}: {err}") from None
 
@@ -227,12 +257,14 @@ class RunConfig(TrainConfig):
 
     def build_strategy(self):
         return _registry().build_strategy(self.strategy, self.strategy_options, lr=self.lr, rounds=self.rounds,
-                                          lr_schedule=self.lr_schedule, seed=self.seed, lora_rank=self.lora_rank,
+                                          lr_schedule=self.lr_schedule, seed=self.train.seed, lora_rank=self.lora_rank,
                                           max_update_norm=self.max_update_norm)
 
     def to_json(self) -> dict:
-        """Every option; the chosen strategy's section lists all its resolved options."""
-        out = dataclasses.asdict(self)
+        """Every option, flat (the training options first); the chosen strategy's section lists all its resolved
+        options."""
+        out = {**dataclasses.asdict(self.train), **dataclasses.asdict(self)}
+        del out["train"]
         entry = self.entry()
         sections = {k: dict(v) for k, v in self.strategy_options.items()}
         sections[entry.base] = dataclasses.asdict(self.strategy_options_resolved())
@@ -266,7 +298,7 @@ def load_config_file(path: str) -> dict:
 
 
 def check_keys(data: dict[str, Any], where: str) -> dict[str, Any]:
-    known = {f.name for f in dataclasses.fields(RunConfig)}
+    known = {f.name for f in option_fields()}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} in {where}; allowed: {sorted(known | set(legacy_keys()))}")

@@ -1,12 +1,12 @@
 """Local training options: the same for every device of a run, set in the run's configuration.
 
 Torch-free, so a configuration can be read where torch is not installed (a forwarding Flower ClientApp).
-:class:`~legendfl.config.RunConfig` extends this class, so every option here is a run option (a TOML key and
-a ``legendfl run`` flag), and a runtime passes ``cfg.train_config()`` to the trainer.
+:class:`~legendfl.config.RunConfig` holds one as ``train``; every option here is also a run option under its own
+name (a TOML key, a ``legendfl run`` flag, a key of ``config.json``), and a runtime passes ``cfg.train`` to the
+trainer.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -51,7 +51,3 @@ class TrainConfig:
     def max_examples(self, partition_size: int) -> int:
         """The most examples such a device can train on in a round (what its ``num_examples`` may say)."""
         return self.local_steps(partition_size) * self.batch_size
-
-    def train_config(self) -> "TrainConfig":
-        """The local training settings alone (a plain :class:`TrainConfig`)."""
-        return TrainConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)})

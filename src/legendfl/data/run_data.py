@@ -21,11 +21,11 @@ def load_run_task(cfg) -> TaskData:
     if is_generative(cfg):
         files = ({"data_file": cfg.data_file, "dev_file": cfg.dev_file, "prompt_field": cfg.prompt_field,
                   "response_field": cfg.response_field} if cfg.task == "instructions" else {})
-        gen = load_generative_task(cfg.task, cfg.max_dev_examples, cfg.seed, **files)
+        gen = load_generative_task(cfg.task, cfg.max_dev_examples, cfg.train.seed, **files)
         labels = list(LETTERS) if gen.scoring == "letter" else list(gen.answers) if gen.scoring == "choice" else ["answer"]
         return TaskData(gen.name, gen.train, gen.dev, labels, gen.scoring)
     return load_task(cfg.task, data_file=cfg.data_file, dev_file=cfg.dev_file, text_columns=cfg.text_columns,
-                     label_column=cfg.label_column, seed=cfg.seed)
+                     label_column=cfg.label_column, seed=cfg.train.seed)
 
 
 def server_validation(cfg, task: TaskData) -> list[int]:
@@ -37,7 +37,7 @@ def server_validation(cfg, task: TaskData) -> list[int]:
     n = min(cfg.validation_examples, len(task.train) // 10)
     if n <= 0:
         return []
-    return sorted(int(i) for i in rng(cfg.seed, "validation").choice(len(task.train), n, replace=False))
+    return sorted(int(i) for i in rng(cfg.train.seed, "validation").choice(len(task.train), n, replace=False))
 
 
 def run_partitions(cfg, task: TaskData) -> list[list[int]]:
@@ -45,5 +45,5 @@ def run_partitions(cfg, task: TaskData) -> list[list[int]]:
     held = set(server_validation(cfg, task))
     keep = [i for i in range(len(task.train)) if i not in held]
     parts = partition([task.train[i][2] for i in keep], cfg.num_devices, scheme=cfg.partition, alpha=cfg.dirichlet_alpha,
-                      seed=cfg.seed, max_examples_per_device=cfg.max_examples_per_device)
+                      seed=cfg.train.seed, max_examples_per_device=cfg.max_examples_per_device)
     return [[keep[j] for j in p] for p in parts]

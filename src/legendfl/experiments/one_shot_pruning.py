@@ -88,7 +88,7 @@ def prune_run(run_dir: str | Path, sparsities: list[float], out: str | Path, exa
         raise ValueError(f"--out must be a folder of its own, not the run's ({out})")
     cfg = RunConfig.from_sources(run_config_values(run_dir), {"out_dir": str(out)})
     task = load_run_task(cfg)
-    chosen = [[int(i) for i in rng(cfg.seed, "batches", 0, device).permutation(indices)[:examples_per_device]]
+    chosen = [[int(i) for i in rng(cfg.train.seed, "batches", 0, device).permutation(indices)[:examples_per_device]]
               for device, indices in enumerate(run_partitions(cfg, task))]
     ctx = RunContext.for_client(cfg, [task.train[i] for part in chosen for i in part], task.label_names)
     encoder_blocks(ctx.backbone.model)  # a model family that cannot be pruned is refused before any scoring
@@ -100,7 +100,7 @@ def prune_run(run_dir: str | Path, sparsities: list[float], out: str | Path, exa
     reports: dict[str, list] = {"heads": [], "channels": []}
     start = 0
     for part in chosen:  # each device scores its own examples (positions in ctx.train, in the order chosen)
-        scores = device_importance(model, ctx.train, list(range(start, start + len(part))), cfg.batch_size, smoothing)
+        scores = device_importance(model, ctx.train, list(range(start, start + len(part))), cfg.train.batch_size, smoothing)
         start += len(part)
         for kind in reports:
             reports[kind].append((float(len(part)), {int(l): torch.tensor(v) for l, v in scores[kind].items()}))

@@ -94,7 +94,7 @@ def retime_run(source: Path, out: Path, cost_model: str, fleet: str | None = Non
         values = run_config_values(source)
         cfg = RunConfig.from_sources(values, {"cost_model": cost_model, "fleet": fleet or values.get("fleet", "jetson"),
                                               "out_dir": str(out)})
-        records = retime_records(source_records, load_fleet(cfg.fleet, cfg.num_devices, cfg.seed),
+        records = retime_records(source_records, load_fleet(cfg.fleet, cfg.num_devices, cfg.train.seed),
                                  cost_model)
         inputs = dict(recorded_inputs(source) or {})  # the source run's input files; the fleet's is the one now used
         inputs.pop("fleet", None)

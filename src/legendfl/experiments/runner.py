@@ -33,13 +33,13 @@ def _simulation_context(cfg: RunConfig) -> RunContext:
 
 def _simulator(cfg: RunConfig, ctx: RunContext, fleet: Fleet | None = None,
                availability: Availability | None = None) -> SimulatorTransport:
-    fleet = fleet or load_fleet(cfg.fleet, cfg.num_devices, cfg.seed)
+    fleet = fleet or load_fleet(cfg.fleet, cfg.num_devices, cfg.train.seed)
     log.info("fleet %s: %s", fleet.name, ", ".join(sorted({d.kind for d in fleet.devices})[:6]))
     return SimulatorTransport(ctx, fleet, availability or run_availability(cfg, fleet))
 
 
 def run(cfg: RunConfig, *, overwrite: bool = False) -> dict:
-    fleet = load_fleet(cfg.fleet, cfg.num_devices, cfg.seed)  # fleet and trace are refused before the model loads
+    fleet = load_fleet(cfg.fleet, cfg.num_devices, cfg.train.seed)  # fleet and trace are refused before the model loads
     availability = run_availability(cfg, fleet)
     return execute_run(cfg, cfg.out_dir, make_context=_simulation_context, overwrite=overwrite,
                        make_transport=lambda c, ctx: _simulator(c, ctx, fleet, availability))

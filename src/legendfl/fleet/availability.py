@@ -68,4 +68,4 @@ class Availability:
 def run_availability(cfg, fleet: Fleet) -> Availability:
     """The availability of a run's fleet from its options (``availability``, ``availability_trace``)."""
     trace = load_trace(cfg.availability_trace, len(fleet)) if cfg.availability_trace else None
-    return Availability(fleet, cfg.seed, cfg.availability, trace)
+    return Availability(fleet, cfg.train.seed, cfg.availability, trace)

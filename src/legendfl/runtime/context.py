@@ -48,8 +48,8 @@ class RunContext:
         if layers is not None:  # options that cannot fit the model are refused before its weights load
             cfg.strategy_options_resolved().check_num_layers(layers)
         if is_generative(cfg):  # a decoder; its LM head stays frozen
-            return load_backbone(cfg.model, num_labels, cfg.seed, cfg.device, task_type="causal_lm")
-        return load_backbone(cfg.model, num_labels, cfg.seed, cfg.device)
+            return load_backbone(cfg.model, num_labels, cfg.train.seed, cfg.device, task_type="causal_lm")
+        return load_backbone(cfg.model, num_labels, cfg.train.seed, cfg.device)
 
     def _training_data(self, examples: list):
         """Tokenised training examples: classification pairs, or prompt/answer pairs with answer-only labels."""
@@ -70,7 +70,7 @@ class RunContext:
         """Model, dev split and validation split (the Flower ServerApp)."""
         task = load_run_task(cfg)
         backbone = cls._model(cfg, task.num_labels)
-        ctx = cls(cfg, backbone, cfg.train_config(), task.label_names, task=task)
+        ctx = cls(cfg, backbone, cfg.train, task.label_names, task=task)
         ctx._evaluation_splits(task)
         return ctx
 
@@ -88,7 +88,7 @@ class RunContext:
             parts = [[position[i] for i in p] for p in parts]
         else:
             examples = task.train
-        ctx = cls(cfg, backbone, cfg.train_config(), task.label_names, task=task, partitions=parts,
+        ctx = cls(cfg, backbone, cfg.train, task.label_names, task=task, partitions=parts,
                   partition_stats=partition_stats(parts, [ex[2] for ex in examples], task.num_labels))
         ctx.train = ctx._training_data(examples)
         ctx._evaluation_splits(task)
@@ -102,7 +102,7 @@ class RunContext:
     def for_client(cls, cfg: RunConfig, examples: list, label_names: list[str]) -> "RunContext":
         """One device: the model and its own tokenised examples (a Flower ClientApp or worker)."""
         backbone = cls._model(cfg, len(label_names))
-        ctx = cls(cfg, backbone, cfg.train_config(), list(label_names), partitions=[list(range(len(examples)))])
+        ctx = cls(cfg, backbone, cfg.train, list(label_names), partitions=[list(range(len(examples)))])
         ctx.train = ctx._training_data(examples)
         return ctx
 

@@ -73,7 +73,7 @@ class SimulatorTransport(ClockState):
             result = trained[dev]
             state = self.fleet.state(dev, rnd)
             timing = device_timing(state, result.work, cfg.cost_model)
-            result.timing = measured_timing(state, timing, noise=cfg.report_noise, seed=cfg.seed)
+            result.timing = measured_timing(state, timing, noise=cfg.report_noise, seed=cfg.train.seed)
             results.append(result)
             timings[dev] = timing.to_json()
             extras[dev] = state_fields(self.fleet.devices[dev].kind, state, cfg.cost_model)
@@ -109,7 +109,7 @@ class SimulatorTransport(ClockState):
         timing = split_round_timing(states, {d: r.iterations for d, r in trained.items()}, models,
                                     self.fleet.server_state(rnd, SERVER_ID), server.iterations, cfg.cost_model)
         for d, r in trained.items():
-            r.timing = measured_timing(states[d], timing.devices[d], noise=cfg.report_noise, seed=cfg.seed)
+            r.timing = measured_timing(states[d], timing.devices[d], noise=cfg.report_noise, seed=cfg.train.seed)
         completion = {d: t.total_s for d, t in timing.devices.items()}
         entry = self.clock.advance(rnd, completion, {d: r.work.download_bytes for d, r in trained.items()},
                                    {d: r.work.upload_bytes for d, r in trained.items()}, round_time_s=timing.round_time_s)

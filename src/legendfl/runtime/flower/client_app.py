@@ -55,7 +55,7 @@ def _process_age_s() -> float:
 def query(msg: Message, context: Context) -> Message:
     """Who this node is: its device id, how much data it holds, its machine."""
     cfg_json, label_names = decode_query(msg.content)
-    cfg = RunConfig(**cfg_json)
+    cfg = RunConfig.from_record(cfg_json, "the server's run configuration")
     settings = NodeSettings.from_node_config(dict(context.node_config))
     settings.check(cfg)
     examples = local_examples(cfg, settings, label_names)

@@ -77,7 +77,7 @@ def local_examples(cfg: RunConfig, settings: NodeSettings, label_names: list[str
 
     if settings.data_file is not None:
         own = load_task("file", data_file=settings.data_file, text_columns=cfg.text_columns,
-                        label_column=cfg.label_column, seed=cfg.seed)
+                        label_column=cfg.label_column, seed=cfg.train.seed)
         unknown = sorted(set(own.label_names) - set(label_names))
         if unknown:
             raise ValueError(f"node-config data-file {settings.data_file!r} has labels {unknown}; the run's labels "
@@ -121,7 +121,7 @@ def train_payload(payload: dict[str, Any], node_config: dict[str, Any], age_s: f
     """
     started = time.perf_counter() - age_s
     task, cfg_json, label_names = task_from_payload(payload)
-    cfg = RunConfig(**cfg_json)
+    cfg = RunConfig.from_record(cfg_json, "the server's run configuration")
     settings = NodeSettings.from_node_config(node_config)
     settings.check(cfg)
     if task.device_id != settings.partition_id:
@@ -134,7 +134,7 @@ def train_payload(payload: dict[str, Any], node_config: dict[str, Any], age_s: f
         from ...fleet.cost_model import device_timing, timed_by
         from ...fleet.devices import load_fleet
 
-        fleet = load_fleet(cfg.fleet, max(cfg.num_devices, settings.emulate_device + 1), cfg.seed)
+        fleet = load_fleet(cfg.fleet, max(cfg.num_devices, settings.emulate_device + 1), cfg.train.seed)
         state = fleet.state(settings.emulate_device, task.round)
         timing = device_timing(state, result.work, cfg.cost_model)
         # the emulated device's download, compute and upload replace this machine's training time
