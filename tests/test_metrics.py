@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from legendfl.metrics import protocol
 from legendfl.metrics.comparison import markdown, over_seeds, seed_values, speedup_curve
 from legendfl.metrics.stats import bootstrap_ci, ratio_interval, t_interval, t_quantile
+from legendfl.metrics.records import round_points
 from legendfl.metrics.summary import crossing, summarize
 
 
@@ -22,7 +23,7 @@ def test_sustained_crossing_interpolates_within_the_round():
     rec = curve([(10, 0.70, 100), (20, 0.80, 200), (30, 0.86, 300), (40, 0.90, 400)])
     # 0.83 lies between 0.80 (t=20) and 0.86 (t=30): halfway
     assert crossing(rec, 0.83) == pytest.approx(25.0)
-    assert crossing(rec, 0.83, "traffic_bytes") == pytest.approx(250.0)
+    assert crossing(rec, 0.83, "traffic") == pytest.approx(250.0)
     assert crossing(rec, 0.83, rule="first") == 30  # the paper's rule: the end of the first round at or above
     assert crossing(rec, 0.80) == pytest.approx(20.0)  # exactly on an evaluation
     assert crossing(rec, 0.95) is None and crossing(rec, 0.95, rule="first") is None
@@ -190,3 +191,18 @@ def test_round_progress_is_silent_unless_its_stream_is_a_terminal():
     bar = RoundProgress("round 1", 2, stream=shown, enabled=True)
     bar.advance(100)
     assert "1/2 devices" in shown.getvalue() and "tokens/s" in shown.getvalue()
+
+
+def test_the_metrics_read_records_by_field_and_refuse_a_value_that_is_not_a_number():
+    rec = curve([(10, 0.70, 100), (20, 0.80, 200)])
+    points = round_points(rec)
+    assert [(p.round, p.time_s, p.traffic_bytes, p.accuracy) for p in points] == [(1, 10, 100, 0.70), (2, 20, 200, 0.80)]
+    assert round_points(points) == points and summarize(rec)["final_accuracy"] == 0.80
+    real = [{**r, "clock": "real", "real_time_s": r.pop("virtual_time_s") + 1} for r in curve([(10, 0.7, 1)])]
+    assert round_points(real)[0].time_s == 11 and "real_time_s" in summarize(real)
+    rec[1]["accuracy"] = "0.8"
+    with pytest.raises(ValueError, match=r"round 2: accuracy must be a number, got '0.8'"):
+        summarize(rec)
+    del rec[0]["mean_waiting_s"]
+    with pytest.raises(ValueError, match="round 1: mean_waiting_s must be a number, got None"):
+        crossing(rec, 0.75)

@@ -195,3 +195,19 @@ def test_a_plugin_package_registers_a_strategy_a_client_method_and_a_fleet(tmp_p
         assert (back.config, back.local_terms, back.method) == (task.config, task.local_terms, "plugin-lora")
     finally:
         unregister("plugin-bottom-layer")
+
+
+def test_a_runs_config_json_reads_back_with_its_training_options(tmp_path):
+    """RunConfig holds the training options in ``train``; every reader of a run's flat config.json (re-timing,
+    pruning, resume) must still see them, the seed above all."""
+    from legendfl.experiments.retiming import run_config_values
+
+    cfg = RunConfig.from_sources({"seed": 3, "batch_size": 4, "rounds": 2, "hetlora.r_min": 3})
+    assert (cfg.train.seed, cfg.train.batch_size, cfg.rounds) == (3, 4, 2)
+    (tmp_path / "config.json").write_text(json.dumps(cfg.to_json()))
+    values = run_config_values(tmp_path)
+    assert (values["seed"], values["batch_size"]) == (3, 4)
+    again = RunConfig.from_sources(values)
+    assert again.train == cfg.train and again.to_json() == cfg.to_json()
+    with pytest.raises(ValueError, match="seed must be >= 0"):
+        RunConfig.from_sources({"seed": -1})

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.lora_layout import LoraLayout
+from ..metrics.records import evaluated, round_points
 from ..metrics.summary import summarize
 
 
@@ -55,12 +56,12 @@ def pretest_figures(groups: dict[str, dict[str, list[dict]]], depth_costs: list[
     if pos:
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
         for name, rec in pos.items():
-            ev = [r for r in rec if r["accuracy"] is not None]
-            a1.plot([r["virtual_time_s"] for r in ev], [100 * r["accuracy"] for r in ev], marker="o", ms=3,
+            ev = evaluated(rec)
+            a1.plot([p.time_s for p in ev], [100 * p.accuracy for p in ev], marker="o", ms=3,
                     label=name.removeprefix("fedlora-"))
         a1.set_xlabel("virtual time (s)"), a1.set_ylabel("dev accuracy (%)"), a1.legend(), a1.grid(alpha=0.3)
         names = list(pos)
-        a2.bar([n.removeprefix("fedlora-") for n in names], [np.mean([r["round_time_s"] for r in pos[n]]) for n in names])
+        a2.bar([n.removeprefix("fedlora-") for n in names], [np.mean([p.round_time_s for p in round_points(pos[n])]) for n in names])
         a2.set_ylabel("mean round time (s)")
         made.append(_save(fig, "Fig. 3: LoRA position", out / "fig3_position.png"))
     dep = groups.get("depth", {})

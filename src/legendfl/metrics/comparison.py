@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import protocol
-from .records import time_field
+from .protocol import Run
+from .records import evaluated, round_points
 from .stats import MIN_SEEDS_FOR_CI, Interval, ratio_interval, t_interval
 from .summary import crossing, summarize
 
@@ -28,37 +29,38 @@ VALUES = ("final_accuracy", "accuracy_equal_time", "mean_accuracy_equal_time", "
 RATIOS = ("speedup_headline", "speedup_paper", "traffic_ratio", "waiting_ratio")
 
 
-def final_accuracy(records: list[dict]) -> float:
-    return [r for r in records if r["accuracy"] is not None][-1]["accuracy"]
+def final_accuracy(records: Run) -> float:
+    return evaluated(records)[-1].accuracy
 
 
 def _ratio(x: float | None, ref: float | None) -> float | None:
     return x / ref if x is not None and ref else None
 
 
-def paper_target(runs: dict[str, list[dict]]) -> float:
+def paper_target(runs: dict[str, Run]) -> float:
     """The paper's rule: the lowest final accuracy among the compared strategies."""
     return min(final_accuracy(rec) for rec in runs.values())
 
 
-def seed_values(runs: dict[str, list[dict]], headline: float | None, target: float | None = None) -> dict:
+def seed_values(runs: dict[str, Run], headline: float | None, target: float | None = None) -> dict:
     """One seed: the paper's target and, per strategy, its values and its ratios against the first strategy."""
     if not runs:
         raise ValueError("runs must not be empty")
+    runs = {name: round_points(rec) for name, rec in runs.items()}
     paper = paper_target(runs) if target is None else target
     equal = protocol.equal_time(runs)
     out: dict[str, dict] = {}
     for name, rec in runs.items():
-        ev, key = protocol.evaluated(rec), time_field(rec)
+        ev = evaluated(rec)
         out[name] = {
             "final_accuracy": final_accuracy(rec),
             "accuracy_equal_time": equal["accuracy"][name],
             "mean_accuracy_equal_time": equal["mean_accuracy"][name],
-            "time_headline_s": crossing(ev, headline, key) if headline is not None else None,
-            "traffic_headline_bytes": crossing(ev, headline, "traffic_bytes") if headline is not None else None,
-            "time_paper_s": crossing(ev, paper, key, rule="first"),
-            "mean_waiting_s": sum(r["mean_waiting_s"] for r in rec) / len(rec),
-            "mean_round_time_s": sum(r["round_time_s"] for r in rec) / len(rec),
+            "time_headline_s": crossing(ev, headline) if headline is not None else None,
+            "traffic_headline_bytes": crossing(ev, headline, "traffic") if headline is not None else None,
+            "time_paper_s": crossing(ev, paper, rule="first"),
+            "mean_waiting_s": sum(p.mean_waiting_s for p in rec) / len(rec),
+            "mean_round_time_s": sum(p.round_time_s for p in rec) / len(rec),
             "plateaued": protocol.plateaued(rec),
         }
     ref = out[next(iter(runs))]
@@ -71,22 +73,23 @@ def seed_values(runs: dict[str, list[dict]], headline: float | None, target: flo
             "strategies": out}
 
 
-def speedup_curve(seeds: dict[int, dict[str, list[dict]]], targets: list[float]) -> dict[str, list[tuple[float, Interval]]]:
+def speedup_curve(seeds: dict[int, dict[str, Run]], targets: list[float]) -> dict[str, list[tuple[float, Interval]]]:
     """The first strategy's sustained speed-up over each other one, per target (paired log-ratio intervals)."""
     names = list(next(iter(seeds.values())))
     ref = names[0]
     curves: dict[str, list[tuple[float, Interval]]] = {n: [] for n in names[1:]}
+    points = {s: {n: evaluated(runs[n]) for n in names} for s, runs in seeds.items()}
     for target in targets:
-        times = {s: {n: crossing(protocol.evaluated(runs[n]), target, time_field(runs[n])) for n in names}
-                 for s, runs in seeds.items()}
+        times = {s: {n: crossing(points[s][n], target) for n in names} for s in seeds}
         for n in names[1:]:
             curves[n].append((target, ratio_interval([_ratio(times[s][n], times[s][ref]) for s in seeds])))
     return curves
 
 
-def over_seeds(seeds: dict[int, dict[str, list[dict]]], target: float | None = None, grid_from: float = 0.75) -> dict:
+def over_seeds(seeds: dict[int, dict[str, Run]], target: float | None = None, grid_from: float = 0.75) -> dict:
     """Per-seed values and, per strategy and metric, the summary over seeds; ``target`` (if given) is the
     declared headline target and the paper's target alike, else each follows its rule."""
+    seeds = {s: {n: round_points(rec) for n, rec in runs.items()} for s, runs in seeds.items()}
     headline = target if target is not None else protocol.headline_target(seeds)
     per_seed = {s: seed_values(runs, headline, target) for s, runs in seeds.items()}
     names = list(next(iter(seeds.values())))

@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ..core.files import write_atomic  # noqa: E402
-from .records import time_field  # noqa: E402
+from .records import evaluated, time_field  # noqa: E402
 
 
 def save_figure(fig, path: Path) -> None:
@@ -27,16 +27,12 @@ def save_figure(fig, path: Path) -> None:
     write_atomic(path, buffer.getvalue())
 
 
-def _evaluated(records: list[dict]) -> list[dict]:
-    return [r for r in records if r.get("accuracy") is not None]
-
-
 def _curves(runs: dict[str, list[dict]], x, y, path: Path, xlabel: str, ylabel: str, title: str,
             target: float | None = None) -> Path:
-    """One line per run over its evaluated rounds, x(record) against y(record)."""
+    """One line per run over its evaluated rounds, x(point) against y(point) (``records.RoundPoint``)."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for name, records in runs.items():
-        ev = _evaluated(records)
+        ev = evaluated(records)
         ax.plot([x(r) for r in ev], [y(r) for r in ev], marker="o", ms=3, label=name)
     if target is not None:
         ax.axhline(100 * target, ls="--", c="grey", lw=1, label=f"target {100 * target:.1f}%")
@@ -54,16 +50,16 @@ def _curves(runs: dict[str, list[dict]], x, y, path: Path, xlabel: str, ylabel: 
 def plot_accuracy_vs_time(runs: dict[str, list[dict]], path: Path, target: float | None = None) -> Path:
     key = time_field(next(iter(runs.values()), []))
     clock = key.removesuffix("_time_s")
-    return _curves(runs, lambda r: r[key], lambda r: 100 * r["accuracy"], path, f"{clock} time (s)",
+    return _curves(runs, lambda p: p.time_s, lambda p: 100 * p.accuracy, path, f"{clock} time (s)",
                    "dev accuracy (%)", f"Accuracy vs {clock} time", target)
 
 
 def plot_accuracy_vs_round(runs: dict[str, list[dict]], path: Path, title: str) -> Path:
-    return _curves(runs, lambda r: r["round"], lambda r: 100 * r["accuracy"], path, "round", "dev accuracy (%)", title)
+    return _curves(runs, lambda p: p.round, lambda p: 100 * p.accuracy, path, "round", "dev accuracy (%)", title)
 
 
 def plot_traffic_vs_accuracy(runs: dict[str, list[dict]], path: Path) -> Path:
-    return _curves(runs, lambda r: 100 * r["accuracy"], lambda r: r["traffic_bytes"] / 1e6, path, "dev accuracy (%)",
+    return _curves(runs, lambda p: 100 * p.accuracy, lambda p: p.traffic_bytes / 1e6, path, "dev accuracy (%)",
                    "cumulative traffic (MB, up + down)", "Traffic vs accuracy")
 
 

@@ -20,61 +20,60 @@ measures the cut-off. This module adds rules that do not depend on where runs st
 """
 from __future__ import annotations
 
+from typing import Sequence
+
+from .records import RoundPoint, evaluated, round_points
 from .summary import crossing
-from .records import time_field
 
 TARGET_GRID = tuple(round(0.005 * i, 3) for i in range(1, 200))  # 0.5%, 1.0%, ..., 99.5%
 LAST_QUARTER = 0.75  # a target counts as reached early if crossed at or before this share of the run's time
 PLATEAU_POINTS, PLATEAU_TOLERANCE = 3, 0.005
+Run = Sequence[dict | RoundPoint]  # a run's records, or its points (records.round_points)
 
 
-def evaluated(records: list[dict]) -> list[dict]:
-    return [r for r in records if r.get("accuracy") is not None]
+def run_end(records: Run) -> float:
+    points = round_points(records)
+    return float(points[-1].time_s) if points else 0.0
 
 
-def run_end(records: list[dict]) -> float:
-    return float(records[-1][time_field(records)]) if records else 0.0
-
-
-def reached_early(records: list[dict], target: float, share: float = LAST_QUARTER) -> bool:
+def reached_early(records: Run, target: float, share: float = LAST_QUARTER) -> bool:
     """Whether the run reaches ``target`` sustained at or before ``share`` of its run's time."""
-    t = crossing(evaluated(records), target, time_field(records))
+    t = crossing(records, target)
     return t is not None and t <= share * run_end(records) + 1e-9
 
 
-def headline_target(seeds: dict[int, dict[str, list[dict]]], grid=TARGET_GRID, share: float = LAST_QUARTER) -> float | None:
+def headline_target(seeds: dict[int, dict[str, Run]], grid=TARGET_GRID, share: float = LAST_QUARTER) -> float | None:
     """The highest grid target every strategy reaches, sustained, before the last quarter of its run, on every seed."""
+    runs = [round_points(rec) for runs in seeds.values() for rec in runs.values()]
     for target in sorted(grid, reverse=True):
-        if all(reached_early(rec, target, share) for runs in seeds.values() for rec in runs.values()):
+        if all(reached_early(rec, target, share) for rec in runs):
             return target
     return None
 
 
-def reached_by_all(seeds: dict[int, dict[str, list[dict]]], grid=TARGET_GRID, start: float = 0.0) -> list[float]:
+def reached_by_all(seeds: dict[int, dict[str, Run]], grid=TARGET_GRID, start: float = 0.0) -> list[float]:
     """Grid targets from ``start`` up that every strategy reaches, sustained, on every seed (at any time)."""
-    return [t for t in grid if t >= start - 1e-9 and all(
-        crossing(evaluated(rec), t, time_field(rec)) is not None for runs in seeds.values() for rec in runs.values())]
+    runs = [evaluated(rec) for runs in seeds.values() for rec in runs.values()]
+    return [t for t in grid if t >= start - 1e-9 and all(crossing(rec, t) is not None for rec in runs)]
 
 
-def plateaued(records: list[dict], points: int = PLATEAU_POINTS, tolerance: float = PLATEAU_TOLERANCE) -> bool:
+def plateaued(records: Run, points: int = PLATEAU_POINTS, tolerance: float = PLATEAU_TOLERANCE) -> bool:
     """Whether the last ``points`` evaluations lie within ``tolerance`` of each other."""
-    acc = [float(r["accuracy"]) for r in evaluated(records)][-points:]
+    acc = [float(p.accuracy) for p in evaluated(records)][-points:]
     return len(acc) == points and max(acc) - min(acc) <= tolerance + 1e-12
 
 
-def accuracy_at(records: list[dict], time: float) -> float | None:
+def accuracy_at(records: Run, time: float) -> float | None:
     """The accuracy of the last evaluation at or before ``time`` (None before the first)."""
-    key = time_field(records)
-    known = [float(r["accuracy"]) for r in evaluated(records) if float(r[key]) <= time + 1e-9]
+    known = [float(p.accuracy) for p in evaluated(records) if float(p.time_s) <= time + 1e-9]
     return known[-1] if known else None
 
 
-def mean_accuracy(records: list[dict], start: float, end: float) -> float | None:
+def mean_accuracy(records: Run, start: float, end: float) -> float | None:
     """Time-average of the accuracy step curve (the last evaluated model's accuracy) over [start, end]."""
     if end <= start:
         return accuracy_at(records, end)
-    key = time_field(records)
-    points = [(float(r[key]), float(r["accuracy"])) for r in evaluated(records)]
+    points = [(float(p.time_s), float(p.accuracy)) for p in evaluated(records)]
     if not points or points[0][0] > start + 1e-9:
         return None
     area, held, at = 0.0, accuracy_at(records, start), start
@@ -89,12 +88,12 @@ def mean_accuracy(records: list[dict], start: float, end: float) -> float | None
     return area / (end - start)
 
 
-def equal_time(runs: dict[str, list[dict]]) -> dict:
+def equal_time(runs: dict[str, Run]) -> dict:
     """One seed: the window [every strategy has a model, the fastest run ends] and each strategy's accuracy
     at its end and its mean accuracy over it."""
+    runs = {n: round_points(rec) for n, rec in runs.items()}
     end = min(run_end(rec) for rec in runs.values())
-    key = {n: time_field(rec) for n, rec in runs.items()}
-    start = max(float(evaluated(rec)[0][key[n]]) for n, rec in runs.items())
+    start = max(float(evaluated(rec)[0].time_s) for rec in runs.values())
     return {"time_s": end, "window_start_s": start,
             "accuracy": {n: accuracy_at(rec, end) for n, rec in runs.items()},
             "mean_accuracy": {n: mean_accuracy(rec, start, end) if start < end else accuracy_at(rec, end)

@@ -10,13 +10,16 @@ A device's entry has the same fields in every runtime (:func:`device_entry`: its
 examples, tokens, FLOPs, bytes, loss, trainable parameters, its work and the strategy's per-device
 configuration); a runtime adds what only it knows (the simulator: device type, power mode, bandwidth;
 Flower: node, host, round trip, emulation).
+
+The metrics read a record through :class:`RoundPoint` (:func:`round_points`): its round, time on its clock,
+traffic, accuracy, waiting and round time, by field; the key names are written here and in the clock only.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Sequence
 
 from ..core.files import write_atomic
 from ..core.strategy import DeviceResult, DeviceTask
@@ -25,6 +28,60 @@ from ..core.strategy import DeviceResult, DeviceTask
 def time_field(records: list[dict]) -> str:
     """The cumulative time field of these records: ``virtual_time_s`` or ``real_time_s``."""
     return "real_time_s" if records and records[0].get("clock") == "real" else "virtual_time_s"
+
+
+@dataclass(frozen=True)
+class RoundPoint:
+    """What the summaries and comparisons read of one round's record."""
+
+    round: int
+    time_s: float  # cumulative, on the record's clock (``virtual_time_s`` or ``real_time_s``)
+    traffic_bytes: float  # cumulative bytes down and up
+    accuracy: float | None  # None where the round was not evaluated
+    mean_waiting_s: float
+    round_time_s: float
+
+    @classmethod
+    def of(cls, record: dict, time_key: str) -> "RoundPoint":
+        """The point of one record (values as recorded; a field missing or not a number is refused by name)."""
+        def number(key: str, optional: bool = False):
+            value = record.get(key)
+            if value is None and optional:
+                return None
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"round {record.get('round')!r}: {key} must be a number, got {value!r}")
+            return value
+
+        return cls(round=number("round"), time_s=number(time_key), traffic_bytes=number("traffic_bytes"),
+                   accuracy=number("accuracy", optional=True), mean_waiting_s=number("mean_waiting_s"),
+                   round_time_s=number("round_time_s"))
+
+    @property
+    def evaluated(self) -> bool:
+        return self.accuracy is not None
+
+    def along(self, axis: str) -> float:
+        """Its position along ``axis``: ``"time"`` (seconds on its clock) or ``"traffic"`` (bytes)."""
+        if axis not in AXES:
+            raise ValueError(f"axis must be one of {AXES}, got {axis!r}")
+        return self.time_s if axis == "time" else self.traffic_bytes
+
+
+AXES = ("time", "traffic")
+
+
+def round_points(records: Iterable[dict | RoundPoint]) -> list[RoundPoint]:
+    """A run's records (lines of ``rounds.jsonl``, or points already read) as :class:`RoundPoint` s."""
+    records = list(records)
+    if all(isinstance(r, RoundPoint) for r in records):
+        return records  # type: ignore[return-value]
+    key = time_field(records)  # type: ignore[arg-type]
+    return [r if isinstance(r, RoundPoint) else RoundPoint.of(r, key) for r in records]
+
+
+def evaluated(records: Sequence[dict | RoundPoint]) -> list[RoundPoint]:
+    """The evaluated rounds of a run, as points."""
+    return [p for p in round_points(records) if p.evaluated]
 
 
 def timing_fields(timing: dict[str, float], waiting_s: float) -> dict[str, float]:

@@ -17,9 +17,9 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
-from .records import time_field
+from .records import RoundPoint, evaluated, round_points, time_field
 
 log = logging.getLogger(__name__)
 
@@ -47,20 +47,17 @@ def read_records(path: str | Path) -> list[dict]:
     return records
 
 
-def first_reaching(records: Iterable[dict], target: float) -> dict | None:
-    """The first evaluated round whose accuracy is >= target (numbers, never strings)."""
-    for rec in records:
-        acc = rec.get("accuracy")
-        if acc is not None and float(acc) >= float(target):
-            return rec
-    return None
+def first_reaching(records: Iterable[dict | RoundPoint], target: float) -> RoundPoint | None:
+    """The first evaluated round whose accuracy is >= target."""
+    return next((p for p in evaluated(list(records)) if p.accuracy >= float(target)), None)
 
 
-def crossing(records: Iterable[dict], target: float, key: str = "virtual_time_s", rule: str = "sustained") -> float | None:
-    """Where the accuracy curve reaches ``target`` (see the module doc), in units of ``key``; None if never."""
+def crossing(records: Sequence[dict | RoundPoint], target: float, axis: str = "time", rule: str = "sustained") -> float | None:
+    """Where the accuracy curve reaches ``target`` (see the module doc), along ``axis`` (``"time"``: seconds on the
+    records' clock, ``"traffic"``: bytes); None if never."""
     if rule not in ("sustained", "first"):
         raise ValueError(f"rule must be one of ('sustained', 'first'), got {rule!r}")
-    ev = [(float(r[key]), float(r["accuracy"])) for r in records if r.get("accuracy") is not None]
+    ev = [(p.along(axis), p.accuracy) for p in evaluated(records)]
     target = float(target)
     if rule == "first":
         return next((x for x, a in ev if a >= target), None)
@@ -80,27 +77,27 @@ def crossing(records: Iterable[dict], target: float, key: str = "virtual_time_s"
 def summarize(records: list[dict], target: float | None = None) -> dict:
     """Accuracy, time and traffic to target, waiting; times on the records' clock (``virtual_time_s`` in the
     simulator, ``real_time_s`` over Flower: the summary names its total the same way)."""
-    evaluated = [r for r in records if r.get("accuracy") is not None]
-    key = time_field(records)
+    points = round_points(records)
+    ev = [p for p in points if p.evaluated]
     out: dict = {
-        "rounds": len(records),
-        "final_accuracy": evaluated[-1]["accuracy"] if evaluated else None,
-        "best_accuracy": max((r["accuracy"] for r in evaluated), default=None),
-        key: records[-1][key] if records else 0.0,
-        "traffic_bytes": records[-1]["traffic_bytes"] if records else 0,
-        "mean_waiting_s": (sum(r["mean_waiting_s"] for r in records) / len(records)) if records else 0.0,
-        "mean_round_time_s": (sum(r["round_time_s"] for r in records) / len(records)) if records else 0.0,
+        "rounds": len(points),
+        "final_accuracy": ev[-1].accuracy if ev else None,
+        "best_accuracy": max((p.accuracy for p in ev), default=None),
+        time_field(records): points[-1].time_s if points else 0.0,
+        "traffic_bytes": points[-1].traffic_bytes if points else 0,
+        "mean_waiting_s": (sum(p.mean_waiting_s for p in points) / len(points)) if points else 0.0,
+        "mean_round_time_s": (sum(p.round_time_s for p in points) / len(points)) if points else 0.0,
     }
     if target is None and out["final_accuracy"] is not None:
         target = out["final_accuracy"]
     out["target_accuracy"] = target
-    hit = first_reaching(evaluated, target) if target is not None else None
-    out["time_to_target_s"] = hit[key] if hit else None
-    out["traffic_to_target_bytes"] = hit["traffic_bytes"] if hit else None
-    out["round_to_target"] = hit["round"] if hit else None
-    out["time_to_target_sustained_s"] = crossing(evaluated, target, key) if target is not None else None
-    out["traffic_to_target_sustained_bytes"] = crossing(evaluated, target, "traffic_bytes") if target is not None else None
+    hit = first_reaching(ev, target) if target is not None else None
+    out["time_to_target_s"] = hit.time_s if hit else None
+    out["traffic_to_target_bytes"] = hit.traffic_bytes if hit else None
+    out["round_to_target"] = hit.round if hit else None
+    out["time_to_target_sustained_s"] = crossing(ev, target) if target is not None else None
+    out["traffic_to_target_sustained_bytes"] = crossing(ev, target, "traffic") if target is not None else None
     if hit:
-        upto = [r for r in records if r["round"] <= hit["round"]]
-        out["mean_waiting_to_target_s"] = sum(r["mean_waiting_s"] for r in upto) / len(upto)
+        upto = [p for p in points if p.round <= hit.round]
+        out["mean_waiting_to_target_s"] = sum(p.mean_waiting_s for p in upto) / len(upto)
     return out

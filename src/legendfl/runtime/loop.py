@@ -24,7 +24,7 @@ from ..core.split import split_update_limit
 from ..core.strategy import DeviceResult, DeviceTask, Strategy
 from ..core.training import TrainConfig
 from ..core.validation import UpdateLimit
-from ..metrics.records import RecordWriter, RoundRecord, device_entry
+from ..metrics.records import RecordWriter, RoundPoint, RoundRecord, device_entry
 from .checkpoint import save_checkpoint
 from .context import RunContext
 
@@ -142,9 +142,9 @@ def _log_round(strategy: Strategy, transport: Transport, rec: dict, devices: dic
                  strategy.name, rec["round"], f"{params[0]:,}", f"{params[-1]:,}", f"{down[0]:,}", f"{down[-1]:,}",
                  f"{up[0]:,}", f"{up[-1]:,}")
     depths = sorted(v.get("depth", 0) for v in devices.values()) or [0]
-    acc = f"{rec['accuracy']:.4f}" if rec["accuracy"] is not None else "  -   "
-    time_key = f"{transport.clock_kind}_time_s"
+    point = RoundPoint.of(rec, f"{transport.clock_kind}_time_s")
+    acc = f"{point.accuracy:.4f}" if point.evaluated else "  -   "
     log.info("[%s] round %3d/%d  acc %s  %s %9.1fs  round %7.2fs  wait %6.2fs  traffic %8.2f MB  depths %d..%d  wall %.1fs%s",
-             strategy.name, rec["round"], rounds, acc, transport.clock_kind, rec[time_key], rec["round_time_s"],
-             rec["mean_waiting_s"], rec["traffic_bytes"] / 1e6, depths[0], depths[-1], rec["wall_s"],
+             strategy.name, point.round, rounds, acc, transport.clock_kind, point.time_s, point.round_time_s,
+             point.mean_waiting_s, point.traffic_bytes / 1e6, depths[0], depths[-1], rec["wall_s"],
              f"  {outcome.summary}" if outcome.summary else "")
