@@ -113,3 +113,20 @@ class CapacityEstimator:
 
     def known(self, device_id: int) -> bool:
         return device_id in self.estimates
+
+
+def ranks_by_speed(estimator: CapacityEstimator, device_ids: list[int], num_layers: int, r_min: int,
+                   r_max: int) -> dict[int, int]:
+    """One LoRA rank per device by its capability (HetLoRA's rule, also FlexLoRA's here): before any report every
+    device gets the middle rank; afterwards ranks are spread linearly from ``r_max`` (the fastest predicted
+    completion of a full-depth round at ``r_max``) to ``r_min`` (the slowest)."""
+    middle = (r_min + r_max) // 2
+    known = {d: estimator.estimates[d].completion_time(num_layers, num_layers * r_max)
+             for d in device_ids if estimator.known(d)}
+    ranks = {d: middle for d in device_ids}
+    if known:
+        t_max, t_min = max(known.values()), min(known.values())
+        for d, t in known.items():
+            share = (t_max - t) / (t_max - t_min) if t_max > t_min else 1.0
+            ranks[d] = r_min + round(share * (r_max - r_min))
+    return ranks

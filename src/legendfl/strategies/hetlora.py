@@ -31,7 +31,7 @@ from ..core.hooks import LocalTerm, register_term
 from ..core.lora_layout import LoraLayout
 from ..core.options import StrategyOptions, option, validate
 from ..core.strategy import DeviceResult, DeviceTask, ModelSpec, Tensors, key_layer, lora_ranks
-from .capacity import CapacityEstimator
+from .capacity import CapacityEstimator, ranks_by_speed
 from .lora_base import LoraStrategy
 from .registry import register_strategy
 
@@ -154,15 +154,7 @@ class HetLoRA(LoraStrategy):
         return LoraLayout.all_layers(self.r_max, spec.num_layers)
 
     def capability_ranks(self, device_ids: list[int]) -> dict[int, int]:
-        L = self.spec.num_layers
-        middle = (self.r_min + self.r_max) // 2
-        known = {d: self.estimator.estimates[d].completion_time(L, L * self.r_max) for d in device_ids if self.estimator.known(d)}
-        ranks = {d: middle for d in device_ids}
-        if known:
-            t_max, t_min = max(known.values()), min(known.values())
-            for d, t in known.items():
-                share = (t_max - t) / (t_max - t_min) if t_max > t_min else 1.0
-                ranks[d] = self.r_min + round(share * (self.r_max - self.r_min))
+        ranks = ranks_by_speed(self.estimator, device_ids, self.spec.num_layers, self.r_min, self.r_max)
         return {d: min(r, self.pruned_rank.get(d, self.r_max)) for d, r in ranks.items()}
 
     def configure_round(self, rnd: int, device_ids: list[int]) -> dict[int, DeviceTask]:
