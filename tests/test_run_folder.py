@@ -136,3 +136,28 @@ def test_the_lock_file_is_not_an_output(tmp_path):
     with folder:
         assert (tmp_path / "r" / LOCK).exists() and not folder.holds_outputs()
         folder.check_empty(overwrite=False)
+
+
+def test_an_exported_folder_appears_whole_or_not_at_all(tmp_path):
+    """A model folder written by a library (peft, transformers) is staged beside its place and renamed there when
+    complete: a crash while writing leaves the earlier folder as it was and no staging folder behind; a torn
+    staging folder of a killed process is an output `--overwrite` removes."""
+    from legendfl.core.files import staged_directory
+
+    out = tmp_path / "adapter"
+    with staged_directory(out) as staging:
+        (staging / "weights").parent.mkdir(parents=True)
+        (staging / "weights").write_text("one")
+    assert (out / "weights").read_text() == "one" and not staging.exists()
+    with pytest.raises(RuntimeError, match="killed"):
+        with staged_directory(out) as staging:
+            staging.mkdir()
+            (staging / "weights").write_text("tw")  # half of "two"
+            raise RuntimeError("killed while writing")
+    assert (out / "weights").read_text() == "one" and sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
+    with staged_directory(out):
+        pass  # wrote nothing (a method without an export): the folder stays
+    assert (out / "weights").read_text() == "one"
+    (tmp_path / ".adapter.partial").mkdir()  # a killed process's staging folder
+    with RunFolder(tmp_path) as folder:
+        assert folder.holds_outputs() and sorted(folder.clear()) == [".adapter.partial", "adapter"]

@@ -18,12 +18,13 @@ and ``output.dense``). Decoders (Llama, GPT-2) are refused by name: transformers
 """
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import torch
 from transformers.pytorch_utils import prune_linear_layer
+
+from ..core.files import staged_directory
 
 
 def encoder_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
@@ -97,11 +98,7 @@ def save_pruned(model: torch.nn.Module, out_dir: str | Path, tokenizer=None) -> 
     ``AutoModelForSequenceClassification.from_pretrained(out_dir)``: its config (pruned heads, FFN width), weights
     and tokenizer. Written to a sibling folder first and renamed, so ``out_dir`` is never left half-written."""
     pruned_config_for_export(model)
-    out = Path(out_dir)
-    staging = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(staging)
-    shutil.rmtree(out, ignore_errors=True)
-    staging.rename(out)
+    with staged_directory(out_dir) as staging:
+        model.save_pretrained(staging)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from safetensors.torch import save
 
-from ..core.files import write_atomic
+from ..core.files import staged_directory, write_atomic
 from ..core.strategy import Strategy
 from ..methods.base import get_method
 from ..metrics.summary import summarize
@@ -28,9 +28,11 @@ def write_outputs(ctx: RunContext, strategy: Strategy, records: list[dict], out:
                "wall_time_s": wall_time_s, **extra}
     task = strategy.evaluation_task()
     method = get_method(task.method)
-    if method.export(task, ctx.backbone, str(out / method.export_name), ctx.train_cfg):
-        write_atomic(out / method.export_name / "labels.json", json.dumps(ctx.label_names))
-    else:
+    with staged_directory(out / method.export_name) as staging:  # a folder that appears whole or not at all
+        exported = method.export(task, ctx.backbone, str(staging), ctx.train_cfg)
+        if exported:
+            write_atomic(staging / "labels.json", json.dumps(ctx.label_names))
+    if not exported:
         # one metadata entry: safetensors writes several in a per-process order, and the bytes would differ
         meta = {"legendfl": json.dumps({"strategy": strategy.name, "method": task.method, "model": cfg.model,
                                         "labels": ctx.label_names})}

@@ -21,13 +21,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ..core.files import write_atomic
+from ..core.files import STAGING_SUFFIX, write_atomic
 
 LOCK = ".legendfl.lock"
 INPUTS = "inputs.json"
 # what a run writes into its folder (figures are *.png); --overwrite removes these and nothing else
 OUTPUTS = ("rounds.jsonl", "summary.json", "config.json", "partition.json", INPUTS, "checkpoint.pt", "adapter",
-           "pruned_model", ".pruned_model.partial", "global_params.safetensors")
+           "pruned_model", "global_params.safetensors")
 # options that may name an input file (the fleet and model options also take built-in names)
 INPUT_OPTIONS = ("data_file", "dev_file", "availability_trace", "fleet", "model")
 
@@ -135,7 +135,8 @@ class RunFolder:
         """Remove an earlier run's outputs (:data:`OUTPUTS` and figures); returns the names removed."""
         removed = []
         for p in sorted(self.out.iterdir()):
-            if p.name in OUTPUTS or p.suffix == ".png" or (p.name.startswith(".") and p.name.endswith(".tmp")):
+            if (p.name in OUTPUTS or p.suffix == ".png"
+                    or (p.name.startswith(".") and p.name.endswith((".tmp", STAGING_SUFFIX)))):  # torn writes
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
                 removed.append(p.name)
         return removed
