@@ -7,7 +7,9 @@ Resources", NeurIPS 2024; official code: alibaba/FederatedScope, branch FlexLoRA
    fastest down to r_min for the slowest), with HetLoRA's defaults (2-8), so that no device sends more than a
    FedLoRA device.
 2. Aggregation (``model_aggregation.FlexLoRA``): per LoRA pair, the full-size update M = sum_k p_k B_k A_k with
-   p_k proportional to the device's examples. The official code scales each product by alpha / r_k; here every
+   p_k proportional to the examples the device trained on in the round, as every strategy here weights (the
+   official code: the size of its local dataset; the same wherever a device holds more than a round's
+   examples). The official code scales each product by alpha / r_k; here every
    device's LoRA has the same scaling (``lora_scaling``, held equal on every rank), so the scale is common and
    drops out of the SVD.
 3. Redistribution (``adaptive_peft.distribute_weight_fast``): the SVD M = U S V^T; a device of rank r gets
