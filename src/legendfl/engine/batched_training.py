@@ -174,7 +174,7 @@ def _train_pass(model, data, indices: list[np.ndarray], slots: list[int], rows: 
         device_losses = [_device_loss(logits[g.start:g.stop], labels[g.start:g.stop], causal) for g in segments]
     total = torch.zeros((), device=device)
     for seg, model_loss in zip(segments, device_losses):
-        losses[seg.slot].append(float(model_loss.detach()))
+        losses[seg.slot].append(model_loss.detach())  # read back once, after the group (no host sync per step)
         loss = model_loss.float()
         for term in terms[seg.slot]:
             loss = loss + term.penalty(None)
@@ -206,7 +206,7 @@ def _train_group(backbone: Backbone, tasks: list[DeviceTask], data, batches: lis
     start = time.perf_counter()
     stats = [dict(fwd_s=0.0, bwd_s=0.0, fwd=0.0, bwd=0.0, layer=0.0, trainable=0.0, tokens=0, examples=0, share=0.0)
              for _ in tasks]
-    losses: list[list[float]] = [[] for _ in tasks]
+    losses: list[list[torch.Tensor]] = [[] for _ in tasks]
     with inject_batched(backbone, [t.config for t in tasks], [t.params for t in tasks], rows, cfg.lora_scaling,
                         cfg.lora_dropout) as slots, device_dropout(model, rows):
         terms = [[implement(term, t.method).bind(slot.pairs) for term in t.local_terms] for t, slot in zip(tasks, slots)]
@@ -236,6 +236,7 @@ def _train_group(backbone: Backbone, tasks: list[DeviceTask], data, batches: lis
                 stats[i]["bwd_s"] += elapsed
                 stats[i]["share"] += elapsed
         model.eval()
+        step_losses = [torch.stack(x).float().cpu().tolist() if x else [] for x in losses]
         results = []
         overhead = (time.perf_counter() - start - sum(s["share"] for s in stats)) / n
         for i, (task, slot, s) in enumerate(zip(tasks, slots, stats)):
@@ -243,9 +244,9 @@ def _train_group(backbone: Backbone, tasks: list[DeviceTask], data, batches: lis
                 device_id=task.device_id, round=task.round, params=slot.upload(), num_examples=s["examples"],
                 num_tokens=s["tokens"], num_steps=len(batches[i]),
                 work=counted(s["fwd"], s["bwd"], s["layer"], s["trainable"], len(batches[i])),
-                train_loss=float(np.mean(losses[i])) if losses[i] else float("nan"),
+                train_loss=float(np.mean(step_losses[i])) if step_losses[i] else float("nan"),
                 wall_time_s=s["share"] + overhead, measured_forward_s=s["fwd_s"], measured_backward_s=s["bwd_s"],
-                metrics=loss_metrics(losses[i]))
+                metrics=loss_metrics(step_losses[i]))
             for term in terms[i]:
                 term.finish(None, result.metrics)
             result.metrics.update(start_metrics[i])
