@@ -36,18 +36,18 @@ def sources(alpha: str, names: list[str]) -> dict[str, Path]:
     return {n: HEADLINE if alpha == "10.0" and n in ("legend", "fedlora") else base(alpha) for n in names}
 
 
-def finished_table(sources: dict[str, Path], title: str) -> str:
+def finished_table(sources: dict[str, Path], title: str, seeds: range = range(3)) -> str:
     """The comparison over the seeds every listed strategy finished; strategies that finished no seed with the first
     one are left out and named."""
     first, *others = sources
     kept = {first: sources[first], **{n: sources[n] for n in others
                                       if any(finished(sources[first] / f"seed-{s}" / first) and finished(sources[n] / f"seed-{s}" / n)
-                                             for s in range(3))}}
+                                             for s in seeds)}}
     left = [n for n in sources if n not in kept]
     note = f" (not finished, left out: {', '.join(left)})" if left else ""
     if len(kept) < 2:
         return f"{title}{note}: nothing to compare yet.\n"
-    return table(load(kept, seeds=range(3)), f"{title}{note}")
+    return table(load(kept, seeds=seeds), f"{title}{note}")
 
 
 def composition(alpha: str, name: str = "mergesfl", root: Path | None = None, label: str = "") -> str:
