@@ -119,13 +119,3 @@ class FlexLoRA(LoraStrategy):
         head = weighted_average([(w, {k: v for k, v in p.items() if key_layer(k) is None}) for w, p in updates])
         self.global_params = {**lora, **head}
         return {"aggregated_devices": len(results), "global_rank": self.current_layout().ranks[0]}
-
-    def evaluation_task(self) -> DeviceTask:
-        return DeviceTask(device_id=-1, round=0, params=dict(self.global_params), config=self.current_layout())
-
-    def summary(self) -> dict[str, Any]:
-        out = super().summary()
-        if self.spec is not None and self.global_params:
-            out["global_layout"] = self.current_layout().fields_json()
-            out["global_lora_params"] = self.spec.lora_param_count(self.current_layout())
-        return out

@@ -65,13 +65,19 @@ class LoraStrategy(Strategy):
         return {"aggregated_devices": len(results),
                 "devices_per_layer": {str(l): per_layer.get(l, 0) for l in range(self.spec.num_layers)}}
 
-    def evaluation_task(self) -> DeviceTask:
+    def current_layout(self) -> LoraLayout:
+        """The global LoRA's layout now (what is evaluated and exported): ``global_layout`` unless a strategy's
+        rounds change it (FlexLoRA's global rank)."""
         assert self.global_layout is not None
-        return DeviceTask(device_id=-1, round=0, params=dict(self.global_params), config=self.global_layout)
+        return self.global_layout
+
+    def evaluation_task(self) -> DeviceTask:
+        return DeviceTask(device_id=-1, round=0, params=dict(self.global_params), config=self.current_layout())
 
     def summary(self) -> dict[str, Any]:
         out = super().summary()
         if self.global_layout is not None and self.spec is not None:
-            out["global_layout"] = self.global_layout.fields_json()
-            out["global_lora_params"] = self.spec.lora_param_count(self.global_layout)
+            layout = self.current_layout()
+            out["global_layout"] = layout.fields_json()
+            out["global_lora_params"] = self.spec.lora_param_count(layout)
         return out
