@@ -20,7 +20,7 @@ from pathlib import Path
 
 from . import logs
 from .core.files import write_atomic
-from .config import RunConfig, legacy_keys, load_config_file, option_fields, option_hints
+from .config import RunConfig, accepted_keys, legacy_keys, load_config_file, option_fields, option_hints
 from .fleet.cost_model import COST_MODELS
 from .strategies import get_entry, registered_bases, strategy_names
 
@@ -99,7 +99,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 def build_config(ns: argparse.Namespace) -> RunConfig:
     """Defaults < ``--config`` file < flags."""
     file_values = load_config_file(ns.config) if getattr(ns, "config", None) else {}
-    names = {f.name for f in option_fields()} | set(legacy_keys())
+    names = accepted_keys()
     flags = {k: v for k, v in vars(ns).items() if k in names or ("." in k and k.split(".")[0] in registered_bases())}
     return RunConfig.from_sources(file_values, flags)
 
@@ -154,7 +154,7 @@ def _cmd_compare(ns: argparse.Namespace) -> int:
     from .experiments.compare import run_profile
 
     overrides = {}
-    known = {f.name for f in option_fields()} | set(legacy_keys())
+    known = accepted_keys()
     for item in ns.set or []:
         key, sep, value = item.partition("=")
         if not sep or not (key in known or ("." in key and key.split(".")[0] in registered_bases())):

@@ -108,6 +108,12 @@ def option_hints() -> dict[str, Any]:
     return {**typing.get_type_hints(TrainConfig), **typing.get_type_hints(RunConfig)}
 
 
+def accepted_keys() -> set[str]:
+    """Every flat name a source of options may use: the options of :func:`option_fields` and the flat names of
+    earlier versions (which :func:`normalize` translates)."""
+    return {f.name for f in option_fields()} | set(legacy_keys())
+
+
 TRAIN_OPTIONS = frozenset(f.name for f in dataclasses.fields(TrainConfig))
 
 
@@ -301,5 +307,5 @@ def check_keys(data: dict[str, Any], where: str) -> dict[str, Any]:
     known = {f.name for f in option_fields()}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ValueError(f"unknown option(s) {unknown} in {where}; allowed: {sorted(known | set(legacy_keys()))}")
+        raise ValueError(f"unknown option(s) {unknown} in {where}; allowed: {sorted(accepted_keys())}")
     return data

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..config import RunConfig, legacy_keys, option_fields
+from ..config import RunConfig, accepted_keys
 from ..core.files import write_atomic
 from ..core.work import DeviceWork
 from ..fleet.cost_model import device_timing, state_fields
@@ -71,7 +71,7 @@ def run_config_values(source: Path) -> dict:
         raise ValueError(f"{Path(source) / 'config.json'} is not valid JSON ({err.msg}, line {err.lineno})") from None
     if not isinstance(values, dict):
         raise ValueError(f"{Path(source) / 'config.json'} must hold a JSON object of run options")
-    known = {f.name for f in option_fields()} | set(legacy_keys())
+    known = accepted_keys()
     return {k: v for k, v in values.items() if k in known}
 
 
