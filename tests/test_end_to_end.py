@@ -1,8 +1,9 @@
-"""End-to-end runs through the CLI on real data and the real model (tiny sizes)."""
+"""End-to-end runs through the CLI on real data: the real model where the run must learn or its export reload (the
+LEGEND run), the tiny random BERT (conftest.py) where only the output's form is checked."""
 import json
 
 import pytest
-from conftest import check_records, cli
+from conftest import TINY_BERT, check_records, cli
 
 from legendfl.metrics.summary import read_records
 
@@ -56,7 +57,7 @@ def test_exported_adapter_reproduces_accuracy_in_a_fresh_process(legend_run):
 @pytest.mark.slow
 def test_fedlora_run_same_schema(tmp_path):
     r = cli("run", "--strategy", "fedlora", "--num-devices", "3", "--rounds", "1", "--max-local-steps", "2",
-            "--max-examples-per-device", "100", "--out-dir", str(tmp_path))
+            "--max-examples-per-device", "100", "--model", TINY_BERT, "--max-dev-examples", "32", "--out-dir", str(tmp_path))
     assert r.returncode == 0, r.stderr[-2000:]
     records = read_records(tmp_path / "rounds.jsonl")
     check_records(records)
@@ -75,7 +76,7 @@ def test_user_tsv_with_string_labels_and_four_classes(tmp_path):
     data = tmp_path / "mine.tsv"
     data.write_text("\n".join(rows) + "\n")
     r = cli("run", "--data-file", str(data), "--num-devices", "4", "--rounds", "2", "--max-local-steps", "3",
-            "--strategy", "fedlora", "--out-dir", str(tmp_path / "out"))
+            "--strategy", "fedlora", "--model", TINY_BERT, "--out-dir", str(tmp_path / "out"))
     assert r.returncode == 0, r.stderr[-2000:]
     labels = json.loads((tmp_path / "out" / "adapter" / "labels.json").read_text())
     assert labels == ["music", "politics", "science", "sports"]

@@ -184,7 +184,11 @@ def test_a_node_killed_after_round_one_is_recorded_missing(federation):
     assert [r["round"] for r in records] == [1, 2]
     assert records[0]["missing"] == [] and sorted(records[0]["devices"]) == ["0", "1", "2"]
     assert [m["device"] for m in records[1]["missing"]] == [2]
-    assert any(word in records[1]["missing"][0]["reason"] for word in ("no reply", "error", "offline"))
+    # a stopped SuperNode is offline at once: the SuperLink answers for it (or it is left out of the round), so the
+    # round does not wait for its timeout
+    reason = records[1]["missing"][0]["reason"]
+    assert "Node Unavailable" in reason or reason.startswith("offline"), reason
+    assert records[1]["round_time_s"] < 75.0
     assert sorted(records[1]["devices"]) == ["0", "1"]
     assert records[1]["accuracy"] is not None  # the round aggregated who answered and the run went on
     assert {v["depth"] for v in records[0]["devices"].values()} == {6}  # all L layers before any report
