@@ -119,10 +119,13 @@ class DeviceTask:
     method: str = "lora"  # the client method that trains it (methods.base): "lora" | "adapter" | "full" | plugins
     lr: float = DEFAULT_LR
     local_terms: tuple[LocalTerm, ...] = ()  # typed additions to the local objective (e.g. HetLoRA's penalty)
+    # a core.base_delta.BaseDelta: a change to the frozen weights the device applies first and does not send back
+    # (FLoRA's merged stacks, FedEx-LoRA's residuals); its new part is downloaded
+    base_delta: Any = None
 
     @property
     def download_bytes(self) -> int:
-        return tensors_bytes(self.params)
+        return tensors_bytes(self.params) + (self.base_delta.download_bytes if self.base_delta is not None else 0)
 
 
 @dataclass
