@@ -118,11 +118,13 @@ def test_two_legend_rounds_over_tls_match_the_inprocess_runtime(federation):
 # speed, and from round 2 on Flower's speeds are measured here while the simulator's are the fleet's, so only
 # round 1 is comparable for it anyway.
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["hetlora", "fedadapter", "fedspine"])
+@pytest.mark.parametrize("strategy", ["hetlora", "fedadapter", "fedspine", "fedexlora"])
 def test_baselines_run_unchanged_over_flower(federation, strategy):
-    """Every strategy plugs into both runtimes the same way: same per-device losses, same global model."""
+    """Every strategy plugs into both runtimes the same way: same per-device losses, same global model. FedEx-LoRA
+    (no time-based decisions) for two rounds: round 2's tasks carry round 1's residual in the frozen weights."""
     work, fed = federation
-    options = (RUN_OPTIONS.replace('strategy = "legend"', f'strategy = "{strategy}"').replace("rounds = 2", "rounds = 1")
+    rounds = 2 if strategy == "fedexlora" else 1
+    options = (RUN_OPTIONS.replace('strategy = "legend"', f'strategy = "{strategy}"').replace("rounds = 2", f"rounds = {rounds}")
                .replace(f"legend.fixed_depths = {DEPTHS}\n", ""))
     (work / f"{strategy}.toml").write_text(options)
     out = work / f"flower-{strategy}"
@@ -135,7 +137,7 @@ def test_baselines_run_unchanged_over_flower(federation, strategy):
     # comparison would see (in fp32, i.e. without bf16 hardware; bf16 autocast hid it where it ran)
     run(RunConfig.from_sources(tomllib.loads(options), {"out_dir": str(reference), "engine": "sequential"}))
     records, local_records = _records(out / "rounds.jsonl"), _records(reference / "rounds.jsonl")
-    assert len(records) == len(local_records) == 1
+    assert len(records) == len(local_records) == rounds
     for rec, local in zip(records, local_records):
         assert rec["missing"] == [] and sorted(rec["devices"]) == sorted(local["devices"]) == ["0", "1", "2"]
         for d, entry in rec["devices"].items():
@@ -150,12 +152,16 @@ def test_baselines_run_unchanged_over_flower(federation, strategy):
         assert sorted(load_file(flower_adapter)) == sorted(local_adapter)
         for key, value in load_file(flower_adapter).items():
             assert torch.equal(local_adapter[key], value), key
-    if strategy == "fedspine":  # its pruned global model with the LoRA merged, bit for bit (its groups crossed Flower)
-        flower_model = load_file(out / "pruned_model" / "model.safetensors")
-        local_model = load_file(reference / "pruned_model" / "model.safetensors")
+    if strategy in ("fedspine", "fedexlora"):  # its global model with the LoRA (and the residual) merged, bit for bit
+        folder = {"fedspine": "pruned_model", "fedexlora": "merged_model"}[strategy]
+        flower_model = load_file(out / folder / "model.safetensors")
+        local_model = load_file(reference / folder / "model.safetensors")
         assert sorted(flower_model) == sorted(local_model)
         assert all(torch.equal(local_model[k], v) for k, v in flower_model.items())
+    if strategy == "fedspine":
         assert records[0]["aggregation"]["sparsity"] == local_records[0]["aggregation"]["sparsity"] > 0
+    if strategy == "fedexlora":  # the residual travelled: round 2 downloads more than it uploads, in both runtimes
+        assert all(d["download_bytes"] > d["upload_bytes"] for d in records[1]["devices"].values())
 
 
 @pytest.mark.slow

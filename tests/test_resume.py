@@ -36,8 +36,9 @@ def _same_run(a: Path, b: Path) -> None:
     assert [r["round"] for r in rb] == list(range(1, ROUNDS + 1))
     assert ra == rb
     assert _clean(json.loads((a / "summary.json").read_text())) == _clean(json.loads((b / "summary.json").read_text()))
-    models = [p for p in ("adapter/adapter_model.safetensors", "global_params.safetensors") if (a / p).exists()]
-    assert len(models) == 1  # every strategy leaves its global model: peft's adapter, or its tensors
+    models = [p for p in ("adapter/adapter_model.safetensors", "merged_model/model.safetensors", "global_params.safetensors")
+              if (a / p).exists()]
+    assert len(models) == 1  # every strategy leaves its global model: peft's adapter, a merged model, or its tensors
     assert (a / models[0]).read_bytes() == (b / models[0]).read_bytes()
     assert not (b / "checkpoint.pt").exists()  # a finished run needs no checkpoint
 
@@ -66,7 +67,8 @@ UNRELIABLE = ("--availability", "0.7", "--round-deadline-median", "1.2")  # offl
 
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy,extra,seed", [("legend", (), 1), ("hetlora", (), 2), ("fedadapter", (), 3),
-                                                 ("legend", UNRELIABLE, 4), ("mergesfl", (), 5), ("flexlora", (), 6)])
+                                                 ("legend", UNRELIABLE, 4), ("mergesfl", (), 5), ("flexlora", (), 6),
+                                                 ("fedexlora", (), 7), ("flora", (), 8)])
 def test_killed_mid_training_and_resumed_equals_an_uninterrupted_run(tmp_path, uninterrupted, strategy, extra, seed):
     gen = random.Random(seed)
     k = gen.randint(2, ROUNDS - 1)  # the round during which the run is killed

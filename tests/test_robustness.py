@@ -78,7 +78,7 @@ def _run(cfg, ctx, poison, out):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["legend", "hetlora", "flexlora"])
+@pytest.mark.parametrize("strategy", ["legend", "hetlora", "flexlora", "fedexlora", "flora"])
 def test_a_poisoned_update_is_rejected_and_the_global_model_equals_the_run_without_that_device(tmp_path, contexts, strategy):
     cfg, ctx = contexts(strategy)
     absent, _ = _run(cfg, ctx, None, tmp_path / "absent")

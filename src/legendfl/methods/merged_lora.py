@@ -2,9 +2,9 @@
 
 FLoRA merges each round's stacked LoRA into the frozen weights and FedEx-LoRA its aggregation residual
 (``core/base_delta.py``). The device adds the change (what it holds plus what it received, times
-``lora_scaling``) to each linear module's weight, trains LoRA on top exactly as method "lora" does, and puts the saved weights back afterwards, so
-the shared frozen model is unchanged for the next device (a test checks it bit for bit). It uploads the LoRA and
-the head, as method "lora" does; the change is not sent back.
+``lora_scaling``) to each linear module's weight, trains LoRA on top exactly as method "lora" does, and puts the
+saved weights back afterwards, so the shared frozen model is unchanged for the next device (a test checks it bit
+for bit). It uploads the LoRA and the head, as method "lora" does; the change is not sent back.
 
 Export: the global model with the change and the LoRA merged into its weights, saved where plain transformers
 loads it (``merged_model/``: ``AutoModelForSequenceClassification.from_pretrained``, or ``AutoModelForCausalLM``

@@ -1,7 +1,8 @@
 """Task and result payloads (``payloads.py``) as Flower messages, and back.
 
 A train message is a ``RecordDict`` with ``"params"`` (an ``ArrayRecord`` of the tensors the device
-downloads, under their canonical names) and ``"task"`` (a ``ConfigRecord`` of the payload's JSON texts).
+downloads, under their canonical names), ``"base"`` (an ``ArrayRecord`` of its change to the frozen weights, if
+any) and ``"task"`` (a ``ConfigRecord`` of the payload's JSON texts).
 A reply has ``"params"`` (what the device uploads) and ``"result"``. The bytes the cost model and the
 records count are the tensors' own bytes; Flower's framing adds a little on top.
 """
@@ -32,14 +33,16 @@ def _numpy(record: ArrayRecord) -> Arrays:
 # -- train messages ----------------------------------------------------------------------------------------------
 def encode_task(task: DeviceTask, run_config: dict[str, Any], label_names: list[str]) -> RecordDict:
     payload = task_to_payload(task, run_config, label_names)
-    return RecordDict({"params": _record(payload["arrays"]),
+    return RecordDict({"params": _record(payload["arrays"]), "base": _record(payload["base-arrays"]),
                        "task": ConfigRecord({k: payload[k] for k in _TASK_TEXTS})})
 
 
 def task_payload(content: RecordDict) -> dict[str, Any]:
     """A train message as plain data (JSON text and NumPy arrays)."""
     meta = content.config_records["task"]
-    return {**{k: str(meta[k]) for k in _TASK_TEXTS}, "arrays": _numpy(content.array_records["params"])}
+    base = content.array_records["base"] if "base" in content.array_records else ArrayRecord()
+    return {**{k: str(meta[k]) for k in _TASK_TEXTS}, "arrays": _numpy(content.array_records["params"]),
+            "base-arrays": _numpy(base)}
 
 
 def decode_task(content: RecordDict) -> tuple[DeviceTask, dict[str, Any], list[str]]:

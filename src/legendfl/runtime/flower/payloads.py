@@ -2,7 +2,9 @@
 
 A task payload holds ``task-json`` (its fields: device, round, method, learning rate, layouts, typed local
 terms), ``run-config-json`` (the run's options, so a node needs nothing from earlier messages),
-``label-names-json`` and ``arrays`` (the tensors the device downloads, by canonical key). A result payload
+``label-names-json``, ``arrays`` (the tensors the device downloads, by canonical key) and ``base-arrays`` (a
+task's change to the frozen weights, ``core.base_delta.BaseDelta``: its parts' tensors under ``held/``, ``new/`` and
+``new_dense/``; empty for a task without one). A result payload
 holds ``result-json`` (counts, work, timing, metrics and what the node adds: set-up time, host, emulation)
 and ``arrays`` (what the device uploads). ``messages.py`` wraps them into Flower records.
 """
@@ -14,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ...core.base_delta import BaseDelta
 from ...core.hooks import term_from_json
 from ...core.strategy import DeviceResult, DeviceTask, Tensors
 from ...core.task_config import task_config_from_json
@@ -35,12 +38,32 @@ def to_torch(arrays: Arrays) -> Tensors:
 def task_fields(task: DeviceTask) -> dict[str, Any]:
     return {"device_id": task.device_id, "round": task.round, "method": task.method, "lr": task.lr,
             "config": task.config.to_json() if task.config is not None else None,
-            "local_terms": [t.to_json() for t in task.local_terms]}
+            "local_terms": [t.to_json() for t in task.local_terms], "base_delta": task.base_delta is not None}
+
+
+_BASE_PARTS = ("held", "new", "new_dense")
+
+
+def base_delta_arrays(delta: BaseDelta | None) -> Arrays:
+    if delta is None:
+        return {}
+    return {f"{part}/{k}": v for part in _BASE_PARTS for k, v in to_numpy(getattr(delta, part)).items()}
+
+
+def base_delta_from_arrays(arrays: Arrays) -> BaseDelta:
+    parts: dict[str, Arrays] = {part: {} for part in _BASE_PARTS}
+    for key, value in arrays.items():
+        part, _, name = key.partition("/")
+        if part not in parts:
+            raise ValueError(f"base-arrays: {key!r} is not under one of {list(_BASE_PARTS)}")
+        parts[part][name] = value
+    return BaseDelta(**{part: to_torch(values) for part, values in parts.items()})
 
 
 def task_to_payload(task: DeviceTask, run_config: dict[str, Any], label_names: list[str]) -> dict[str, Any]:
     return {"task-json": json.dumps(task_fields(task)), "run-config-json": json.dumps(run_config),
-            "label-names-json": json.dumps(label_names), "arrays": to_numpy(task.params)}
+            "label-names-json": json.dumps(label_names), "arrays": to_numpy(task.params),
+            "base-arrays": base_delta_arrays(task.base_delta)}
 
 
 def task_from_payload(payload: dict[str, Any]) -> tuple[DeviceTask, dict[str, Any], list[str]]:
@@ -51,7 +74,8 @@ def task_from_payload(payload: dict[str, Any]) -> tuple[DeviceTask, dict[str, An
     f = json.loads(payload["task-json"])
     task = DeviceTask(device_id=int(f["device_id"]), round=int(f["round"]), params=to_torch(payload["arrays"]),
                       config=task_config_from_json(f["config"]), method=str(f["method"]), lr=float(f["lr"]),
-                      local_terms=tuple(term_from_json(t) for t in f["local_terms"]))
+                      local_terms=tuple(term_from_json(t) for t in f["local_terms"]),
+                      base_delta=base_delta_from_arrays(payload.get("base-arrays", {})) if f.get("base_delta") else None)
     return task, json.loads(payload["run-config-json"]), json.loads(payload["label-names-json"])
 
 
