@@ -24,7 +24,9 @@ report of section 4.3 is derived from them here (:func:`capacity_report`), so no
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
+from ..core.options import StrategyOptions, option, validate
 from ..core.strategy import DeviceResult
 
 
@@ -113,6 +115,25 @@ class CapacityEstimator:
 
     def known(self, device_id: int) -> bool:
         return device_id in self.estimates
+
+
+@dataclass(frozen=True)
+class SpeedRankOptions(StrategyOptions):
+    """Options of a strategy whose device ranks follow their reported speeds (:func:`ranks_by_speed`): FlexLoRA's
+    and FLoRA's; ``prefix`` names the strategy's section in errors. HetLoRA's defaults (hetlora.py says why): the
+    largest device rank equals FedLoRA's default rank."""
+
+    r_min: int = option(2, "smallest device rank", minimum=1, integer=True)
+    r_max: int = option(8, "largest device rank (default: FedLoRA's default rank)", minimum=1, integer=True)
+    ema: float = option(0.8, "moving-average weight of the speed estimates that order devices", minimum=0.0, maximum=1.0)
+
+    legacy: ClassVar[dict[str, str]] = {}
+    prefix: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        validate(self, self.prefix)
+        if self.r_min > self.r_max:
+            raise ValueError(f"{self.prefix}r_min ({self.r_min}) must be <= {self.prefix}r_max ({self.r_max})")
 
 
 def ranks_by_speed(estimator: CapacityEstimator, device_ids: list[int], num_layers: int, r_min: int,

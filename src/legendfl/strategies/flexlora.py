@@ -31,9 +31,8 @@ import torch
 
 from ..core.aggregation import weighted_average
 from ..core.lora_layout import LoraLayout
-from ..core.options import StrategyOptions, option, validate
 from ..core.strategy import DeviceResult, DeviceTask, ModelSpec, Tensors, key_layer, lora_ranks
-from .capacity import CapacityEstimator, ranks_by_speed
+from .capacity import CapacityEstimator, SpeedRankOptions, ranks_by_speed
 from .hetlora import truncate
 from .lora_base import LoraStrategy
 from .registry import register_strategy
@@ -68,18 +67,8 @@ def factorize(updates: dict[str, torch.Tensor], rank: int) -> Tensors:
 
 
 @dataclass(frozen=True)
-class FlexLoRAOptions(StrategyOptions):
-    # HetLoRA's defaults (hetlora.py says why): the largest device rank equals FedLoRA's default rank
-    r_min: int = option(2, "smallest device rank", minimum=1, integer=True)
-    r_max: int = option(8, "largest device rank (default: FedLoRA's default rank)", minimum=1, integer=True)
-    ema: float = option(0.8, "moving-average weight of the speed estimates that order devices", minimum=0.0, maximum=1.0)
-
-    legacy: ClassVar[dict[str, str]] = {}
-
-    def __post_init__(self) -> None:
-        validate(self, "flexlora.")
-        if self.r_min > self.r_max:
-            raise ValueError(f"flexlora.r_min ({self.r_min}) must be <= flexlora.r_max ({self.r_max})")
+class FlexLoRAOptions(SpeedRankOptions):
+    prefix: ClassVar[str] = "flexlora."
 
 
 @register_strategy("flexlora", help="FlexLoRA: ranks by device speed; the full-size average of B A, redistributed "

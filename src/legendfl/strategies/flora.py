@@ -28,10 +28,9 @@ import torch
 from ..core.aggregation import weighted_average
 from ..core.base_delta import DELTA_A, DELTA_B, BaseDeltaLedger, stem_of
 from ..core.lora_layout import LoraLayout
-from ..core.options import StrategyOptions, option, validate
 from ..core.seeding import derive_seed
 from ..core.strategy import DeviceResult, DeviceTask, ModelSpec, Tensors, key_layer
-from .capacity import CapacityEstimator, ranks_by_speed
+from .capacity import CapacityEstimator, SpeedRankOptions, ranks_by_speed
 from .lora_base import LoraStrategy
 from .registry import register_strategy
 
@@ -54,18 +53,8 @@ def stacked_factors(updates: list[tuple[float, Tensors]]) -> Tensors:
 
 
 @dataclass(frozen=True)
-class FLoRAOptions(StrategyOptions):
-    # HetLoRA's defaults (hetlora.py says why): the largest device rank equals FedLoRA's default rank
-    r_min: int = option(2, "smallest device rank", minimum=1, integer=True)
-    r_max: int = option(8, "largest device rank (default: FedLoRA's default rank)", minimum=1, integer=True)
-    ema: float = option(0.8, "moving-average weight of the speed estimates that order devices", minimum=0.0, maximum=1.0)
-
-    legacy: ClassVar[dict[str, str]] = {}
-
-    def __post_init__(self) -> None:
-        validate(self, "flora.")
-        if self.r_min > self.r_max:
-            raise ValueError(f"flora.r_min ({self.r_min}) must be <= flora.r_max ({self.r_max})")
+class FLoRAOptions(SpeedRankOptions):
+    prefix: ClassVar[str] = "flora."
 
 
 @register_strategy("flora", help="FLoRA: ranks by device speed; fresh LoRA each round, stacked (exact for any ranks) "
