@@ -147,3 +147,19 @@ def test_a_tasks_change_to_the_frozen_weights_crosses_a_flower_message_unchanged
     assert back.download_bytes == task.download_bytes
     plain, _, _ = decode_task(encode_task(DeviceTask(2, 3, {"head.w": torch.ones(2)}), {}, ["a", "b"]))
     assert plain.base_delta is None
+
+
+def test_a_device_that_missed_a_round_is_sent_the_residuals_it_missed(tmp_path):
+    """FedEx-LoRA at rank 1 on 3 devices, device 2 offline in round 2: in round 3 it is sent round 1's residual
+    (which device 0 got in round 2) and round 2's, so it downloads exactly round 1's residual more than device 0."""
+    trace = tmp_path / "trace.json"
+    trace.write_text(json.dumps({"2": [1, 0, 1]}))
+    r = cli("run", "--model", TINY_BERT, "--strategy", "fedexlora", "--num-devices", "3", "--rounds", "3", "--lora-rank", "1",
+            "--max-local-steps", "2", "--max-examples-per-device", "24", "--max-dev-examples", "32",
+            "--availability-trace", str(trace), "--out-dir", str(tmp_path / "run"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    first, second, third = read_records(tmp_path / "run" / "rounds.jsonl")
+    assert sorted(second["devices"]) == ["0", "1"] and [m["device"] for m in second["missing"]] == [2]
+    round_one_residual = second["devices"]["0"]["download_bytes"] - second["devices"]["0"]["upload_bytes"]
+    assert round_one_residual > 0
+    assert third["devices"]["2"]["download_bytes"] - third["devices"]["0"]["download_bytes"] == round_one_residual
