@@ -68,7 +68,7 @@ UNRELIABLE = ("--availability", "0.7", "--round-deadline-median", "1.2")  # offl
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy,extra,seed", [("legend", (), 1), ("hetlora", (), 2), ("fedadapter", (), 3),
                                                  ("legend", UNRELIABLE, 4), ("mergesfl", (), 5), ("flexlora", (), 6),
-                                                 ("fedexlora", (), 7), ("flora", (), 8)])
+                                                 ("flora", (), 8)])  # FLoRA's state covers FedEx-LoRA's (its ledger)
 def test_killed_mid_training_and_resumed_equals_an_uninterrupted_run(tmp_path, uninterrupted, strategy, extra, seed):
     gen = random.Random(seed)
     k = gen.randint(2, ROUNDS - 1)  # the round during which the run is killed
