@@ -102,6 +102,7 @@ def _tiny_data(backbone):
     return TokenizedData(backbone.tokenizer, load_task("sst2").train[:16], 32), list(range(16))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["fedexlora", "flora"])
 def test_a_run_prices_the_change_it_sends_and_exports_a_model_plain_transformers_loads(tmp_path, strategy):
     from transformers import AutoModelForSequenceClassification
@@ -149,6 +150,7 @@ def test_a_tasks_change_to_the_frozen_weights_crosses_a_flower_message_unchanged
     assert plain.base_delta is None
 
 
+@pytest.mark.slow
 def test_a_device_that_missed_a_round_is_sent_the_residuals_it_missed(tmp_path):
     """FedEx-LoRA at rank 1 on 3 devices, device 2 offline in round 2: in round 3 it is sent round 1's residual
     (which device 0 got in round 2) and round 2's, so it downloads exactly round 1's residual more than device 0."""
