@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from ...core.base_delta import BaseDelta
 from ...core.hooks import term_from_json
 from ...core.strategy import DeviceResult, DeviceTask, Tensors
 from ...core.task_config import task_config_from_json
@@ -44,13 +43,16 @@ def task_fields(task: DeviceTask) -> dict[str, Any]:
 _BASE_PARTS = ("held", "new", "new_dense")
 
 
-def base_delta_arrays(delta: BaseDelta | None) -> Arrays:
+def base_delta_arrays(delta: Any) -> Arrays:
+    """A ``core.base_delta.BaseDelta`` (or None) as arrays under ``held/``, ``new/`` and ``new_dense/``."""
     if delta is None:
         return {}
     return {f"{part}/{k}": v for part in _BASE_PARTS for k, v in to_numpy(getattr(delta, part)).items()}
 
 
-def base_delta_from_arrays(arrays: Arrays) -> BaseDelta:
+def base_delta_from_arrays(arrays: Arrays) -> Any:
+    from ...core.base_delta import BaseDelta  # imports torch: here, not at this module's import
+
     parts: dict[str, Arrays] = {part: {} for part in _BASE_PARTS}
     for key, value in arrays.items():
         part, _, name = key.partition("/")
