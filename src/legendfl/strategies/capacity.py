@@ -26,8 +26,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from ..core.lora_layout import LoraLayout
 from ..core.options import StrategyOptions, option, validate
-from ..core.strategy import DeviceResult
+from ..core.strategy import DeviceResult, ModelSpec
+from .lora_base import LoraStrategy
 
 
 @dataclass(frozen=True)
@@ -151,3 +153,27 @@ def ranks_by_speed(estimator: CapacityEstimator, device_ids: list[int], num_laye
             share = (t_max - t) / (t_max - t_min) if t_max > t_min else 1.0
             ranks[d] = r_min + round(share * (r_max - r_min))
     return ranks
+
+
+class SpeedRankedLora(LoraStrategy):
+    """A LoRA strategy whose devices train every layer at ranks that follow their reported speeds (FlexLoRA, FLoRA):
+    the speed estimator (state), a global layout at ``r_max`` on every layer, and each round's ranks."""
+
+    Options = SpeedRankOptions
+    STATE = ("estimator",)
+    decisions_use_time = True  # ranks follow the devices' reported speeds
+
+    def __init__(self, options: SpeedRankOptions | None = None, **kwargs) -> None:
+        super().__init__(options, **kwargs)
+        self.estimator = CapacityEstimator(self.options.ema)
+
+    def make_global_layout(self, spec: ModelSpec) -> LoraLayout:
+        return LoraLayout.all_layers(self.options.r_max, spec.num_layers)
+
+    def round_ranks(self, device_ids: list[int]) -> dict[int, int]:
+        o = self.options
+        return ranks_by_speed(self.estimator, device_ids, self.spec.num_layers, o.r_min, o.r_max)
+
+    def observe(self, results: list[DeviceResult]) -> None:
+        for r in results:
+            self.estimator.observe(r)

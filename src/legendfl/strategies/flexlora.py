@@ -31,10 +31,9 @@ import torch
 
 from ..core.aggregation import weighted_average
 from ..core.lora_layout import LoraLayout
-from ..core.strategy import DeviceResult, DeviceTask, ModelSpec, Tensors, key_layer, lora_ranks
-from .capacity import CapacityEstimator, SpeedRankOptions, ranks_by_speed
+from ..core.strategy import DeviceResult, DeviceTask, Tensors, key_layer, lora_ranks
+from .capacity import SpeedRankedLora, SpeedRankOptions
 from .hetlora import truncate
-from .lora_base import LoraStrategy
 from .registry import register_strategy
 
 
@@ -73,17 +72,8 @@ class FlexLoRAOptions(SpeedRankOptions):
 
 @register_strategy("flexlora", help="FlexLoRA: ranks by device speed; the full-size average of B A, redistributed "
                                     "to each device's rank by SVD")
-class FlexLoRA(LoraStrategy):
+class FlexLoRA(SpeedRankedLora):
     Options = FlexLoRAOptions
-    STATE = ("estimator",)
-    decisions_use_time = True  # ranks follow the devices' reported speeds
-
-    def __init__(self, options: FlexLoRAOptions | None = None, **kwargs: Any) -> None:
-        super().__init__(options, **kwargs)
-        self.estimator = CapacityEstimator(self.options.ema)
-
-    def make_global_layout(self, spec: ModelSpec) -> LoraLayout:
-        return LoraLayout.all_layers(self.options.r_max, spec.num_layers)  # round 1: fresh LoRA at r_max, B = 0
 
     def current_layout(self) -> LoraLayout:
         """The global factors' layout: their rank changes with the rounds' ranks (read from the tensors, so that
@@ -92,16 +82,14 @@ class FlexLoRA(LoraStrategy):
         return LoraLayout.all_layers(min(ranks.values()), self.spec.num_layers)
 
     def configure_round(self, rnd: int, device_ids: list[int]) -> dict[int, DeviceTask]:
-        o = self.options
-        ranks = ranks_by_speed(self.estimator, device_ids, self.spec.num_layers, o.r_min, o.r_max)
+        ranks = self.round_ranks(device_ids)
         return {d: DeviceTask(d, rnd, truncate(self.global_params, r), LoraLayout.all_layers(r, self.spec.num_layers),
                               "lora", self.round_lr(rnd)) for d, r in ranks.items()}
 
     def aggregate_round(self, rnd: int, results: list[DeviceResult]) -> dict[str, Any]:
         if not results:
             return {"aggregated_devices": 0}
-        for r in results:
-            self.estimator.observe(r)
+        self.observe(results)
         updates = [(self.weight(r), r.params) for r in results]
         rank = max(sum(max(lora_ranks(r.params).values()) for r in results), self.options.r_max)
         lora = factorize(full_size_update(updates), rank)

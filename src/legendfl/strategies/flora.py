@@ -29,9 +29,8 @@ from ..core.aggregation import weighted_average
 from ..core.base_delta import DELTA_A, DELTA_B, BaseDeltaLedger, stem_of
 from ..core.lora_layout import LoraLayout
 from ..core.seeding import derive_seed
-from ..core.strategy import DeviceResult, DeviceTask, ModelSpec, Tensors, key_layer
-from .capacity import CapacityEstimator, SpeedRankOptions, ranks_by_speed
-from .lora_base import LoraStrategy
+from ..core.strategy import DeviceResult, DeviceTask, Tensors, key_layer
+from .capacity import SpeedRankedLora, SpeedRankOptions
 from .registry import register_strategy
 
 METHOD = "merged-lora"
@@ -59,22 +58,16 @@ class FLoRAOptions(SpeedRankOptions):
 
 @register_strategy("flora", help="FLoRA: ranks by device speed; fresh LoRA each round, stacked (exact for any ranks) "
                                  "and merged into the frozen weights")
-class FLoRA(LoraStrategy):
+class FLoRA(SpeedRankedLora):
     Options = FLoRAOptions
-    STATE = ("estimator", "ledger")
-    decisions_use_time = True  # ranks follow the devices' reported speeds
+    STATE = ("ledger",)
 
     def __init__(self, options: FLoRAOptions | None = None, **kwargs: Any) -> None:
         super().__init__(options, **kwargs)
-        self.estimator = CapacityEstimator(self.options.ema)
         self.ledger = BaseDeltaLedger()
 
-    def make_global_layout(self, spec: ModelSpec) -> LoraLayout:
-        return LoraLayout.all_layers(self.options.r_max, spec.num_layers)  # B = 0 after every merge
-
     def configure_round(self, rnd: int, device_ids: list[int]) -> dict[int, DeviceTask]:
-        o = self.options
-        ranks = ranks_by_speed(self.estimator, device_ids, self.spec.num_layers, o.r_min, o.r_max)
+        ranks = self.round_ranks(device_ids)
         head = {k: v.clone() for k, v in self.global_params.items() if key_layer(k) is None}
         tasks = {}
         for d, r in ranks.items():
@@ -87,8 +80,7 @@ class FLoRA(LoraStrategy):
     def aggregate_round(self, rnd: int, results: list[DeviceResult]) -> dict[str, Any]:
         if not results:
             return {"aggregated_devices": 0}
-        for r in results:
-            self.estimator.observe(r)
+        self.observe(results)
         updates = [(self.weight(r), r.params) for r in results]
         stack = stacked_factors(updates)
         self.ledger.add(rnd, stack)
