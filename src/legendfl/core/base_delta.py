@@ -20,6 +20,7 @@ import torch
 from .strategy import Tensors, tensors_bytes
 
 DELTA_A, DELTA_B = "delta_A", "delta_B"
+MERGED_LORA = "merged-lora"  # the client method that applies a task's change (methods/merged_lora.py)
 
 
 def stem_of(key: str) -> str:

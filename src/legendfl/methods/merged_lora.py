@@ -19,6 +19,7 @@ from typing import Iterator
 
 import torch
 
+from ..core.base_delta import MERGED_LORA
 from ..core.files import staged_directory
 from ..core.strategy import DeviceTask
 from ..core.training import TrainConfig
@@ -53,7 +54,7 @@ def changed_weights(backbone: Backbone, task: DeviceTask, scaling: float) -> Ite
 
 
 class MergedLoraMethod(LoraMethod):
-    name = "merged-lora"
+    name = MERGED_LORA
     batched = False
     export_name = "merged_model"
 

@@ -22,13 +22,12 @@ from typing import Any
 
 import torch
 
-from ..core.base_delta import DELTA_A, DELTA_B, BaseDeltaLedger, stem_of
+from ..core.base_delta import DELTA_A, DELTA_B, MERGED_LORA, BaseDeltaLedger, stem_of
 from ..core.lora_layout import LoraLayout
 from ..core.strategy import DeviceResult, DeviceTask, ModelSpec, Tensors
 from .lora_base import LoraStrategy
 from .registry import register_strategy
 
-METHOD = "merged-lora"
 
 
 def residual_factors(updates: list[tuple[float, Tensors]], average: Tensors) -> Tensors:
@@ -62,7 +61,7 @@ class FedExLoRA(LoraStrategy):
         return LoraLayout.all_layers(self.lora_rank, spec.num_layers)
 
     def configure_round(self, rnd: int, device_ids: list[int]) -> dict[int, DeviceTask]:
-        return {d: dataclasses.replace(self.task(rnd, d, self.global_layout), method=METHOD,
+        return {d: dataclasses.replace(self.task(rnd, d, self.global_layout), method=MERGED_LORA,
                                        base_delta=self.ledger.for_device(d)) for d in device_ids}
 
     def aggregate_round(self, rnd: int, results: list[DeviceResult]) -> dict[str, Any]:
@@ -75,4 +74,4 @@ class FedExLoRA(LoraStrategy):
         return metrics
 
     def evaluation_task(self) -> DeviceTask:
-        return dataclasses.replace(super().evaluation_task(), method=METHOD, base_delta=self.ledger.evaluation())
+        return dataclasses.replace(super().evaluation_task(), method=MERGED_LORA, base_delta=self.ledger.evaluation())

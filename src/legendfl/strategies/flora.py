@@ -20,20 +20,19 @@ The exported artefact is the global model with every merged stack in its weights
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import torch
 
 from ..core.aggregation import weighted_average
-from ..core.base_delta import DELTA_A, DELTA_B, BaseDeltaLedger, stem_of
+from ..core.base_delta import DELTA_A, DELTA_B, MERGED_LORA, BaseDeltaLedger, stem_of
 from ..core.lora_layout import LoraLayout
 from ..core.seeding import derive_seed
 from ..core.strategy import DeviceResult, DeviceTask, Tensors, key_layer
 from .capacity import SpeedRankedLora, SpeedRankOptions
 from .registry import register_strategy
 
-METHOD = "merged-lora"
 
 
 def stacked_factors(updates: list[tuple[float, Tensors]]) -> Tensors:
@@ -73,7 +72,7 @@ class FLoRA(SpeedRankedLora):
         for d, r in ranks.items():
             layout = LoraLayout.all_layers(r, self.spec.num_layers)
             fresh = self.spec.init_lora(layout, derive_seed(self.seed, "init", rnd, d))
-            tasks[d] = DeviceTask(d, rnd, {**fresh, **head}, layout, METHOD, self.round_lr(rnd),
+            tasks[d] = DeviceTask(d, rnd, {**fresh, **head}, layout, MERGED_LORA, self.round_lr(rnd),
                                   base_delta=self.ledger.for_device(d))
         return tasks
 
@@ -92,5 +91,4 @@ class FLoRA(SpeedRankedLora):
         return {"aggregated_devices": len(results), "stacked_rank": next(iter(stack.values())).shape[0] if stack else 0}
 
     def evaluation_task(self) -> DeviceTask:
-        return DeviceTask(device_id=-1, round=0, params=dict(self.global_params), config=self.current_layout(),
-                          method=METHOD, base_delta=self.ledger.evaluation())
+        return replace(super().evaluation_task(), method=MERGED_LORA, base_delta=self.ledger.evaluation())
