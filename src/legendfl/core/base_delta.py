@@ -29,7 +29,7 @@ def stem_of(key: str) -> str:
 
 
 def factors_dense(factors: Tensors) -> dict[str, torch.Tensor]:
-    """``{layer}.{module}`` -> ``delta_B @ delta_A`` (float32)."""
+    """``{layer}.{module}`` -> ``delta_B @ delta_A`` (float64)."""
     return {stem_of(k): factors[f"{stem_of(k)}.{DELTA_B}"].double() @ a.double() for k, a in factors.items()
             if k.endswith(DELTA_A)}
 

@@ -33,7 +33,7 @@ def changed_weights(backbone: Backbone, task: DeviceTask, scaling: float) -> Ite
     """The backbone's linear weights plus ``scaling`` x the task's change (kept in LoRA's units, ``B A``, so that
     it is scaled as the LoRA it came from), for the duration of the block; restored exactly afterwards."""
     change = task.base_delta.dense() if task.base_delta is not None else {}
-    saved: dict[str, torch.Tensor] = {}
+    saved: list[tuple[torch.Tensor, torch.Tensor]] = []  # (the weight, its values before the change)
     try:
         with torch.no_grad():
             for stem, delta in sorted(change.items()):
@@ -43,14 +43,13 @@ def changed_weights(backbone: Backbone, task: DeviceTask, scaling: float) -> Ite
                 weight = backbone.model.get_submodule(f"{backbone.block_prefix}.{layer}.{module}").weight
                 if tuple(delta.shape) != tuple(weight.shape):
                     raise ValueError(f"base_delta: {stem} has shape {tuple(delta.shape)}, the weight {tuple(weight.shape)}")
-                saved[stem] = weight.detach().clone()
+                saved.append((weight, weight.detach().clone()))
                 weight.add_((scaling * delta).to(weight.dtype))
         yield
     finally:
         with torch.no_grad():
-            for stem, original in saved.items():
-                layer, _, module = stem.partition(".")
-                backbone.model.get_submodule(f"{backbone.block_prefix}.{layer}.{module}").weight.copy_(original)
+            for weight, original in saved:
+                weight.copy_(original)
 
 
 class MergedLoraMethod(LoraMethod):
