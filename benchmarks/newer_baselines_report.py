@@ -19,14 +19,14 @@ TABLES = {  # output folder -> the newer strategies whose runs it holds
     "flexlora": ("flexlora",),
     "fedexlora_flora": ("fedexlora", "flora"),
 }
+NAMES = {"flexlora": "FlexLoRA", "fedexlora": "FedEx-LoRA", "flora": "FLoRA"}
 
 
 def main() -> None:
     for folder, newer in TABLES.items():
         runs = ROOT / folder / "sst2" / "profile"
         sources = {"legend": HEADLINE, **{name: runs for name in newer}, "hetlora": HEADLINE, "fedlora": HEADLINE}
-        names = {"flexlora": "FlexLoRA", "fedexlora": "FedEx-LoRA", "flora": "FLoRA"}
-        text = finished_table(sources, f"{' and '.join(names[n] for n in newer)} next to LEGEND, HetLoRA and FedLoRA, "
+        text = finished_table(sources, f"{' and '.join(NAMES[n] for n in newer)} next to LEGEND, HetLoRA and FedLoRA, "
                                        "SST-2, Dirichlet alpha 10 (headline settings)", seeds=range(5))
         (ROOT / folder).mkdir(parents=True, exist_ok=True)
         (ROOT / folder / "report.md").write_text(text)
