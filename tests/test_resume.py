@@ -2,16 +2,13 @@
 ends with the records, summary and adapter bytes of an uninterrupted run. One strategy of each family. The
 tiny random BERT (conftest.py): resume's exactness does not depend on learning."""
 import json
-import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY_BERT, cli
+from conftest import TINY_BERT, ChildRun, cli
 
 pytestmark = pytest.mark.xdist_group("resume")  # one worker: the uninterrupted runs are made once for the module (pytest -n)
 
@@ -73,8 +70,7 @@ def test_killed_mid_training_and_resumed_equals_an_uninterrupted_run(tmp_path, u
     gen = random.Random(seed)
     k = gen.randint(2, ROUNDS - 1)  # the round during which the run is killed
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "legendfl", "run", "--strategy", strategy, *ARGS, *extra, "--out-dir", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = ChildRun("run", "--strategy", strategy, *ARGS, *extra, "--out-dir", str(out))
     deadline = time.monotonic() + 300
     while _lines(out / "rounds.jsonl") < k - 1 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -95,10 +91,9 @@ def test_killed_mid_training_and_resumed_equals_an_uninterrupted_run(tmp_path, u
 @pytest.mark.parametrize("torn", [3, 1])  # 1: killed before any checkpoint existed
 def test_killed_while_writing_its_checkpoint_and_resumed_equals_an_uninterrupted_run(tmp_path, uninterrupted, torn):
     out = tmp_path / "torn"
-    env = {**os.environ, "LEGENDFL_FAILPOINT": f"checkpoint-write:{torn}"}  # SIGKILL halfway through that checkpoint
-    r = subprocess.run([sys.executable, "-m", "legendfl", "run", "--strategy", "legend", *ARGS, "--out-dir", str(out)],
-                       capture_output=True, text=True, env=env, timeout=600)
-    assert r.returncode == -signal.SIGKILL
+    env = {"LEGENDFL_FAILPOINT": f"checkpoint-write:{torn}"}  # SIGKILL halfway through that checkpoint
+    child = ChildRun("run", "--strategy", "legend", *ARGS, "--out-dir", str(out), env=env)
+    assert child.wait(600) == -signal.SIGKILL
     assert _lines(out / "rounds.jsonl") == torn  # that round's record was written, its checkpoint torn
     assert list(out.glob(".checkpoint.pt.*.tmp"))  # the torn temporary file (core.files.write_atomic), never the checkpoint
     assert (out / "checkpoint.pt").exists() == (torn > 1)

@@ -9,7 +9,7 @@ import pickle
 import pytest
 import torch
 from safetensors import safe_open
-from conftest import cli
+from conftest import ChildRun, cli
 
 from legendfl.runtime.run_folder import LOCK, RunFolder, changed_inputs, input_fingerprint
 
@@ -66,14 +66,12 @@ def test_overwrite_removes_the_old_outputs_only_after_validation(tmp_path, tiny_
     assert inputs["model"]["path"] == str(tiny_bert_dir) and len(inputs["model"]["sha256"]) == 64
 
 
-def test_resume_refuses_input_files_that_changed(tmp_path, tiny_bert_dir, monkeypatch):
+def test_resume_refuses_input_files_that_changed(tmp_path, tiny_bert_dir):
     out, data = tmp_path / "run", _data(tmp_path)
     args = ("run", "--model", tiny_bert_dir, *TINY, "--rounds", "3", "--task", "file", "--data-file", data,
                 "--out-dir", str(out))
-    monkeypatch.setenv("LEGENDFL_FAILPOINT", "checkpoint-write:2")  # killed halfway through round 2's checkpoint
-    r = cli(*args, timeout=300, process=True)  # the fault kills the process that runs it
-    monkeypatch.delenv("LEGENDFL_FAILPOINT")
-    assert r.returncode != 0 and (out / "checkpoint.pt").exists()
+    child = ChildRun(*args, env={"LEGENDFL_FAILPOINT": "checkpoint-write:2"})  # killed halfway through round 2's checkpoint
+    assert child.wait(300) != 0 and (out / "checkpoint.pt").exists()
     with open(data, "a") as fh:
         fh.write("an added line,1\n")
     r = cli("run", "--resume", str(out), timeout=120)

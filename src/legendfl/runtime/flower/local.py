@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import tomllib
@@ -181,16 +182,21 @@ class LocalFederation:
             cmd += ["--auth-supernode-private-key", str(private)]
         return self._spawn(name, cmd)
 
-    def start_worker(self, name: str) -> str:
-        """A long-lived ``legendfl flower worker`` for one SuperNode; returns its socket path (wait for it)."""
-        socket_path = str(self.workdir / f"{name}.sock")
-        self._spawn(name, [sys.executable, "-m", "legendfl", "flower", "worker", "--socket", socket_path])
+    def start_workers(self, names: list[str]) -> list[str]:
+        """Long-lived ``legendfl flower worker`` processes, one per SuperNode, started side by side (each imports
+        torch: seconds); returns their socket paths once all listen."""
+        sockets = [str(self.workdir / f"{name}.sock") for name in names]
+        for name, socket_path in zip(names, sockets):
+            self._spawn(name, [sys.executable, "-m", "legendfl", "flower", "worker", "--socket", socket_path])
         deadline = time.monotonic() + 60
-        while not Path(socket_path).exists() and time.monotonic() < deadline:
-            if self.processes[name].poll() is not None:
-                raise RuntimeError(f"worker {name} exited:\n{self.log(name)[-2000:]}")
-            time.sleep(0.2)
-        return socket_path
+        for name, socket_path in zip(names, sockets):
+            while not Path(socket_path).exists():
+                if self.processes[name].poll() is not None:
+                    raise RuntimeError(f"worker {name} exited:\n{self.log(name)[-2000:]}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"worker {name} did not listen on {socket_path} within 60s")
+                time.sleep(0.2)
+        return sockets
 
     def run(self, app_dir: Path, run_config: dict[str, Any], timeout: float,
             on_line: Callable[[str], None] | None = None) -> tuple[str, str]:
@@ -200,7 +206,10 @@ class LocalFederation:
         reports it (e.g. ``finished:completed``) and the log. ``flwr run --stream`` exits 0 even when the
         ServerApp failed, so the status is read back from the SuperLink.
         """
-        path = self.workdir / "run-config.toml"
+        # one file per call: runs may be started from several threads at once (the SuperLink runs them side by side)
+        fd, name = tempfile.mkstemp(prefix="run-config-", suffix=".toml", dir=self.workdir)
+        os.close(fd)
+        path = Path(name)
         path.write_text("".join(f"{k} = {_toml_value(v)}\n" for k, v in run_config.items()))
         cmd = ["flwr", "run", str(app_dir), CONNECTION, "--run-config", str(path), "--stream"]
         lines: list[str] = []
@@ -254,10 +263,11 @@ def run_local(config: Path | None, nodes: int, out: Path, *, options: str = "", 
     if not (app_dir / "pyproject.toml").exists():
         raise ValueError(f"the Flower app folder {app_dir} is missing from the installed package")
     with LocalFederation(out / "federation") as fed:
+        sockets = fed.start_workers([f"worker-{i}" for i in range(nodes)]) if workers else []
         for i in range(nodes):
             node_config: dict[str, Any] = {"partition-id": i, "num-partitions": nodes}
             if workers:
-                node_config["worker-socket"] = fed.start_worker(f"worker-{i}")
+                node_config["worker-socket"] = sockets[i]
             if emulate_time_scale is not None:
                 node_config.update({"emulate-device": i, "emulate-time-scale": emulate_time_scale})
             fed.start_supernode(f"node-{i}", node_config)
