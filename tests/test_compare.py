@@ -148,8 +148,8 @@ def test_generative_profile_writes_the_papers_figures_9(tmp_path):
     """`compare --profile generative` on MMLU with the offline default decoder, SmolLM2-135M-Instruct from its GGUF
     package (dequantised Q4_1), shrunk to one short round per strategy."""
     r = cli("compare", "--profile", "generative", "--tasks", "mmlu", "--strategies", "legend", "fedlora",
-            "--out", str(tmp_path), "--set", "num_devices=2", "rounds=1", "max_local_steps=1", "max_dev_examples=4",
-            "max_examples_per_device=8", "max_length=160")
+            "--out", str(tmp_path), "--set", "num_devices=2", "rounds=1", "max_local_steps=1", "max_dev_examples=2",
+            "max_examples_per_device=8", "max_length=160", "batch_size=2")
     assert r.returncode == 0, r.stderr[-2000:]
     folder = tmp_path / "mmlu"
     for png in ("fig9a_accuracy_vs_time.png", "fig9b_time_to_target.png"):

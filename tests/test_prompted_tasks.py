@@ -3,7 +3,6 @@ labels, scored by the likelihood of each answer and by exact match; the GGUF con
 decoders (conftest.py): what is checked is arithmetic and plumbing; the real data's prompts."""
 import json
 import math
-import os
 
 import pytest
 import torch
@@ -103,8 +102,9 @@ def test_a_tiny_llama_learns_a_two_prompt_task(tmp_path):
 
 
 def test_the_gguf_conversion_is_reused_and_made_again_when_the_file_changes(tmp_path, monkeypatch):
-    """The cache folder is keyed by the file (path, size, modification time) and transformers' version: an existing
-    conversion is reused without reading the file, a changed file gets a new folder (and a new conversion)."""
+    """The cache folder is keyed by the file's content and transformers' version: an existing conversion is reused
+    without converting again, also for a copy of the file elsewhere (another installation); a changed file gets a
+    new folder (and a new conversion)."""
     import transformers
 
     from legendfl.models import gguf_cache
@@ -122,7 +122,11 @@ def test_the_gguf_conversion_is_reused_and_made_again_when_the_file_changes(tmp_
 
     monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", no_conversion)
     assert gguf_cache.plain_folder(str(gguf.parent), gguf.name) == str(target)  # reused
-    os.utime(gguf, ns=(gguf.stat().st_atime_ns, gguf.stat().st_mtime_ns + 10**9))  # the file changed
+    copy = tmp_path / "another-venv" / "tiny.gguf"
+    copy.parent.mkdir()
+    copy.write_bytes(gguf.read_bytes())
+    assert gguf_cache.plain_folder(str(copy.parent), copy.name) == str(target)  # the same file installed elsewhere
+    gguf.write_bytes(b"GGUF" + bytes(59) + b"\x01")  # the file changed (same size)
     assert gguf_cache._key(gguf) != target.name.rsplit("-", 1)[1]
     with pytest.raises(AssertionError, match="conversion was made again"):
         gguf_cache.plain_folder(str(gguf.parent), gguf.name)
