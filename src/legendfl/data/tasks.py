@@ -164,19 +164,27 @@ def load_file_task(train_path: str, dev_path: str | None, text_columns: Sequence
     return TaskData(name or Path(train_path).stem, _index(train, names, train_path), _index(dev, names, dev_path or train_path), names)
 
 
-def _builtin_files(name: str) -> tuple[Path, Path]:
+def _builtin_files(name: str) -> tuple[Path, Path, list[str]]:
+    """A built-in task's train and dev files and its text columns."""
     folder = FILES / name
     if name == "sst2":
-        return folder / "train.tsv.gz", folder / "dev.tsv.gz"
-    return folder / "train.json.gz", folder / "dev.json.gz"
+        return folder / "train.tsv.gz", folder / "dev.tsv.gz", ["sentence"]
+    return folder / "train.json.gz", folder / "dev.json.gz", ["text_a", "text_b"]
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None  # _read_rows names the missing file
+    return stat.st_size, stat.st_mtime_ns
 
 
 @functools.lru_cache(maxsize=len(BUILTIN_TASKS))
 def _read_builtin_task(name: str, stamps: tuple) -> tuple[tuple[Example, ...], tuple[Example, ...]]:
     """The parsed files, once per process (SST-2's 67k rows take 0.4 s; a run, a Flower node and every test
     read them again); ``stamps`` (size, mtime of both files) makes a changed file read again."""
-    train_p, dev_p = _builtin_files(name)
-    cols = ["sentence"] if name == "sst2" else ["text_a", "text_b"]
+    train_p, dev_p, cols = _builtin_files(name)
     names = _BUILTIN_LABELS[name]
     train = _index(_to_examples(_read_rows(train_p), str(train_p), cols, "label"), names, str(train_p))
     dev = _index(_to_examples(_read_rows(dev_p), str(dev_p), cols, "label"), names, str(dev_p))
@@ -186,7 +194,8 @@ def _read_builtin_task(name: str, stamps: tuple) -> tuple[tuple[Example, ...], t
 def load_builtin_task(name: str) -> TaskData:
     if name not in BUILTIN_TASKS:
         raise DataError(f"task must be one of {list(BUILTIN_TASKS)} (or a data file / hub name), got {name!r}")
-    stamps = tuple((p.stat().st_size, p.stat().st_mtime_ns) if p.exists() else None for p in _builtin_files(name))
+    train_p, dev_p, _ = _builtin_files(name)
+    stamps = (_stamp(train_p), _stamp(dev_p))
     train, dev = _read_builtin_task(name, stamps)
     return TaskData(name, list(train), list(dev), list(_BUILTIN_LABELS[name]))  # the caller's own lists
 

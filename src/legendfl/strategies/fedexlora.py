@@ -29,7 +29,6 @@ from .lora_base import LoraStrategy
 from .registry import register_strategy
 
 
-
 def residual_factors(updates: list[tuple[float, Tensors]], average: Tensors) -> Tensors:
     """Per LoRA pair: the factors of ``sum_k p_k B_k A_k - B-bar A-bar`` (p_k the normalised weights; ``average``
     holds A-bar and B-bar), as ``delta_B = [p_1 B_1, ..., p_n B_n, -B-bar]`` and ``delta_A = [A_1; ...; A_n; A-bar]``."""

@@ -34,7 +34,6 @@ from .capacity import SpeedRankedLora, SpeedRankOptions
 from .registry import register_strategy
 
 
-
 def stacked_factors(updates: list[tuple[float, Tensors]]) -> Tensors:
     """Per LoRA pair: ``delta_A = [A_1; ...; A_n]`` and ``delta_B = [p_1 B_1, ..., p_n B_n]`` (p_k the normalised
     weights), whose product is ``sum_k p_k B_k A_k``."""

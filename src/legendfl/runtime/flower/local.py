@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import tomllib
@@ -206,10 +205,7 @@ class LocalFederation:
         reports it (e.g. ``finished:completed``) and the log. ``flwr run --stream`` exits 0 even when the
         ServerApp failed, so the status is read back from the SuperLink.
         """
-        # one file per call: runs may be started from several threads at once (the SuperLink runs them side by side)
-        fd, name = tempfile.mkstemp(prefix="run-config-", suffix=".toml", dir=self.workdir)
-        os.close(fd)
-        path = Path(name)
+        path = self.workdir / "run-config.toml"
         path.write_text("".join(f"{k} = {_toml_value(v)}\n" for k, v in run_config.items()))
         cmd = ["flwr", "run", str(app_dir), CONNECTION, "--run-config", str(path), "--stream"]
         lines: list[str] = []

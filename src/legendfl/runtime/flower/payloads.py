@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,6 +20,9 @@ from ...core.hooks import term_from_json
 from ...core.strategy import DeviceResult, DeviceTask, Tensors
 from ...core.task_config import task_config_from_json
 from ...core.work import DeviceTiming, DeviceWork
+
+if TYPE_CHECKING:  # torch: a forwarding ClientApp never loads it
+    from ...core.base_delta import BaseDelta
 
 Arrays = dict[str, np.ndarray]
 
@@ -43,14 +46,14 @@ def task_fields(task: DeviceTask) -> dict[str, Any]:
 _BASE_PARTS = ("held", "new", "new_dense")
 
 
-def base_delta_arrays(delta: Any) -> Arrays:
-    """A ``core.base_delta.BaseDelta`` (or None) as arrays under ``held/``, ``new/`` and ``new_dense/``."""
+def base_delta_arrays(delta: BaseDelta | None) -> Arrays:
+    """A task's change (or None) as arrays under ``held/``, ``new/`` and ``new_dense/``."""
     if delta is None:
         return {}
     return {f"{part}/{k}": v for part in _BASE_PARTS for k, v in to_numpy(getattr(delta, part)).items()}
 
 
-def base_delta_from_arrays(arrays: Arrays) -> Any:
+def base_delta_from_arrays(arrays: Arrays) -> BaseDelta:
     from ...core.base_delta import BaseDelta  # imports torch: here, not at this module's import
 
     parts: dict[str, Arrays] = {part: {} for part in _BASE_PARTS}
