@@ -48,16 +48,23 @@ def _records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-@pytest.fixture(scope="session")  # not "module": a worker that runs another module's test in between keeps it up
+# Session scope, not module: a worker that runs another module's test in between keeps it up.
+@pytest.fixture(scope="session")
 def federation(tmp_path_factory):
+    """A SuperLink over TLS with node auth, 3 SuperNodes and one whose key was never registered: device 0 trains
+    in its per-message ClientApp process, devices 1 and 2 in long-lived workers.
+
+    Process isolation with `legendfl flower superexec`: each ServerApp and ClientApp process forks from one that
+    imported Flower, legendfl and torch once (half the CPU of these runs, measured; Flower's own SuperExec, which
+    starts a new Python process each time, runs the emulated fleet's test below)."""
     work = tmp_path_factory.mktemp("flower")
     (work / "legend.toml").write_text(RUN_OPTIONS)
-    with LocalFederation(work / "federation", tls=True, node_auth=True) as fed:
+    with LocalFederation(work / "federation", tls=True, node_auth=True, superexec="fork") as fed:
         fed.start_supernode("intruder", {"partition-id": 0}, register=False)  # its key was never registered
         sockets = fed.start_workers(["worker-1", "worker-2"])
         for i in range(3):
             node_config = {"partition-id": i, "num-partitions": 3, "threads": 1}
-            if i > 0:  # these devices train in long-lived workers; device 0 in Flower's per-message process
+            if i > 0:  # these devices train in long-lived workers; device 0 in its per-message process
                 node_config["worker-socket"] = sockets[i - 1]
             fed.start_supernode(f"node-{i}", node_config)
         yield work, fed
@@ -237,6 +244,17 @@ def test_exchange_gives_up_on_a_silent_node_after_the_timeout():
     assert sorted(replies) == [0] and sorted(missing) == [1]
     assert "no reply within" in missing[1]
     assert 1.5 <= elapsed < 10.0  # gave up at the timeout, not at some later point
+
+
+def test_the_forking_superexec_refuses_what_it_cannot_start_naming_the_option(tmp_path):
+    from legendfl.runtime.flower.superexec import ForkingExecutor
+
+    with pytest.raises(ValueError, match="--task-type must be one of"):
+        ForkingExecutor("simulation")
+    with pytest.raises(ValueError, match="--preload: no module named 'no_such_module_here'"):
+        ForkingExecutor("clientapp", ("torch", "no_such_module_here"))
+    with pytest.raises(ValueError, match="superexec must be one of"):
+        LocalFederation(tmp_path, superexec="ray")
 
 
 def test_flower_local_without_a_config_file_starts_from_legendfl_runs_defaults():

@@ -1,4 +1,4 @@
-"""Command line: ``legendfl run``, ``fleet``, ``compare``, ``retime``, ``profile``, ``flower {credentials,worker,local}``,
+"""Command line: ``legendfl run``, ``fleet``, ``compare``, ``retime``, ``profile``, ``flower {credentials,worker,superexec,local}``,
 ``prune``, ``eval-adapter``.
 
 Every option of ``run`` is a field of :class:`~legendfl.config.RunConfig` or an option of a strategy
@@ -22,6 +22,7 @@ from . import logs
 from .core.files import write_atomic
 from .config import RunConfig, accepted_keys, legacy_keys, load_config_file, option_fields, option_hints
 from .fleet.cost_model import COST_MODELS
+from .runtime.flower.superexec import SUPEREXECS
 from .strategies import get_entry, registered_bases, strategy_names
 
 
@@ -216,11 +217,18 @@ def _cmd_flower_worker(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_flower_superexec(ns: argparse.Namespace) -> int:
+    from .runtime.flower.superexec import serve
+
+    serve(ns.runtime_api_address, ns.task_type, tuple(ns.preload), ns.root_certificates, ns.parent_pid)
+    return 0
+
+
 def _cmd_flower_local(ns: argparse.Namespace) -> int:
     from .runtime.flower.local import run_local
 
     status = run_local(Path(ns.config) if ns.config else None, ns.nodes, Path(ns.out), options=ns.options or "",
-                       workers=ns.workers, emulate_time_scale=ns.emulate)
+                       workers=ns.workers, emulate_time_scale=ns.emulate, superexec=ns.superexec)
     return 0 if status == "finished:completed" else 1
 
 
@@ -307,6 +315,15 @@ def make_parser() -> argparse.ArgumentParser:
     p_work = fl.add_parser("worker", help="long-lived training worker beside a SuperNode (node-config worker-socket)")
     p_work.add_argument("--socket", required=True, help="Unix socket path the ClientApp forwards tasks to")
     p_work.set_defaults(func=_cmd_flower_worker)
+    p_exec = fl.add_parser("superexec", help="a SuperExec for a SuperNode (or SuperLink) in process isolation that forks "
+                           "each ClientApp (ServerApp) from a process that imported Flower, legendfl and --preload once")
+    p_exec.add_argument("--task-type", choices=["clientapp", "serverapp"], default="clientapp",
+                        help="clientapp beside a SuperNode, serverapp beside a SuperLink")
+    p_exec.add_argument("--runtime-api-address", required=True, help="its runtime API (the --port), e.g. 127.0.0.1:9094")
+    p_exec.add_argument("--root-certificates", help="the SuperLink's CA, where its runtime API uses TLS; default: plain HTTP")
+    p_exec.add_argument("--preload", nargs="*", default=[], help="modules to import once, e.g. torch transformers peft")
+    p_exec.add_argument("--parent-pid", type=int, default=None, help="exit when this process (the SuperNode) exits")
+    p_exec.set_defaults(func=_cmd_flower_superexec)
     p_loc = fl.add_parser("local", help="a whole TLS + node-auth federation on 127.0.0.1: SuperLink, N SuperNodes, one run")
     p_loc.add_argument("--config", help="run options (TOML/YAML); default: built-in defaults")
     p_loc.add_argument("--options", help="TOML lines overriding --config, e.g. 'rounds = 2'")
@@ -315,6 +332,8 @@ def make_parser() -> argparse.ArgumentParser:
     p_loc.add_argument("--workers", action="store_true", help="give every SuperNode a long-lived worker")
     p_loc.add_argument("--emulate", type=float, default=None, metavar="SCALE",
                        help="node i emulates fleet entry i, its virtual seconds times SCALE")
+    p_loc.add_argument("--superexec", choices=list(SUPEREXECS), default="flower",
+                       help="who starts ServerApp and ClientApp processes: " + "; ".join(f"{k}: {v}" for k, v in SUPEREXECS.items()))
     p_loc.set_defaults(func=_cmd_flower_local)
     p_prune = sub.add_parser("prune", help="prune a finished LoRA run's model once to a sparsity, by FedSpine's importance "
                              "rule (for comparisons at equal sparsity); save it for plain transformers and evaluate it")

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .credentials import Credentials, make_credentials
+from .superexec import SUPEREXECS, TRAINING_PRELOAD
 
 CONNECTION = "legendfl-local"
 # the Flower App (its pyproject names our ServerApp and ClientApp): shipped inside the package, so it is found
@@ -56,9 +57,12 @@ def node_config_arg(node_config: dict[str, Any]) -> str:
 class LocalFederation:
     """Start with :meth:`start`; always :meth:`close` (a ``with`` block does)."""
 
-    def __init__(self, workdir: Path, *, tls: bool = True, node_auth: bool = True) -> None:
+    def __init__(self, workdir: Path, *, tls: bool = True, node_auth: bool = True, superexec: str = "flower") -> None:
         if node_auth and not tls:
             raise ValueError("node_auth needs tls: Flower authenticates SuperNodes only over TLS")
+        if superexec not in SUPEREXECS:
+            raise ValueError(f"superexec must be one of {list(SUPEREXECS)}, got {superexec!r}")
+        self.superexec = superexec
         self.workdir = Path(workdir)
         self.tls, self.node_auth = tls, node_auth
         self.home = self.workdir / "flwr-home"
@@ -90,7 +94,12 @@ class LocalFederation:
         return proc
 
     def stop(self, name: str, timeout: float = 15.0) -> None:
-        """Stop one process and its children by PID (SIGTERM to its process group, SIGKILL if it lingers)."""
+        """Stop one process and its children by PID (SIGTERM to its process group, SIGKILL if it lingers); a
+        SuperNode with its SuperExec."""
+        self._stop(name, timeout)
+        self._stop(f"{name}-superexec", timeout)
+
+    def _stop(self, name: str, timeout: float) -> None:
         proc = self.processes.get(name)
         if proc is None:
             return
@@ -111,7 +120,7 @@ class LocalFederation:
 
     def close(self) -> None:
         for name in [n for n in self.processes if n != "superlink"] + ["superlink"]:
-            self.stop(name)
+            self._stop(name, 15.0)
 
     def log(self, name: str) -> str:
         return self.logs[name].read_text() if name in self.logs and self.logs[name].exists() else ""
@@ -137,7 +146,12 @@ class LocalFederation:
         (self.home / "config.toml").write_text(
             f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
             + "".join(f"{k} = {_toml_value(v)}\n" for k, v in connection.items()))
-        self._spawn("superlink", cmd)
+        if self.superexec == "flower":
+            self._spawn("superlink", cmd)
+        else:  # its runtime API is on the same port, with the same TLS
+            link = self._spawn("superlink", cmd + ["--isolation", "process"])
+            self._start_superexec("superlink", "serverapp", str(self.port), link, TRAINING_PRELOAD,
+                                  self.credentials.ca_cert if self.tls else None)
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
             if self.processes["superlink"].poll() is not None:
@@ -179,7 +193,21 @@ class LocalFederation:
             if register:
                 self.register(public)
             cmd += ["--auth-supernode-private-key", str(private)]
-        return self._spawn(name, cmd)
+        if self.superexec == "flower":  # the SuperNode starts Flower's SuperExec
+            return self._spawn(name, cmd)
+        node = self._spawn(name, cmd + ["--isolation", "process"])
+        preload = () if "worker-socket" in node_config else TRAINING_PRELOAD  # a node that trains in its ClientApp
+        self._start_superexec(name, "clientapp", cmd[cmd.index("--port") + 1], node, preload)
+        return node
+
+    def _start_superexec(self, name: str, task_type: str, port: str, parent: subprocess.Popen,
+                         preload: tuple[str, ...], root_certificates: Path | None = None) -> None:
+        """``legendfl flower superexec`` for ``parent`` (a SuperLink or SuperNode in process isolation)."""
+        cmd = [sys.executable, "-m", "legendfl", "flower", "superexec", "--task-type", task_type,
+               "--runtime-api-address", f"127.0.0.1:{port}", "--parent-pid", str(parent.pid), "--preload", *preload]
+        if root_certificates is not None:
+            cmd += ["--root-certificates", str(root_certificates)]
+        self._spawn(f"{name}-superexec", cmd)
 
     def start_workers(self, names: list[str]) -> list[str]:
         """Long-lived ``legendfl flower worker`` processes, one per SuperNode, started side by side (each imports
@@ -239,7 +267,7 @@ class LocalFederation:
 
 
 def run_local(config: Path | None, nodes: int, out: Path, *, options: str = "", workers: bool = False,
-              emulate_time_scale: float | None = None, timeout_s: float = 3600.0) -> str:
+              emulate_time_scale: float | None = None, timeout_s: float = 3600.0, superexec: str = "flower") -> str:
     """``legendfl flower local``: start a TLS + node-auth federation of ``nodes`` SuperNodes on 127.0.0.1,
     run the app once, stop everything by PID; returns the run's final status."""
     from .server_app import FederationSettings
@@ -258,7 +286,7 @@ def run_local(config: Path | None, nodes: int, out: Path, *, options: str = "", 
     app_dir = APP_DIR
     if not (app_dir / "pyproject.toml").exists():
         raise ValueError(f"the Flower app folder {app_dir} is missing from the installed package")
-    with LocalFederation(out / "federation") as fed:
+    with LocalFederation(out / "federation", superexec=superexec) as fed:
         sockets = fed.start_workers([f"worker-{i}" for i in range(nodes)]) if workers else []
         for i in range(nodes):
             node_config: dict[str, Any] = {"partition-id": i, "num-partitions": nodes}
