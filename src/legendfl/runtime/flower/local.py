@@ -2,7 +2,8 @@
 
 Used by the tests and by ``legendfl flower local`` (a dry run of a deployment before touching a fleet).
 Every process is started in its own session and stopped by its PID (its process group: the SuperNode's
-SuperExec and ClientApp children go with it), never by name. Addresses are 127.0.0.1 only.
+SuperExec and ClientApp children go with it), never by name; with ``superexec="fork"`` the ``legendfl flower
+superexec`` beside the SuperLink and each SuperNode is stopped with it. Addresses are 127.0.0.1 only.
 """
 from __future__ import annotations
 
