@@ -22,7 +22,7 @@ from . import logs
 from .core.files import write_atomic
 from .config import RunConfig, accepted_keys, legacy_keys, load_config_file, option_fields, option_hints
 from .fleet.cost_model import COST_MODELS
-from .runtime.flower.superexec import SUPEREXECS
+from .runtime.flower.superexec import SUPEREXECS, TASK_TYPES, serve
 from .strategies import get_entry, registered_bases, strategy_names
 
 
@@ -218,8 +218,6 @@ def _cmd_flower_worker(ns: argparse.Namespace) -> int:
 
 
 def _cmd_flower_superexec(ns: argparse.Namespace) -> int:
-    from .runtime.flower.superexec import serve
-
     serve(ns.runtime_api_address, ns.task_type, tuple(ns.preload), ns.root_certificates, ns.parent_pid)
     return 0
 
@@ -317,7 +315,7 @@ def make_parser() -> argparse.ArgumentParser:
     p_work.set_defaults(func=_cmd_flower_worker)
     p_exec = fl.add_parser("superexec", help="a SuperExec for a SuperNode (or SuperLink) in process isolation that forks "
                            "each ClientApp (ServerApp) from a process that imported Flower, legendfl and --preload once")
-    p_exec.add_argument("--task-type", choices=["clientapp", "serverapp"], default="clientapp",
+    p_exec.add_argument("--task-type", choices=list(TASK_TYPES), default="clientapp",
                         help="clientapp beside a SuperNode, serverapp beside a SuperLink")
     p_exec.add_argument("--runtime-api-address", required=True, help="its runtime API (the --port), e.g. 127.0.0.1:9094")
     p_exec.add_argument("--root-certificates", help="the SuperLink's CA, where its runtime API uses TLS; default: plain HTTP")

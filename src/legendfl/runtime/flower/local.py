@@ -151,7 +151,7 @@ class LocalFederation:
             self._spawn("superlink", cmd)
         else:  # its runtime API is on the same port, with the same TLS
             link = self._spawn("superlink", cmd + ["--isolation", "process"])
-            self._start_superexec("superlink", "serverapp", str(self.port), link, TRAINING_PRELOAD,
+            self._start_superexec("superlink", "serverapp", self.port, link, TRAINING_PRELOAD,
                                   self.credentials.ca_cert if self.tls else None)
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
@@ -183,7 +183,8 @@ class LocalFederation:
 
     def start_supernode(self, name: str, node_config: dict[str, Any], *, register: bool = True) -> subprocess.Popen:
         """A SuperNode with its own key pair (registered unless ``register=False``)."""
-        cmd = ["flower-supernode", "--superlink", self.address, "--host", "127.0.0.1", "--port", str(free_port()),
+        port = free_port()  # its runtime API, where a SuperExec in process isolation finds it
+        cmd = ["flower-supernode", "--superlink", self.address, "--host", "127.0.0.1", "--port", str(port),
                "--node-config", node_config_arg(node_config)]
         if self.tls:
             cmd += ["--root-certificates", str(self.credentials.ca_cert)]
@@ -198,10 +199,10 @@ class LocalFederation:
             return self._spawn(name, cmd)
         node = self._spawn(name, cmd + ["--isolation", "process"])
         preload = () if "worker-socket" in node_config else TRAINING_PRELOAD  # a node that trains in its ClientApp
-        self._start_superexec(name, "clientapp", cmd[cmd.index("--port") + 1], node, preload)
+        self._start_superexec(name, "clientapp", port, node, preload)
         return node
 
-    def _start_superexec(self, name: str, task_type: str, port: str, parent: subprocess.Popen,
+    def _start_superexec(self, name: str, task_type: str, port: int, parent: subprocess.Popen,
                          preload: tuple[str, ...], root_certificates: Path | None = None) -> None:
         """``legendfl flower superexec`` for ``parent`` (a SuperLink or SuperNode in process isolation)."""
         cmd = [sys.executable, "-m", "legendfl", "flower", "superexec", "--task-type", task_type,
