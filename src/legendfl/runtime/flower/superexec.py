@@ -1,9 +1,9 @@
 """A SuperExec that starts every ServerApp and ClientApp process by forking a warm one (process isolation).
 
 Flower 1.41's SuperExec starts ``flwr-serverapp`` for every run and ``flwr-clientapp`` for every message, each a
-new Python process. On this 2-core machine a ClientApp process costs about 1.3 s of CPU for Flower's own imports
-before it reads its message, and 6-7 s more where the node trains in that process (torch, transformers, peft); a
-ServerApp, about 7 s; on a Jetson, several times that, every round (measured in docs/flower.md).
+new Python process. On this 2-core machine a ClientApp process spends about 1 s of CPU importing before it reads
+its message, and about 4 s more where the node trains in that process (torch, transformers, peft); a ServerApp,
+about 5.7 s; on a Jetson, several times that, every round (docs/flower.md says how this was measured).
 ``legendfl flower superexec`` is Flower's SuperExec loop unchanged (``flwr.supercore.superexec.run_superexec``:
 it acquires each task's token from the SuperLink or SuperNode) with one part replaced, the executor: a task's
 process is forked from a ``multiprocessing`` forkserver that imported Flower's app runtime, our app and the
