@@ -23,7 +23,7 @@ from legendfl.models.backbone import load_backbone
 from legendfl.models.generative import IGNORE, CausalLMData
 from legendfl.models.keys import lora_key_of, lora_regex
 from legendfl.models.tokenized import TokenizedData
-from legendfl.strategies.feature_merging import kl_divergence, regulate_batches, select_devices
+from legendfl.strategies.feature_merging import kl_divergence, merged_divergence, regulate_batches, select_devices
 from legendfl.strategies.mergesfl import MergeSFLOptions
 
 
@@ -141,6 +141,13 @@ def test_feature_merging_chooses_by_kl_examples_and_fairness():
     by_hand = 0.5 * math.log(0.5 / 0.625) + 0.5 * math.log(0.5 / 0.375)
     chosen, kl = select_devices(sizes, counts, participation, budget=8, kl_threshold=0.05)
     assert chosen == [1, 3] and kl == pytest.approx(by_hand, rel=1e-9)
+    # the same KL for a set chosen otherwise (the no-merging ablation's record), weighted by batch size
+    assert merged_divergence(sizes, counts, [1, 3]) == pytest.approx(by_hand, rel=1e-9)
+    skewed = 0.75 * math.log(0.75 / 0.625) + 0.25 * math.log(0.25 / 0.375)  # 3 of class 0 per 1 of class 1
+    # batches 4, 2, 4 of devices 0, 1, 2: class 0 is (4 x 1 + 2 x 0 + 4 x 0.5) / 10 = 0.6 of the merged batch
+    assert merged_divergence({0: 4, 1: 2, 2: 4, 3: 4}, counts, [0, 1, 2]) == pytest.approx(
+        0.6 * math.log(0.6 / 0.625) + 0.4 * math.log(0.4 / 0.375), rel=1e-9)
+    assert merged_divergence(sizes, counts, [0, 2]) == pytest.approx(skewed, rel=1e-9)
     assert kl_divergence([0.75, 0.25], [0.625, 0.375]) == pytest.approx(0.75 * math.log(1.2) + 0.25 * math.log(0.25 / 0.375))
     # nothing within a threshold of 0: the least KL wins ({0,1} and {1,3} tie; fairness again)
     assert select_devices(sizes, counts, participation, budget=8, kl_threshold=0.0)[0] == [1, 3]

@@ -60,6 +60,15 @@ def fairness_priority(chosen: dict[int, int], devices: list[int]) -> dict[int, f
     return {d: total / (chosen.get(d, 0) + 1) for d in devices}
 
 
+def merged_divergence(batches: dict[int, int], histograms: dict[int, list[int]], members: list[int]) -> float:
+    """KL of the merged label distribution of ``members`` to the reference of every device in ``batches`` (what
+    :func:`select_devices` minimises; for the record of a set chosen otherwise, e.g. at random)."""
+    devices = sorted(batches)
+    dists = np.stack([distribution(histograms[d]) for d in devices])
+    weights = np.asarray([batches[d] if d in members else 0.0 for d in devices], dtype=float)
+    return float(kl_divergence(weights @ dists / weights.sum(), dists.mean(axis=0)))
+
+
 def _best(members: np.ndarray, sizes: np.ndarray, kls: np.ndarray, priority: np.ndarray, threshold: float) -> int:
     """Index of the winning candidate set (rows of ``members``) by the module doc's rule."""
     examples = members @ sizes

@@ -35,7 +35,7 @@ from ..core.options import StrategyOptions, option, validate
 from ..core.seeding import derive_seed, rng
 from ..core.split import OPTIMIZER, SERVER_ID, SplitPlan
 from ..core.strategy import DeviceResult, DeviceTask, ModelSpec, Strategy, Tensors, key_layer
-from .feature_merging import regulate_batches, select_devices
+from .feature_merging import merged_divergence, regulate_batches, select_devices
 from .registry import register_preset, register_strategy
 
 
@@ -153,7 +153,8 @@ class MergeSFL(Strategy):
                     used += sizes[d]
             if not picked:
                 raise ValueError(f"mergesfl.ingress_budget ({budget} examples per iteration) fits no device")
-            return sorted(picked), None
+            known = all(self.label_counts.get(d) for d in sizes)  # without merging: the KL of the random set, for the record
+            return sorted(picked), merged_divergence(sizes, self.label_counts, picked) if known else None
         chosen, kl = select_devices(sizes, self.label_counts, self.chosen, budget=budget, max_devices=most,
                                     kl_threshold=self.options.kl_threshold)
         return chosen, kl
