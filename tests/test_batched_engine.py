@@ -260,17 +260,23 @@ def test_run_with_either_engine_gives_the_same_records(tmp_path):
 
 
 def test_stacked_lora_deltas_equal_each_devices_own_and_keep_gradients_apart():
-    """The batched matmul path (devices with equal rows, ranks zero-padded) against per-device LoRA by hand, in
-    float64 so that the comparison checks the algebra, not one CPU's fp32 summation order."""
+    """The rank banks' batched matmul path (devices with equal rows, ranks zero-padded to the largest) against
+    per-device LoRA by hand, in float64 so that the comparison checks the algebra, not one CPU's fp32 summation
+    order; each device's gradient lands in its own corner of the bank, and none in the padding."""
     from legendfl.engine.batched_lora import BatchedLoraLinear
     from legendfl.engine.device_rows import DeviceRows, Segment
+    from legendfl.engine.parameter_bank import ParameterBank, accumulating_in_place
 
     gen = torch.Generator().manual_seed(0)
     base = torch.nn.Linear(16, 12, dtype=torch.float64)
     rows = DeviceRows([0, 1, 2])
-    module = BatchedLoraLinear(base, rows, scaling=2.0, dropout=0.0)
-    pairs = [module.add(s, torch.randn(r, 16, generator=gen, dtype=torch.float64), torch.randn(12, r, generator=gen, dtype=torch.float64))
-             for s, r in enumerate((2, 4, 3))]
+    ranks = {0: 2, 1: 4, 2: 3}
+    bank = ParameterBank(3, {"A": (4, 16), "B": (12, 4)}, "cpu", torch.float64)
+    module = BatchedLoraLinear(base, rows, 2.0, 0.0, bank.parts["A"], bank.parts["B"], ranks)
+    pairs = [(torch.randn(r, 16, generator=gen, dtype=torch.float64).requires_grad_(),
+              torch.randn(12, r, generator=gen, dtype=torch.float64).requires_grad_()) for r in ranks.values()]
+    for s, (a, b) in enumerate(pairs):
+        bank.load("A", s, a.detach()), bank.load("B", s, b.detach())
     x = torch.randn(6, 5, 16, generator=gen, dtype=torch.float64)
     with pytest.raises(RuntimeError, match="outside a step"):  # no segments but those of the running step
         module(x)
@@ -280,15 +286,130 @@ def test_stacked_lora_deltas_equal_each_devices_own_and_keep_gradients_apart():
     expected = torch.cat([base(x[2 * s:2 * s + 2]) + 2.0 * (x[2 * s:2 * s + 2] @ a.T @ b.T) for s, (a, b) in enumerate(pairs)])
     torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
     weights = torch.randn(out.shape, generator=gen, dtype=torch.float64)
-    (out * weights).sum().backward()
-    got = [(a.grad.clone(), b.grad.clone()) for a, b in pairs]
-    for a, b in pairs:
-        a.grad = b.grad = None
+    with accumulating_in_place():  # as the engine does: the parts' gradients are views of the bank's
+        (out * weights).sum().backward()
     (expected * weights).sum().backward()
-    for (ga, gb), (a, b) in zip(got, pairs):
-        torch.testing.assert_close(ga, a.grad, rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close(gb, b.grad, rtol=1e-12, atol=1e-12)
-    assert pairs[1][0].shape == (4, 16) and pairs[0][0].grad.shape == (2, 16)  # each keeps its own rank
+    for s, (a, b) in enumerate(pairs):
+        r = ranks[s]
+        torch.testing.assert_close(bank.parts["A"].grad[s, :r], a.grad, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(bank.parts["B"].grad[s, :, :r], b.grad, rtol=1e-12, atol=1e-12)
+        assert not bank.parts["A"].grad[s, r:].any() and not bank.parts["B"].grad[s, :, r:].any()  # the padding
+    # rows of unequal counts, a device without a pair here in the batch: the padded path, the same algebra
+    with rows.step([Segment(0, 0, 1, 5), Segment(2, 1, 4, 5), Segment(1, 4, 6, 5)]):
+        del module.ranks[1]
+        assert not module.stackable(x)
+        out = module(x)
+    a0, b0 = pairs[0]
+    a2, b2 = pairs[2]
+    expected = torch.cat([base(x[:1]) + 2.0 * (x[:1] @ a0.T @ b0.T), base(x[1:4]) + 2.0 * (x[1:4] @ a2.T @ b2.T), base(x[4:])])
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_one_adamw_step_for_every_device_equals_each_devices_own_optimizer():
+    """BankAdamW against clip_grad_norm_ + torch.optim.AdamW per device, on each device's own (unpadded) tensors:
+    different ranks, learning rates and step counts (device 2 sits out steps 2 and 4, as a device that has run
+    out of batches): parameters and both Adam moments within 1e-6 after K = 6 steps; the padding and a device's
+    missing tensors stay exactly zero; a masked step leaves its device's tensors and moments bit for bit."""
+    from legendfl.core.training import ADAMW_BETAS
+    from legendfl.engine.parameter_bank import BankAdamW, ParameterBank
+
+    gen = torch.Generator().manual_seed(1)
+    shapes = {"A": (6, 10), "B": (7, 6), "head": (3, 7)}
+    own = [{"A": (2, 10), "B": (7, 2), "head": (3, 7)}, {"A": (6, 10), "B": (7, 6), "head": (3, 7)}, {"head": (3, 7)}]
+    lrs, decay, clip = [1e-2, 3e-3, 5e-2], 0.01, 1.0
+    bank = ParameterBank(3, shapes, "cpu", torch.float32)
+    tensors = [{k: torch.nn.Parameter(torch.randn(shape, generator=gen)) for k, shape in mine.items()} for mine in own]
+    for d, mine in enumerate(tensors):
+        for k, p in mine.items():
+            bank.load(k, d, p.detach())
+    bank_opt = BankAdamW(bank, lrs, ADAMW_BETAS, decay, max_grad_norm=clip)
+    opts = [torch.optim.AdamW(list(mine.values()), lr=lr, betas=ADAMW_BETAS, weight_decay=decay) for mine, lr in zip(tensors, lrs)]
+    for step in range(6):
+        active = [0, 1] if step in (1, 3) else [0, 1, 2]
+        before = bank.data[2].clone(), bank_opt.exp_avg[2].clone(), bank_opt.exp_avg_sq[2].clone()
+        for d in active:
+            for k, p in tensors[d].items():
+                p.grad = torch.randn(p.shape, generator=gen) * (3.0 if step % 2 else 0.1)  # clipped and unclipped steps
+                bank.parts[k].grad[(d, *(slice(0, n) for n in p.shape))].copy_(p.grad)
+            torch.nn.utils.clip_grad_norm_(list(tensors[d].values()), clip)
+            opts[d].step()
+        bank_opt.step(active)
+        bank.zero_grad()
+        if 2 not in active:
+            assert all(torch.equal(x, y[2]) for x, y in zip(before, (bank.data, bank_opt.exp_avg, bank_opt.exp_avg_sq)))
+    for d, mine in enumerate(tensors):
+        for k, p in mine.items():
+            corner = (d, *(slice(0, n) for n in p.shape))
+            state = opts[d].state[p]
+            assert _relative(bank.parts[k].detach()[corner], p.detach()) <= 1e-6, (d, k)
+            assert _relative(bank_opt.exp_avg[d][_columns(bank, k)].view(shapes[k])[corner[1:]],
+                             state["exp_avg"]) <= 1e-6, (d, k)
+            assert _relative(bank_opt.exp_avg_sq[d][_columns(bank, k)].view(shapes[k])[corner[1:]],
+                             state["exp_avg_sq"]) <= 1e-6, (d, k)
+            assert int(state["step"]) == bank_opt.steps[d]
+    padding = torch.ones_like(bank.data, dtype=torch.bool)
+    for d, mine in enumerate(tensors):
+        for k, p in mine.items():
+            mask = padding[d][_columns(bank, k)].view(shapes[k])
+            mask[tuple(slice(0, n) for n in p.shape)] = False
+    assert bank_opt.steps == [6, 6, 4] and padding.any()
+    assert not bank.data[padding].any() and not bank_opt.exp_avg[padding].any()  # exactly zero: never written
+
+
+def _columns(bank, key):
+    """The columns of the bank's buffer that hold part ``key``."""
+    at = 0
+    for k, part in bank.parts.items():
+        size = part[0].numel()
+        if k == key:
+            return slice(at, at + size)
+        at += size
+    raise KeyError(key)
+
+
+def test_a_devices_update_does_not_depend_on_who_shares_its_pass_with_dropout_on(backbone, sst2_small, shared_passes):
+    """The issue's check, in float64 where padding rounds nothing: with the model's dropout and LoRA dropout on,
+    a device's uploaded tensors are the same (1e-10) alone, with every other device, or with one other."""
+    train, _ = sst2_small
+    cfg = dataclasses.replace(FP32, lora_dropout=0.1)
+    tasks = _tasks(backbone)
+    backbone.model.double()
+    try:
+        together = train_batched(backbone, tasks, train, PARTITIONS, cfg, LORA, max_batch_tokens=10**9)
+        alone = train_batched(backbone, tasks, train, PARTITIONS, cfg, LORA, max_batch_tokens=1)
+        pairs = train_batched(backbone, tasks[::-1][:2], train, PARTITIONS, cfg, LORA, max_batch_tokens=10**9)
+    finally:
+        backbone.model.float()
+    _assert_same(alone, together, tasks, tol=1e-10)
+    _assert_same(pairs, together, tasks[::-1][:2], tol=1e-10)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the issue's check of host synchronisation needs a GPU")
+def test_a_batched_step_never_waits_for_the_gpu(tiny_bert_dir, sst2_small, monkeypatch):
+    """Every pass (forward, losses, backward) and the optimizer step under ``set_sync_debug_mode("error")``: any
+    operation that makes the host wait for the GPU (a ``.item()``, a copy to the host, a copy from pageable
+    memory) raises. Devices of different depths, ranks, learning rates and data sizes, LoRA dropout on."""
+    from legendfl.engine.parameter_bank import BankAdamW
+    from legendfl.models.backbone import load_backbone
+
+    gpu = load_backbone(tiny_bert_dir, num_labels=2, seed=0, device="cuda")
+    train, _ = sst2_small
+
+    def strict(fn):
+        def run(*args, **kwargs):
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+        return run
+
+    calls, train_pass = [], batched_training._train_pass
+    monkeypatch.setattr(batched_training, "_train_pass", strict(lambda *a, **k: calls.append(1) or train_pass(*a, **k)))
+    monkeypatch.setattr(BankAdamW, "step", strict(BankAdamW.step))
+    results = train_batched(gpu, _tasks(gpu), train, PARTITIONS, dataclasses.replace(FP32, lora_dropout=0.1), LORA,
+                            max_batch_tokens=10**9)
+    assert calls and all(r.num_steps > 0 and torch.isfinite(torch.tensor(r.train_loss)) for r in results.values())
 
 
 def test_the_engine_takes_tasks_by_declared_capability_not_by_name(backbone, monkeypatch):

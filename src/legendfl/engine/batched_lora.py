@@ -5,8 +5,10 @@ for the whole batch and adds, to each device's rows, that device's own LoRA delt
 ``scaling * B_d (A_d dropout_d(x))`` (peft's ``Linear.forward`` for one adapter, written out; the equality with
 peft is tested in ``tests/test_batched_engine.py``). A device has a pair only on its own layers, with its own
 rank, so devices of different depths and rank distributions share the pass; no gradient reaches a device's
-parameters from another device's rows. :class:`PerDeviceLinear` does the same for a trainable head: every
-device applies its own copy of the head's linear modules to its rows.
+parameters from another device's rows. The factors of all devices are rank banks (``engine.parameter_bank``):
+per module, A ``[N, r_max, in]`` and B ``[N, out, r_max]``, zero-padded (exactly) to the module's largest rank,
+so all devices' deltas are two batched matmuls. :class:`PerDeviceLinear` does the same for a trainable head:
+every device applies its own copy of the head's linear modules to its rows.
 
 :func:`inject_batched` puts these modules into the backbone for a group of devices and takes them out again
 (the base model is never copied).
@@ -20,12 +22,14 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.rnn import pad_sequence
 
 from ..core.lora_layout import LoraLayout
 from ..core.strategy import Tensors, lora_key
 from ..models.backbone import Backbone
 from ..models.keys import head_key
-from .device_rows import DeviceRows, segment_dropout
+from .device_rows import DeviceRows, Segment, segment_dropout
+from .parameter_bank import ParameterBank, to_device
 
 
 def _add_rows(base: torch.Tensor, rows: DeviceRows, deltas: dict[int, torch.Tensor]) -> torch.Tensor:
@@ -45,95 +49,94 @@ def _add_rows(base: torch.Tensor, rows: DeviceRows, deltas: dict[int, torch.Tens
 
 
 class BatchedLoraLinear(nn.Module):
-    """A frozen module plus one LoRA pair per device slot that has this layer (see the module doc)."""
+    """A frozen module plus the LoRA factors of every device slot that has this layer, as bank parts ``lora_A``
+    ``[N, r_max, in]`` and ``lora_B`` ``[N, out, r_max]`` (``engine.parameter_bank``; see the module doc)."""
 
-    def __init__(self, base: nn.Module, rows: DeviceRows, scaling: float, dropout: float) -> None:
+    def __init__(self, base: nn.Module, rows: DeviceRows, scaling: float, dropout: float, lora_A: nn.Parameter,
+                 lora_B: nn.Parameter, ranks: dict[int, int]) -> None:
         super().__init__()
         self.base, self.rows, self.scaling, self.dropout = base, rows, scaling, dropout
-        self.lora_A = nn.ParameterDict()
-        self.lora_B = nn.ParameterDict()
-
-    def add(self, slot: int, a: torch.Tensor, b: torch.Tensor) -> tuple[nn.Parameter, nn.Parameter]:
-        ref = next(self.base.parameters())  # peft keeps an adapter in its base layer's (float) dtype
-        self.lora_A[str(slot)] = nn.Parameter(a.detach().to(ref.device, ref.dtype).clone())
-        self.lora_B[str(slot)] = nn.Parameter(b.detach().to(ref.device, ref.dtype).clone())
-        return self.lora_A[str(slot)], self.lora_B[str(slot)]
+        self.lora_A, self.lora_B = lora_A, lora_B
+        self.ranks = ranks  # slot -> its rank here (slots without a pair here are absent)
+        self._index: dict[tuple[int, ...], torch.Tensor] = {}
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         result = self.base(x, *args, **kwargs)
         if self.stackable(x):
             return result + self.stacked_delta(x).reshape(result.shape).to(result.dtype)
-        deltas = {}
-        for seg in self.rows.segments:
-            key = str(seg.slot)
-            if key not in self.lora_A:
-                continue
-            xs = x[seg.start:seg.stop]
-            a, b = self.lora_A[key], self.lora_B[key]
-            xs = xs.to(a.dtype)  # peft casts the input to the adapter's dtype
-            if self.dropout > 0.0 and self.training:
-                xs = segment_dropout(xs, self.dropout, self.rows, seg)
-            deltas[seg.slot] = F.linear(F.linear(xs, a), b) * self.scaling
-        return _add_rows(result, self.rows, deltas).to(result.dtype)
+        segs = [g for g in self.rows.segments if g.slot in self.ranks]
+        return _add_rows(result, self.rows, self.padded_deltas(x, segs)).to(result.dtype) if segs else result
+
+    def factors(self, slots: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The banks' rows of these slots (the banks themselves when that is all of them, in order)."""
+        if slots == list(range(self.lora_A.shape[0])):
+            return self.lora_A, self.lora_B
+        key = tuple(slots)
+        if key not in self._index:  # kept: a pass's slots repeat every step, and no copy to the device each time
+            self._index[key] = to_device(torch.tensor(slots), self.lora_A.device)
+        return self.lora_A.index_select(0, self._index[key]), self.lora_B.index_select(0, self._index[key])
 
     def stackable(self, x: torch.Tensor) -> bool:
         """Every row belongs to a device with a pair here, devices have equally many rows, no LoRA dropout: then
-        all devices' deltas are two batched matmuls (a few kernels instead of two per device)."""
+        all devices' deltas are two batched matmuls on a view of the input."""
         segs = self.rows.segments
         if len(segs) < 2 or (self.dropout > 0.0 and self.training) or segs[0].start != 0 or segs[-1].stop != x.shape[0]:
             return False
         n = segs[0].stop - segs[0].start
-        return all(str(g.slot) in self.lora_A and g.stop - g.start == n for g in segs)
+        return all(g.slot in self.ranks and g.stop - g.start == n for g in segs)
 
     def stacked_delta(self, x: torch.Tensor) -> torch.Tensor:
         """Each device's ``scaling * B (A x)`` on its rows, ranks zero-padded to the largest (exact: the padded
         rows of A and columns of B are zero, and no gradient reaches a device's parameters from the padding)."""
         segs = self.rows.segments
-        a_list = [self.lora_A[str(g.slot)] for g in segs]
-        b_list = [self.lora_B[str(g.slot)] for g in segs]
-        r_max = max(a.shape[0] for a in a_list)
-        a = torch.stack([F.pad(t, (0, 0, 0, r_max - t.shape[0])) for t in a_list])  # (devices, r, in)
-        b = torch.stack([F.pad(t, (0, r_max - t.shape[1])) for t in b_list])  # (devices, out, r)
+        a, b = self.factors([g.slot for g in segs])
         if not torch.is_autocast_enabled(x.device.type):
             x = x.to(a.dtype)  # peft casts the input to the adapter's dtype
         xs = x.reshape(len(segs), -1, x.shape[-1])
         return torch.bmm(torch.bmm(xs, a.transpose(1, 2)), b.transpose(1, 2)) * self.scaling
 
+    def padded_deltas(self, x: torch.Tensor, segs: list[Segment]) -> dict[int, torch.Tensor]:
+        """The deltas of these segments' devices (rows of unequal counts, LoRA dropout, or devices without a pair
+        here in the batch): each device's rows, dropped out with its own masks, zero-padded to the longest and
+        multiplied in two batched matmuls (one device: peft's two linears)."""
+        pieces = []
+        for seg in segs:
+            xs = x[seg.start:seg.stop].to(self.lora_A.dtype)  # peft casts the input to the adapter's dtype
+            if self.dropout > 0.0 and self.training:
+                xs = segment_dropout(xs, self.dropout, self.rows, seg)
+            pieces.append(xs)
+        if len(segs) == 1:
+            a, b = self.lora_A[segs[0].slot], self.lora_B[segs[0].slot]
+            return {segs[0].slot: F.linear(F.linear(pieces[0], a), b) * self.scaling}
+        a, b = self.factors([g.slot for g in segs])
+        flat = [p.reshape(-1, p.shape[-1]) for p in pieces]
+        stacked = pad_sequence(flat, batch_first=True)  # (devices, longest, in)
+        out = torch.bmm(torch.bmm(stacked, a.transpose(1, 2)), b.transpose(1, 2)) * self.scaling
+        return {g.slot: out[j, :len(f)].reshape(*p.shape[:-1], out.shape[-1])
+                for j, (g, f, p) in enumerate(zip(segs, flat, pieces))}
+
 
 class PerDeviceLinear(nn.Module):
-    """A head's linear module with one trainable copy per device slot, each applied to its own rows."""
+    """A head's linear module with one trainable copy per device slot (bank parts ``weight`` ``[N, out, in]`` and
+    ``bias`` ``[N, out]``), each applied to its own rows."""
 
-    def __init__(self, base: nn.Linear, rows: DeviceRows) -> None:
+    def __init__(self, base: nn.Linear, rows: DeviceRows, weight: nn.Parameter, bias: nn.Parameter | None) -> None:
         super().__init__()
-        self.base, self.rows = base, rows
-        self.weight = nn.ParameterDict()
-        self.bias = nn.ParameterDict()
-
-    def add(self, slot: int, weight: torch.Tensor, bias: torch.Tensor | None) -> list[nn.Parameter]:
-        ref = self.base.weight
-        self.weight[str(slot)] = nn.Parameter(weight.detach().to(ref.device, ref.dtype).clone())
-        if bias is not None:
-            self.bias[str(slot)] = nn.Parameter(bias.detach().to(ref.device, ref.dtype).clone())
-        return [self.weight[str(slot)]] + ([self.bias[str(slot)]] if bias is not None else [])
+        self.base, self.rows, self.weight, self.bias = base, rows, weight, bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pieces = []
-        for seg in self.rows.segments:
-            key = str(seg.slot)
-            pieces.append(F.linear(x[seg.start:seg.stop], self.weight[key], self.bias[key] if key in self.bias else None))
-        return torch.cat(pieces, dim=0)
+        return torch.cat([F.linear(x[g.start:g.stop], self.weight[g.slot], None if self.bias is None else self.bias[g.slot])
+                          for g in self.rows.segments], dim=0)
 
 
 @dataclass
 class SlotParameters:
-    """One device's trainable tensors in a batched group: LoRA pairs by canonical key, head by head key."""
+    """One device's trainable tensors in a batched group: views of its corners of the bank, LoRA pairs by
+    canonical key, head by head key."""
 
-    lora: dict[str, nn.Parameter]
-    head: dict[str, nn.Parameter]
-    pairs: list[tuple[nn.Parameter, nn.Parameter]]
-
-    def trainable(self) -> list[nn.Parameter]:
-        return [*self.lora.values(), *self.head.values()]
+    lora: dict[str, torch.Tensor]
+    head: dict[str, torch.Tensor]
+    pairs: list[tuple[torch.Tensor, torch.Tensor]]
 
     def upload(self) -> Tensors:
         out = {k: p.detach().to("cpu", copy=True) for k, p in self.lora.items()}
@@ -162,40 +165,60 @@ def _swap(model: nn.Module, path: str, new: nn.Module) -> nn.Module:
 
 @contextmanager
 def inject_batched(backbone: Backbone, layouts: list[LoraLayout], params: list[Tensors], rows: DeviceRows,
-                   scaling: float, dropout: float) -> Iterator[list[SlotParameters]]:
-    """Put every slot's LoRA (its ``layouts[slot]``, loaded from ``params[slot]``) and head into the backbone."""
+                   scaling: float, dropout: float) -> Iterator[tuple[ParameterBank, list[SlotParameters]]]:
+    """Put every slot's LoRA (its ``layouts[slot]``, loaded from ``params[slot]``) and head into the backbone, all
+    of them in one :class:`ParameterBank`; yields the bank and each slot's views of it."""
     model = backbone.model
+    modules = sorted(backbone.linear_modules)
+    ranks: dict[str, dict[int, int]] = {}  # module path -> slot -> rank
+    shapes: dict[str, tuple[int, ...]] = {}
+    for slot, layout in enumerate(layouts):
+        for layer in layout.layers:
+            for module in modules:
+                path = f"{backbone.block_prefix}.{layer}.{module}"
+                ranks.setdefault(path, {})[slot] = layout.ranks[layer]
+                (fan_in, fan_out), r_max = backbone.linear_modules[module], max(ranks[path].values())
+                shapes[f"{path}.A"], shapes[f"{path}.B"] = (r_max, fan_in), (fan_out, r_max)
+    heads = head_modules(backbone)
+    for path, module in heads.items():
+        shapes[f"{path}.weight"] = tuple(module.weight.shape)
+        if module.bias is not None:
+            shapes[f"{path}.bias"] = tuple(module.bias.shape)
+    dtypes = {next(model.get_submodule(p).parameters()).dtype for p in [*ranks, *heads]}  # peft keeps an adapter in its
+    if len(dtypes) > 1:  # base layer's (float) dtype
+        raise ValueError(f"the batched engine needs one dtype for every targeted module and the head, got {sorted(map(str, dtypes))}")
+    ref = next(model.parameters())
+    bank = ParameterBank(len(layouts), shapes, ref.device, dtypes.pop() if dtypes else ref.dtype)
     slots = [SlotParameters({}, {}, []) for _ in layouts]
     swapped: list[tuple[str, nn.Module]] = []
     try:
-        wrappers: dict[str, BatchedLoraLinear] = {}
+        for path, by_slot in ranks.items():
+            wrapper = BatchedLoraLinear(model.get_submodule(path), rows, scaling, dropout, bank.parts[f"{path}.A"],
+                                        bank.parts[f"{path}.B"], by_slot)
+            swapped.append((path, _swap(model, path, wrapper)))
         for slot, layout in enumerate(layouts):
             for layer in layout.layers:
-                for module in sorted(backbone.linear_modules):
+                for module in modules:
                     path = f"{backbone.block_prefix}.{layer}.{module}"
-                    if path not in wrappers:
-                        wrappers[path] = BatchedLoraLinear(model.get_submodule(path), rows, scaling, dropout)
-                        swapped.append((path, _swap(model, path, wrappers[path])))
                     ka, kb = lora_key(layer, module, "A"), lora_key(layer, module, "B")
                     if ka not in params[slot] or kb not in params[slot]:
                         raise KeyError(f"no tensor given for LoRA parameter {ka}")
-                    a, b = wrappers[path].add(slot, params[slot][ka], params[slot][kb])
-                    if a.shape[0] != layout.ranks[layer]:
-                        raise ValueError(f"{ka}: rank {a.shape[0]} does not match the layout's {layout.ranks[layer]}")
+                    a_in, b_in = params[slot][ka], params[slot][kb]
+                    if a_in.shape[0] != layout.ranks[layer] or b_in.shape[-1] != layout.ranks[layer]:
+                        raise ValueError(f"{ka}: rank {a_in.shape[0]} (B: {b_in.shape[-1]}) does not match the layout's "
+                                         f"{layout.ranks[layer]}")
+                    a, b = bank.load(f"{path}.A", slot, a_in), bank.load(f"{path}.B", slot, b_in)
                     slots[slot].lora[ka], slots[slot].lora[kb] = a, b
                     slots[slot].pairs.append((a, b))
-        for path, module in head_modules(backbone).items():
-            wrapper = PerDeviceLinear(module, rows)
-            swapped.append((path, _swap(model, path, wrapper)))
+        for path, module in heads.items():
+            weight, bias = bank.parts[f"{path}.weight"], bank.parts.get(f"{path}.bias")
+            swapped.append((path, _swap(model, path, PerDeviceLinear(module, rows, weight, bias))))
+            w_key, b_key = head_key(f"{path}.weight"), head_key(f"{path}.bias")
             for slot in range(len(layouts)):
-                w_key, b_key = head_key(f"{path}.weight"), head_key(f"{path}.bias")
-                weight = params[slot].get(w_key, backbone.spec.head[w_key])
-                bias = params[slot].get(b_key, backbone.spec.head.get(b_key)) if module.bias is not None else None
-                new = wrapper.add(slot, weight, bias)
-                slots[slot].head[w_key] = new[0]
+                slots[slot].head[w_key] = bank.load(f"{path}.weight", slot, params[slot].get(w_key, backbone.spec.head[w_key]))
                 if bias is not None:
-                    slots[slot].head[b_key] = new[1]
-        yield slots
+                    slots[slot].head[b_key] = bank.load(f"{path}.bias", slot, params[slot].get(b_key, backbone.spec.head[b_key]))
+        yield bank, slots
     finally:
         for path, original in reversed(swapped):
             _swap(model, path, original)

@@ -6,8 +6,9 @@ one backward through the shared frozen backbone (a pass), in which every targete
 LoRA delta to its own rows (``engine.batched_lora``). Passes are split by that layer because a backward runs down
 to the shallowest trained layer of its batch: mixed in one pass, a depth-1 device would pay for a depth-6
 device's backward (measured on 2 CPU cores: 1.5x slower than sequential; split, on par). The loss is the sum over
-devices of each device's own mean loss (plus its local terms), so each device's gradient is exactly its own; each
-device then clips its own gradients and steps its own AdamW with its own learning rate. Dropout masks come from
+devices of each device's own mean loss (plus its local terms), so each device's gradient is exactly its own; then one AdamW
+step over the group's parameter bank clips each device's gradients and steps each device with its own learning
+rate (``engine.parameter_bank``: what a per-device ``torch.optim.AdamW`` computes). Dropout masks come from
 each device's own generator (``engine.device_rows``). The result of every device therefore equals the sequential
 engine's on the same padded batches (1e-5 relative in fp32, 1e-10 in float64: ``tests/test_batched_engine.py``);
 padding to the pass's widest device moves fp32 results by rounding only (as much as it moves peft's), whoever
@@ -35,6 +36,7 @@ from ..core.work import DeviceWork, counted
 from ..models.backbone import Backbone
 from .batched_lora import batchable_head, inject_batched
 from .device_rows import DeviceRows, Segment, device_dropout
+from .parameter_bank import BankAdamW, accumulating_in_place, to_device
 from .local_terms import batched_support, implement
 from .trainer import FlopsFn, autocast_bf16, local_batches, loss_metrics
 
@@ -116,7 +118,7 @@ def _stack(parts: list[dict[str, torch.Tensor]], width: int, pad_id: int, device
         fill = pad_id if key == "input_ids" else IGNORE_INDEX if key == "labels" else 0
         padded = [F.pad(p[key], (0, width - p[key].shape[1]), value=fill) if p[key].dim() == 2 else p[key]
                   for p in parts]
-        out[key] = torch.cat(padded, dim=0).to(device)
+        out[key] = to_device(torch.cat(padded, dim=0), device)
     return out
 
 
@@ -208,14 +210,13 @@ def _train_group(backbone: Backbone, tasks: list[DeviceTask], data, batches: lis
              for _ in tasks]
     losses: list[list[torch.Tensor]] = [[] for _ in tasks]
     with inject_batched(backbone, [t.config for t in tasks], [t.params for t in tasks], rows, cfg.lora_scaling,
-                        cfg.lora_dropout) as slots, device_dropout(model, rows):
+                        cfg.lora_dropout) as (bank, slots), device_dropout(model, rows), accumulating_in_place():
         terms = [[implement(term, t.method).bind(slot.pairs) for term in t.local_terms] for t, slot in zip(tasks, slots)]
         start_metrics: list[dict] = [{} for _ in tasks]
         for i in range(n):
             for term in terms[i]:
                 term.start(None, start_metrics[i])
-        opts = [torch.optim.AdamW(slot.trainable(), lr=t.lr, betas=ADAMW_BETAS, weight_decay=cfg.weight_decay)
-                for t, slot in zip(tasks, slots)]
+        optimizer = BankAdamW(bank, [t.lr for t in tasks], ADAMW_BETAS, cfg.weight_decay, cfg.max_grad_norm)
         flops = [method.flops(backbone, t) for t in tasks]
         device = next(model.parameters()).device
         model.train()
@@ -226,13 +227,11 @@ def _train_group(backbone: Backbone, tasks: list[DeviceTask], data, batches: lis
             for depth_pass in _passes(tasks, active, widths, counts, CPU_MAX_PADDING if device.type == "cpu" else None):
                 _train_pass(model, data, [batches[i][step] for i in depth_pass], depth_pass, rows, terms, losses,
                             stats, flops, cfg, causal, device)
+            t0 = time.perf_counter()
+            optimizer.step(active)  # every device's clipping and AdamW step at once; the others masked
+            bank.zero_grad()
+            elapsed = (time.perf_counter() - t0) / len(active)
             for i in active:
-                t0 = time.perf_counter()
-                if cfg.max_grad_norm:
-                    torch.nn.utils.clip_grad_norm_(slots[i].trainable(), cfg.max_grad_norm)
-                opts[i].step()
-                opts[i].zero_grad(set_to_none=True)
-                elapsed = time.perf_counter() - t0
                 stats[i]["bwd_s"] += elapsed
                 stats[i]["share"] += elapsed
         model.eval()
