@@ -23,25 +23,12 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import _build_tiny_bert  # noqa: E402  (the tests' tiny random BERT)
+from test_flower import DEPTHS, RUN_OPTIONS  # noqa: E402  (the Flower tests' run options)
 
 from legendfl.config import RunConfig  # noqa: E402
 from legendfl.experiments.runner import run  # noqa: E402
 from legendfl.runtime.flower.local import run_local  # noqa: E402
 
-OPTIONS = """task = "sst2"
-model = "{model}"
-strategy = "{strategy}"
-num_devices = 3
-rounds = 2
-max_examples_per_device = 24
-max_dev_examples = 32
-max_length = 32
-batch_size = 8
-max_local_steps = 2
-lr = 2e-3
-threads = 1
-seed = 0
-"""
 FIXED_RANKS = {name: f"{name}.r_min = 4\n{name}.r_max = 4\n" for name in ("flora", "flexlora")}
 ARTEFACTS = ("adapter", "merged_model", "pruned_model")
 
@@ -83,12 +70,13 @@ def main() -> None:
     ap.add_argument("--strategies", nargs="+", default=["flora", "flexlora"])
     ap.add_argument("--out", default="runs/flower-parity")
     ns = ap.parse_args()
-    model = _build_tiny_bert()
+    _build_tiny_bert()  # the model RUN_OPTIONS names
     failed = False
     for strategy in ns.strategies:
         out = Path(ns.out) / strategy
         shutil.rmtree(out, ignore_errors=True)
-        options = OPTIONS.format(model=model, strategy=strategy) + FIXED_RANKS.get(strategy, "")
+        options = (RUN_OPTIONS.replace('strategy = "legend"', f'strategy = "{strategy}"')
+                   .replace(f"legend.fixed_depths = {DEPTHS}\n", "") + FIXED_RANKS.get(strategy, ""))
         status = run_local(None, 3, out / "flower", options=options, superexec="fork")
         run(RunConfig.from_sources(tomllib.loads(options), {"out_dir": str(out / "in-process"), "engine": "sequential"}))
         diffs = [f"Flower run {status}"] if status != "finished:completed" else compare(out / "flower" / "run", out / "in-process")
