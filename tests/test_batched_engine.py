@@ -305,6 +305,32 @@ def test_stacked_lora_deltas_equal_each_devices_own_and_keep_gradients_apart():
     torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_every_devices_loss_at_once_equals_each_devices_own(causal):
+    """The per-device losses from one per-example (per-token) loss and segment sums equal transformers' loss on each
+    device's rows alone (classification: the mean over its examples; causal: over its counted answer tokens,
+    -100 ignored), and so do their gradients."""
+    from legendfl.engine.batched_training import _device_loss, _device_losses
+    from legendfl.engine.device_rows import Segment
+
+    gen = torch.Generator().manual_seed(2)
+    segments = [Segment(0, 0, 3, 7), Segment(1, 3, 4, 7), Segment(2, 4, 9, 7)]
+    shape = (9, 7, 11) if causal else (9, 4)
+    logits = torch.randn(shape, generator=gen, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, shape[-1], shape[:-1], generator=gen)
+    if causal:  # prompts and padding are not counted; device 1's one example counts a single answer token
+        labels[:, :3] = -100
+        labels[3, :] = -100
+        labels[3, 5] = 4
+    together = _device_losses(logits, labels, segments, causal)
+    alone = torch.stack([_device_loss(logits[g.start:g.stop], labels[g.start:g.stop], causal) for g in segments])
+    torch.testing.assert_close(together, alone, rtol=1e-12, atol=0)
+    weights = torch.tensor([0.3, -1.2, 2.0], dtype=torch.float64)
+    (grad_together,) = torch.autograd.grad((together * weights).sum(), logits)
+    (grad_alone,) = torch.autograd.grad((alone * weights).sum(), logits)
+    torch.testing.assert_close(grad_together, grad_alone, rtol=1e-12, atol=1e-15)
+
+
 def test_one_adamw_step_for_every_device_equals_each_devices_own_optimizer():
     """BankAdamW against clip_grad_norm_ + torch.optim.AdamW per device, on each device's own (unpadded) tensors:
     different ranks, learning rates and step counts (device 2 sits out steps 2 and 4, as a device that has run

@@ -48,6 +48,17 @@ def _add_rows(base: torch.Tensor, rows: DeviceRows, deltas: dict[int, torch.Tens
     return torch.cat(pieces, dim=0)
 
 
+def _select(bank: torch.Tensor, slots: list[int], cache: dict[tuple[int, ...], torch.Tensor]) -> torch.Tensor:
+    """A bank's rows of these slots (the bank itself when that is all of them, in order); the index tensors are
+    kept in ``cache``: a pass's slots repeat every step, so no copy to the device each time."""
+    if slots == list(range(bank.shape[0])):
+        return bank
+    key = tuple(slots)
+    if key not in cache:
+        cache[key] = to_device(torch.tensor(slots), bank.device)
+    return bank.index_select(0, cache[key])
+
+
 class BatchedLoraLinear(nn.Module):
     """A frozen module plus the LoRA factors of every device slot that has this layer, as bank parts ``lora_A``
     ``[N, r_max, in]`` and ``lora_B`` ``[N, out, r_max]`` (``engine.parameter_bank``; see the module doc)."""
@@ -68,13 +79,8 @@ class BatchedLoraLinear(nn.Module):
         return _add_rows(result, self.rows, self.padded_deltas(x, segs)).to(result.dtype) if segs else result
 
     def factors(self, slots: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The banks' rows of these slots (the banks themselves when that is all of them, in order)."""
-        if slots == list(range(self.lora_A.shape[0])):
-            return self.lora_A, self.lora_B
-        key = tuple(slots)
-        if key not in self._index:  # kept: a pass's slots repeat every step, and no copy to the device each time
-            self._index[key] = to_device(torch.tensor(slots), self.lora_A.device)
-        return self.lora_A.index_select(0, self._index[key]), self.lora_B.index_select(0, self._index[key])
+        """The banks' rows of these slots."""
+        return _select(self.lora_A, slots, self._index), _select(self.lora_B, slots, self._index)
 
     def stackable(self, x: torch.Tensor) -> bool:
         """Every row belongs to a device with a pair here, devices have equally many rows, no LoRA dropout: then
@@ -123,10 +129,20 @@ class PerDeviceLinear(nn.Module):
     def __init__(self, base: nn.Linear, rows: DeviceRows, weight: nn.Parameter, bias: nn.Parameter | None) -> None:
         super().__init__()
         self.base, self.rows, self.weight, self.bias = base, rows, weight, bias
+        self._index: dict[tuple[int, ...], torch.Tensor] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        segs = self.rows.segments
+        n = segs[0].stop - segs[0].start
+        if len(segs) > 1 and segs[0].start == 0 and segs[-1].stop == x.shape[0] and all(g.stop - g.start == n for g in segs):
+            slots = [g.slot for g in segs]  # devices of equal rows: one batched matmul
+            weight = _select(self.weight, slots, self._index).transpose(1, 2)
+            xs = x.reshape(len(segs), -1, x.shape[-1])
+            out = torch.bmm(xs, weight) if self.bias is None else \
+                torch.baddbmm(_select(self.bias, slots, self._index).unsqueeze(1), xs, weight)
+            return out.reshape(*x.shape[:-1], out.shape[-1])
         return torch.cat([F.linear(x[g.start:g.stop], self.weight[g.slot], None if self.bias is None else self.bias[g.slot])
-                          for g in self.rows.segments], dim=0)
+                          for g in segs], dim=0)
 
 
 @dataclass

@@ -6,7 +6,8 @@ one backward through the shared frozen backbone (a pass), in which every targete
 LoRA delta to its own rows (``engine.batched_lora``). Passes are split by that layer because a backward runs down
 to the shallowest trained layer of its batch: mixed in one pass, a depth-1 device would pay for a depth-6
 device's backward (measured on 2 CPU cores: 1.5x slower than sequential; split, on par). The loss is the sum over
-devices of each device's own mean loss (plus its local terms), so each device's gradient is exactly its own; then one AdamW
+devices of each device's own mean loss (plus its local terms; all devices' means from one per-example loss and
+segment sums), so each device's gradient is exactly its own; then one AdamW
 step over the group's parameter bank clips each device's gradients and steps each device with its own learning
 rate (``engine.parameter_bank``: what a per-device ``torch.optim.AdamW`` computes). Dropout masks come from
 each device's own generator (``engine.device_rows``). The result of every device therefore equals the sequential
@@ -134,6 +135,27 @@ def _device_loss(logits: torch.Tensor, labels: torch.Tensor, causal: bool) -> to
     return F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1))
 
 
+def _device_losses(logits: torch.Tensor, labels: torch.Tensor, segments: list[Segment], causal: bool) -> torch.Tensor:
+    """Every segment's :func:`_device_loss` as one tensor ``[devices]``: per-example (or per-token) losses once for
+    the whole batch, then each device's mean from segment sums (a few kernels, not a few per device; the same
+    means up to the summation order). One device, or a regression head: :func:`_device_loss` itself."""
+    if len(segments) == 1 or (not causal and logits.shape[-1] == 1):
+        return torch.stack([_device_loss(logits[g.start:g.stop], labels[g.start:g.stop], causal) for g in segments])
+    sizes = [g.stop - g.start for g in segments]
+    owner = to_device(torch.repeat_interleave(torch.arange(len(segments)), torch.tensor(sizes)), logits.device)
+    if causal:  # as _device_loss: fp32 logits, shift by one, ignore -100; per device, the mean over its counted tokens
+        shift = F.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
+        logits = logits.float()
+        per_token = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), shift.reshape(-1), ignore_index=IGNORE_INDEX,
+                                    reduction="none").view(shift.shape)
+        per_row, counts = per_token.sum(dim=1), (shift != IGNORE_INDEX).sum(dim=1).to(per_token.dtype)
+    else:
+        per_row = F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1), reduction="none")
+        counts = torch.ones_like(per_row)
+    sums = per_row.new_zeros(len(segments)).index_add_(0, owner, per_row)
+    return sums / counts.new_zeros(len(segments)).index_add_(0, owner, counts)
+
+
 def _passes(tasks: list[DeviceTask], active: list[int], widths: dict[int, int], rows: dict[int, int],
             max_padding: float | None) -> list[list[int]]:
     """The active slots split by their shallowest LoRA layer: a pass's backward then stops where all of its
@@ -173,14 +195,12 @@ def _train_pass(model, data, indices: list[np.ndarray], slots: list[int], rows: 
     t0 = time.perf_counter()
     with rows.step(segments), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16(cfg.bf16, device)):
         logits = model(**batch).logits
-        device_losses = [_device_loss(logits[g.start:g.stop], labels[g.start:g.stop], causal) for g in segments]
-    total = torch.zeros((), device=device)
-    for seg, model_loss in zip(segments, device_losses):
-        losses[seg.slot].append(model_loss.detach())  # read back once, after the group (no host sync per step)
-        loss = model_loss.float()
+        device_losses = _device_losses(logits, labels, segments, causal)
+    total = device_losses.float().sum()
+    for j, seg in enumerate(segments):
+        losses[seg.slot].append(device_losses[j].detach())  # read back once, after the group (no host sync per step)
         for term in terms[seg.slot]:
-            loss = loss + term.penalty(None)
-        total = total + loss
+            total = total + term.penalty(None)
     t1 = time.perf_counter()
     total.backward()
     t2 = time.perf_counter()
