@@ -393,9 +393,16 @@ def _columns(bank, key):
     raise KeyError(key)
 
 
-def test_a_devices_update_does_not_depend_on_who_shares_its_pass_with_dropout_on(backbone, sst2_small, shared_passes):
+@pytest.mark.parametrize("masks", ["generators", "counter"])
+def test_a_devices_update_does_not_depend_on_who_shares_its_pass_with_dropout_on(backbone, sst2_small, shared_passes,
+                                                                                 monkeypatch, masks):
     """The issue's check, in float64 where padding rounds nothing: with the model's dropout and LoRA dropout on,
-    a device's uploaded tensors are the same (1e-10) alone, with every other device, or with one other."""
+    a device's uploaded tensors are the same (1e-10) alone, with every other device, or with one other, and the
+    sequential engine's. Both ways of drawing masks: per-device generators (a CPU's) and the counter-based draw
+    of every device at once (a GPU's, run here on the CPU)."""
+    from legendfl.engine import device_rows
+
+    monkeypatch.setattr(device_rows, "COUNTER_MASK_DEVICES", ("cpu",) if masks == "counter" else ())
     train, _ = sst2_small
     cfg = dataclasses.replace(FP32, lora_dropout=0.1)
     tasks = _tasks(backbone)
@@ -404,10 +411,32 @@ def test_a_devices_update_does_not_depend_on_who_shares_its_pass_with_dropout_on
         together = train_batched(backbone, tasks, train, PARTITIONS, cfg, LORA, max_batch_tokens=10**9)
         alone = train_batched(backbone, tasks, train, PARTITIONS, cfg, LORA, max_batch_tokens=1)
         pairs = train_batched(backbone, tasks[::-1][:2], train, PARTITIONS, cfg, LORA, max_batch_tokens=10**9)
+        sequential = {t.device_id: LoraMethod().train(t, backbone, train, PARTITIONS[t.device_id], cfg) for t in tasks}
     finally:
         backbone.model.float()
     _assert_same(alone, together, tasks, tol=1e-10)
     _assert_same(pairs, together, tasks[::-1][:2], tol=1e-10)
+    _assert_same(alone, sequential, tasks, tol=1e-10)
+
+
+def test_counter_based_masks_keep_one_minus_p_and_differ_by_device_and_call():
+    """The counter-based draw: about 1 - p kept, other masks for another device and for the next call, the part
+    beyond a device's own width left alone (scaled as the generators' masks are), the same for a device whether
+    it is drawn alone or with others."""
+    from legendfl.engine.device_rows import DeviceRows, Segment, counter_dropout_mask
+
+    rows = DeviceRows([7, 8])
+    segs = [Segment(0, 0, 100, 30), Segment(1, 100, 200, 20)]
+    x = torch.ones(200, 30, 64)
+    first, second = counter_dropout_mask(x, 0.25, rows, segs), counter_dropout_mask(x, 0.25, rows, segs)
+    kept = (first[:100] > 0).float().mean().item()
+    assert abs(kept - 0.75) < 0.01 and not torch.equal(first, second)
+    assert not torch.equal(first[:100, :20], first[100:, :20])  # two devices, two masks
+    assert torch.all(first[100:, 20:] == 1 / 0.75)  # beyond device 1's own width
+    alone = DeviceRows([8])
+    counter_dropout_mask(torch.ones(1, 1, 1), 0.25, alone, [Segment(0, 0, 1, 1)])  # device 8's first call
+    assert torch.equal(counter_dropout_mask(torch.ones(100, 20, 64), 0.25, alone, [Segment(0, 0, 100, 20)]),
+                       second[100:, :20])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the issue's check of host synchronisation needs a GPU")

@@ -11,6 +11,12 @@ A device's mask covers its own rows at its own width: sequence dimensions are fo
 do not depend on how wide the other devices' examples are. Both engines use it, so a device's dropout masks
 are the same whether it trains alone, in the sequential engine, or batched with any other devices. Attention
 dropout must then be an ``nn.Dropout`` (eager attention, see ``models.backbone``).
+
+On a GPU (:data:`COUNTER_MASK_DEVICES`) the masks of all devices of a step come from one counter-based draw
+instead, a few elementwise kernels whatever the number of devices: each element's uniform is a hash of its
+device's key (the device's seed and how many dropout calls it has made) and its index inside the device's own
+part, so it is again a function of (seed, round, device, step, element) only. On a CPU the per-device
+generators stay: ``bernoulli_`` drew 3M elements in 20 ms against the hash's 99 ms here (2 cores, 2026-12-02).
 """
 from __future__ import annotations
 
@@ -20,6 +26,8 @@ from typing import Iterator, Sequence
 
 import torch
 from torch import nn
+
+from .parameter_bank import to_device
 
 
 @dataclass(frozen=True)
@@ -41,6 +49,7 @@ class DeviceRows:
     seeds: list[int]
     _segments: tuple[Segment, ...] | None = None
     _generators: dict = field(default_factory=dict)
+    _calls: dict = field(default_factory=dict)  # slot -> dropout calls it has drawn masks for (counter-based draws)
 
     @property
     def segments(self) -> tuple[Segment, ...]:
@@ -65,6 +74,15 @@ class DeviceRows:
             self._generators[key] = torch.Generator(device=device).manual_seed(self.seeds[slot])
         return self._generators[key]
 
+    def keys(self, segments: Sequence[Segment]) -> list[int]:
+        """Each segment's key for its next counter-based draw (its device's seed and call count, mixed)."""
+        out = []
+        for seg in segments:
+            call = self._calls.get(seg.slot, 0)
+            self._calls[seg.slot] = call + 1
+            out.append(_mix64(self.seeds[seg.slot] * 0x9E3779B97F4A7C15 + call))
+        return out
+
 
 def _own_view(x: torch.Tensor, seg: Segment) -> tuple[slice, ...]:
     """Index of a segment's own part of ``x`` (its rows, and its own width in the sequence dimensions)."""
@@ -77,8 +95,67 @@ def _own_view(x: torch.Tensor, seg: Segment) -> tuple[slice, ...]:
     return (rows,)
 
 
+COUNTER_MASK_DEVICES = ("cuda",)  # device types whose masks come from the counter-based draw (see the module doc)
+_M32 = 0xFFFFFFFF
+
+
+def _mix64(z: int) -> int:
+    """SplitMix64's finaliser (host side, Python integers)."""
+    z &= 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return z ^ (z >> 31)
+
+
+def _mul32(v: torch.Tensor, c: int) -> torch.Tensor:
+    """``v * c mod 2**32`` for ``v`` in [0, 2**32) held in int64, without overflowing int64."""
+    return (v * (c & 0xFFFF) + (((v * (c >> 16)) & 0xFFFF) << 16)) & _M32
+
+
+def _hash32(v: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (lowbias32) of ``v`` in [0, 2**32), elementwise, in int64."""
+    v = v ^ (v >> 16)
+    v = _mul32(v, 0x7FEB352D)
+    v = v ^ (v >> 15)
+    v = _mul32(v, 0x846CA68B)
+    return v ^ (v >> 16)
+
+
+def counter_dropout_mask(x: torch.Tensor, p: float, rows: DeviceRows, segments: Sequence[Segment]) -> torch.Tensor:
+    """:func:`dropout_mask` drawn by a counter-based hash for all segments at once (see the module doc)."""
+    keys = rows.keys(segments)
+    owner, local = torch.zeros(x.shape[0], dtype=torch.int64), torch.zeros(x.shape[0], dtype=torch.int64)
+    width, key_lo, key_hi = (torch.zeros(x.shape[0], dtype=torch.int64) for _ in range(3))
+    for seg, key in zip(segments, keys):
+        local[seg.start:seg.stop] = torch.arange(seg.stop - seg.start)
+        width[seg.start:seg.stop], owner[seg.start:seg.stop] = seg.width, 1
+        key_lo[seg.start:seg.stop], key_hi[seg.start:seg.stop] = key & _M32, key >> 32
+    per_row = to_device(torch.stack([owner, local, width, key_lo, key_hi]), x.device)
+    owner, local, width, key_lo, key_hi = (t.view(-1, *([1] * (x.dim() - 1))) for t in per_row)
+    if x.dim() == 4:  # (rows, heads, tokens, tokens): the own part is (rows, heads, width, width)
+        head = torch.arange(x.shape[1], device=x.device).view(1, -1, 1, 1)
+        t1 = torch.arange(x.shape[2], device=x.device).view(1, 1, -1, 1)
+        t2 = torch.arange(x.shape[3], device=x.device).view(1, 1, 1, -1)
+        index = ((local * x.shape[1] + head) * width + t1) * width + t2
+        own = (owner > 0) & (t1 < width) & (t2 < width)
+    elif x.dim() == 3:  # (rows, tokens, hidden): the own part is (rows, width, hidden)
+        t = torch.arange(x.shape[1], device=x.device).view(1, -1, 1)
+        hidden = torch.arange(x.shape[2], device=x.device).view(1, 1, -1)
+        index = (local * width + t) * x.shape[2] + hidden
+        own = (owner > 0) & (t < width)
+    else:  # (rows, features...): the own part is the rows
+        index = local * x[0].numel() + torch.arange(x[0].numel(), device=x.device).view(1, *x.shape[1:])
+        own = owner > 0
+    uniform = (_hash32(_hash32((index & _M32) ^ key_lo) ^ key_hi) >> 8).to(torch.float32) * (1.0 / 2**24)
+    keep = (uniform >= p) | ~own
+    return (keep.to(torch.float32) / (1.0 - p)).to(x.dtype)
+
+
 def dropout_mask(x: torch.Tensor, p: float, rows: DeviceRows, segments: list[Segment]) -> torch.Tensor:
-    """A keep-mask (scaled by 1/(1-p)) for ``x``; each segment's own part drawn from its device's generator."""
+    """A keep-mask (scaled by 1/(1-p)) for ``x``; each segment's own part drawn from its device's generator (on a
+    GPU: :func:`counter_dropout_mask`)."""
+    if x.device.type in COUNTER_MASK_DEVICES:
+        return counter_dropout_mask(x, p, rows, segments)
     mask = torch.ones(x.shape, dtype=torch.float32, device=x.device)
     for seg in segments:
         view = _own_view(x, seg)
