@@ -28,7 +28,7 @@ from ..core.lora_layout import LoraLayout
 from ..core.strategy import Tensors, lora_key
 from ..models.backbone import Backbone
 from ..models.keys import head_key
-from .device_rows import DeviceRows, Segment, segment_dropout
+from .device_rows import DeviceRows, Segment, dropout_mask
 from .parameter_bank import ParameterBank, to_device
 
 
@@ -105,12 +105,10 @@ class BatchedLoraLinear(nn.Module):
         """The deltas of these segments' devices (rows of unequal counts, LoRA dropout, or devices without a pair
         here in the batch): each device's rows, dropped out with its own masks, zero-padded to the longest and
         multiplied in two batched matmuls (one device: peft's two linears)."""
-        pieces = []
-        for seg in segs:
-            xs = x[seg.start:seg.stop].to(self.lora_A.dtype)  # peft casts the input to the adapter's dtype
-            if self.dropout > 0.0 and self.training:
-                xs = segment_dropout(xs, self.dropout, self.rows, seg)
-            pieces.append(xs)
+        x = x.to(self.lora_A.dtype)  # peft casts the input to the adapter's dtype
+        if self.dropout > 0.0 and self.training:  # each device's own masks (on a GPU: one draw for all of them)
+            x = x * dropout_mask(x, self.dropout, self.rows, segs)
+        pieces = [x[seg.start:seg.stop] for seg in segs]
         if len(segs) == 1:
             a, b = self.lora_A[segs[0].slot], self.lora_B[segs[0].slot]
             return {segs[0].slot: F.linear(F.linear(pieces[0], a), b) * self.scaling}

@@ -164,11 +164,6 @@ def dropout_mask(x: torch.Tensor, p: float, rows: DeviceRows, segments: list[Seg
     return (mask / (1.0 - p)).to(x.dtype)
 
 
-def segment_dropout(xs: torch.Tensor, p: float, rows: DeviceRows, seg: Segment) -> torch.Tensor:
-    """Dropout on ``xs``, a tensor holding only ``seg``'s rows (the same draws as on the whole batch)."""
-    return xs * dropout_mask(xs, p, rows, [Segment(seg.slot, 0, seg.stop - seg.start, seg.width)])
-
-
 class DeviceDropout(nn.Module):
     """``nn.Dropout`` with per-device masks (see the module doc)."""
 
