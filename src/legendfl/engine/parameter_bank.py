@@ -84,11 +84,6 @@ def to_device(host: torch.Tensor, device: torch.device | str) -> torch.Tensor:
     return host.to(device)
 
 
-def _column(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
-    """``values`` as an ``[N, 1]`` tensor beside ``like``."""
-    return to_device(torch.tensor(values, dtype=torch.float64).to(like.dtype).view(-1, 1), like.device)
-
-
 class BankAdamW:
     """AdamW over a :class:`ParameterBank`, one learning rate per device (see the module doc)."""
 
@@ -110,21 +105,17 @@ class BankAdamW:
             norms = torch.linalg.vector_norm(grad, dim=1, keepdim=True)
             grad.mul_((self.max_grad_norm / (norms + CLIP_EPS)).clamp_(max=1.0))
         on = set(active)
-        decay, w1, b2, w2, step_size, bc2_sqrt = [], [], [], [], [], []
+        factors = []  # per device: decay, lerp weight, beta2, 1 - beta2, step size, sqrt of bias correction 2
         for d, lr in enumerate(self.lrs):
             if d in on:
                 self.steps[d] += 1
                 t = self.steps[d]
-                decay.append(1 - lr * self.weight_decay)
-                w1.append(1 - beta1)
-                b2.append(beta2)
-                w2.append(1 - beta2)
-                step_size.append(lr / (1 - beta1 ** t))
-                bc2_sqrt.append((1 - beta2 ** t) ** 0.5)
+                factors.append((1 - lr * self.weight_decay, 1 - beta1, beta2, 1 - beta2, lr / (1 - beta1 ** t),
+                                (1 - beta2 ** t) ** 0.5))
             else:  # masked: every factor leaves its tensor as it is
-                decay.append(1.0), w1.append(0.0), b2.append(1.0), w2.append(0.0), step_size.append(0.0)
-                bc2_sqrt.append(1.0)
-        decay, w1, b2, w2, step_size, bc2_sqrt = (_column(v, param) for v in (decay, w1, b2, w2, step_size, bc2_sqrt))
+                factors.append((1.0, 0.0, 1.0, 0.0, 0.0, 1.0))
+        columns = to_device(torch.tensor(factors, dtype=torch.float64).to(param.dtype), param.device)  # one copy
+        decay, w1, b2, w2, step_size, bc2_sqrt = columns.split(1, dim=1)
         param.mul_(decay)
         self.exp_avg.lerp_(grad, w1)
         self.exp_avg_sq.mul_(b2).addcmul_(grad * w2, grad)
