@@ -59,6 +59,12 @@ def _select(bank: torch.Tensor, slots: list[int], cache: dict[tuple[int, ...], t
     return bank.index_select(0, cache[key])
 
 
+def _equal_rows(segs: tuple[Segment, ...], x: torch.Tensor) -> bool:
+    """Two or more devices whose rows cover ``x`` in order, equally many each: a ``[devices, rows, ...]`` view."""
+    n = segs[0].stop - segs[0].start
+    return len(segs) > 1 and segs[0].start == 0 and segs[-1].stop == x.shape[0] and all(g.stop - g.start == n for g in segs)
+
+
 class BatchedLoraLinear(nn.Module):
     """A frozen module plus the LoRA factors of every device slot that has this layer, as bank parts ``lora_A``
     ``[N, r_max, in]`` and ``lora_B`` ``[N, out, r_max]`` (``engine.parameter_bank``; see the module doc)."""
@@ -86,10 +92,7 @@ class BatchedLoraLinear(nn.Module):
         """Every row belongs to a device with a pair here, devices have equally many rows, no LoRA dropout: then
         all devices' deltas are two batched matmuls on a view of the input."""
         segs = self.rows.segments
-        if len(segs) < 2 or (self.dropout > 0.0 and self.training) or segs[0].start != 0 or segs[-1].stop != x.shape[0]:
-            return False
-        n = segs[0].stop - segs[0].start
-        return all(g.slot in self.ranks and g.stop - g.start == n for g in segs)
+        return not (self.dropout > 0.0 and self.training) and _equal_rows(segs, x) and all(g.slot in self.ranks for g in segs)
 
     def stacked_delta(self, x: torch.Tensor) -> torch.Tensor:
         """Each device's ``scaling * B (A x)`` on its rows, ranks zero-padded to the largest (exact: the padded
@@ -131,8 +134,7 @@ class PerDeviceLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         segs = self.rows.segments
-        n = segs[0].stop - segs[0].start
-        if len(segs) > 1 and segs[0].start == 0 and segs[-1].stop == x.shape[0] and all(g.stop - g.start == n for g in segs):
+        if _equal_rows(segs, x):
             slots = [g.slot for g in segs]  # devices of equal rows: one batched matmul
             weight = _select(self.weight, slots, self._index).transpose(1, 2)
             xs = x.reshape(len(segs), -1, x.shape[-1])

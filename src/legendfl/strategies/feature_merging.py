@@ -65,8 +65,13 @@ def merged_divergence(batches: dict[int, int], histograms: dict[int, list[int]],
     :func:`select_devices` minimises; for the record of a set chosen otherwise, e.g. at random)."""
     devices = sorted(batches)
     dists = np.stack([distribution(histograms[d]) for d in devices])
-    weights = np.asarray([batches[d] if d in members else 0.0 for d in devices], dtype=float)
-    return float(kl_divergence(weights @ dists / weights.sum(), dists.mean(axis=0)))
+    chosen = np.asarray([[1.0 if d in members else 0.0 for d in devices]])
+    return float(_merged_kls(chosen, np.asarray([batches[d] for d in devices], dtype=float), dists, dists.mean(axis=0))[0])
+
+
+def _merged_kls(members: np.ndarray, sizes: np.ndarray, dists: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """KL to ``reference`` of each candidate set's (rows of ``members``) label distribution merged by batch size."""
+    return kl_divergence((members * sizes) @ dists / (members @ sizes)[:, None], reference)
 
 
 def _best(members: np.ndarray, sizes: np.ndarray, kls: np.ndarray, priority: np.ndarray, threshold: float) -> int:
@@ -106,8 +111,7 @@ def select_devices(batches: dict[int, int], histograms: dict[int, list[int]], ch
         raise ValueError(f"the server's ingress budget ({budget} examples per iteration) fits no device (the smallest "
                          f"batch is {int(sizes.min())}); raise mergesfl.ingress_budget or lower mergesfl.max_batch_size")
     members = members[feasible]
-    merged = (members * sizes) @ dists / (members @ sizes)[:, None]
-    kls = kl_divergence(merged, reference)
+    kls = _merged_kls(members, sizes, dists, reference)
     best = _best(members, sizes, kls, priority, kl_threshold)
     return [d for d, m in zip(devices, members[best]) if m], float(kls[best])
 

@@ -145,7 +145,8 @@ class MergeSFL(Strategy):
         budget, most = self.options.ingress_budget, self.options.max_devices
         order = [int(d) for d in rng(self.seed, "mergesfl", rnd).permutation(sorted(sizes))]
         new = [d for d in order if d not in self.label_counts]
-        if not self.options.merging or not all(self.label_counts.get(d) for d in sizes):
+        known = all(self.label_counts.get(d) for d in sizes)  # every eligible device's label counts
+        if not self.options.merging or not known:
             picked, used = [], 0
             for d in (new + [d for d in order if d not in new]) if self.options.merging else order:
                 if (budget is None or used + sizes[d] <= budget) and (most is None or len(picked) < most):
@@ -153,7 +154,7 @@ class MergeSFL(Strategy):
                     used += sizes[d]
             if not picked:
                 raise ValueError(f"mergesfl.ingress_budget ({budget} examples per iteration) fits no device")
-            known = all(self.label_counts.get(d) for d in sizes)  # without merging: the KL of the random set, for the record
+            # without merging: the KL of the random set, for the record
             return sorted(picked), merged_divergence(sizes, self.label_counts, picked) if known else None
         chosen, kl = select_devices(sizes, self.label_counts, self.chosen, budget=budget, max_devices=most,
                                     kl_threshold=self.options.kl_threshold)
