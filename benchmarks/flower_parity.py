@@ -1,13 +1,14 @@
-"""Both runtimes, bit for bit, for strategies the test suite does not run over Flower (it runs HetLoRA, FedAdapter,
-FedSpine, FedEx-LoRA and LEGEND there; each more Flower run costs the 8-minute suite about 40 s).
+"""Both runtimes, bit for bit, for strategies the test suite does not run over Flower (it runs HetLoRA, FedEx-LoRA
+and LEGEND there; each more Flower run costs the 8-minute suite 14-40 core-s).
 
-For each strategy: two rounds on a loopback federation (SuperLink + 3 SuperNodes, `legendfl flower superexec`)
-and two in this process with the sequential engine, on the tiny random BERT of the tests (the plumbing is compared,
-not learning), with the strategy's ranks fixed where they follow device speed (Flower measures its nodes' speeds,
-the simulator prices the fleet's, so only fixed ranks make round 2 comparable). Compared: every device's loss,
-download and upload bytes, the evaluation, and the exported artefact's tensors (torch.equal).
+For each strategy: two rounds (one for FedAdapter and FedSpine, whose round-2 choices follow device times) on a
+loopback federation (SuperLink + 3 SuperNodes, `legendfl flower superexec`) and the same in this process with the
+sequential engine, on the tiny random BERT of the tests (the plumbing is compared, not learning), with the
+strategy's ranks fixed where they follow device speed (Flower measures its nodes' speeds, the simulator prices the
+fleet's, so only fixed ranks make round 2 comparable). Compared: every device's loss, download and upload bytes, the
+evaluation, what the aggregation reports (FedSpine's sparsity), and the exported artefact's tensors (torch.equal).
 
-    .venv/bin/python benchmarks/flower_parity.py [--strategies flora flexlora] [--out runs/flower-parity]
+    .venv/bin/python benchmarks/flower_parity.py [--strategies flora flexlora fedadapter fedspine] [--out runs/flower-parity]
 """
 from __future__ import annotations
 
@@ -30,6 +31,9 @@ from legendfl.experiments.runner import run  # noqa: E402
 from legendfl.runtime.flower.local import run_local  # noqa: E402
 
 FIXED_RANKS = {name: f"{name}.r_min = 4\n{name}.r_max = 4\n" for name in ("flora", "flexlora")}
+# FedAdapter's trial groups and FedSpine's bandit choose from round 2 on by the round-1 times: measured over Flower,
+# priced from the fleet in process, so only round 1 is comparable for them
+ROUNDS = {"fedadapter": 1, "fedspine": 1}
 ARTEFACTS = ("adapter", "merged_model", "pruned_model")
 
 
@@ -46,7 +50,7 @@ def compare(flower: Path, local: Path) -> list[str]:
     for x, y in zip(a, b):
         if x["missing"]:
             diffs.append(f"round {x['round']}: missing {x['missing']}")
-        for key in ("eval_loss", "accuracy"):
+        for key in ("eval_loss", "accuracy", "aggregation"):  # aggregation: e.g. FedSpine's sparsity
             if x[key] != y[key]:
                 diffs.append(f"round {x['round']}: {key} {x[key]} != {y[key]}")
         for d, entry in x["devices"].items():
@@ -67,7 +71,7 @@ def compare(flower: Path, local: Path) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--strategies", nargs="+", default=["flora", "flexlora"])
+    ap.add_argument("--strategies", nargs="+", default=["flora", "flexlora", "fedadapter", "fedspine"])
     ap.add_argument("--out", default="runs/flower-parity")
     ns = ap.parse_args()
     _build_tiny_bert()  # the model RUN_OPTIONS names
@@ -76,7 +80,8 @@ def main() -> None:
         out = Path(ns.out) / strategy
         shutil.rmtree(out, ignore_errors=True)
         options = (RUN_OPTIONS.replace('strategy = "legend"', f'strategy = "{strategy}"')
-                   .replace(f"legend.fixed_depths = {DEPTHS}\n", "") + FIXED_RANKS.get(strategy, ""))
+                   .replace(f"legend.fixed_depths = {DEPTHS}\n", "").replace("rounds = 2", f"rounds = {ROUNDS.get(strategy, 2)}")
+                   + FIXED_RANKS.get(strategy, ""))
         status = run_local(None, 3, out / "flower", options=options, superexec="fork")
         run(RunConfig.from_sources(tomllib.loads(options), {"out_dir": str(out / "in-process"), "engine": "sequential"}))
         diffs = [f"Flower run {status}"] if status != "finished:completed" else compare(out / "flower" / "run", out / "in-process")

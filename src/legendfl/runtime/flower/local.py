@@ -55,6 +55,13 @@ def node_config_arg(node_config: dict[str, Any]) -> str:
     return " ".join(f"{k}={_toml_value(v)}" for k, v in node_config.items())
 
 
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
 class LocalFederation:
     """Start with :meth:`start`; always :meth:`close` (a ``with`` block does)."""
 
@@ -97,31 +104,30 @@ class LocalFederation:
     def stop(self, name: str, timeout: float = 15.0) -> None:
         """Stop one process and its children by PID (SIGTERM to its process group, SIGKILL if it lingers); a
         SuperNode with its SuperExec."""
-        self._stop(name, timeout)
-        self._stop(f"{name}-superexec", timeout)
+        self._stop([name, f"{name}-superexec"], timeout)
 
-    def _stop(self, name: str, timeout: float) -> None:
-        proc = self.processes.get(name)
-        if proc is None:
-            return
+    def _stop(self, names: list[str], timeout: float) -> None:
+        """SIGTERM to every named process group at once, then wait for all together (at most ``timeout`` s),
+        SIGKILL to what lingers and to children that outlived their group leader (group id = the leader's PID)."""
+        procs = [self.processes[n] for n in names if n in self.processes]
         for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
+            deadline = time.monotonic() + wait
+            for proc in procs:
+                if proc.poll() is None:
+                    _signal_group(proc, sig)
+            for proc in procs:
+                try:
+                    proc.wait(max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    pass
+            if all(proc.poll() is not None for proc in procs):
                 break
-            try:
-                proc.wait(wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        try:  # children that outlived their group leader (same group id = the leader's PID)
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        for proc in procs:
+            _signal_group(proc, signal.SIGKILL)
 
     def close(self) -> None:
-        for name in [n for n in self.processes if n != "superlink"] + ["superlink"]:
-            self._stop(name, 15.0)
+        self._stop([n for n in self.processes if n != "superlink"], 15.0)  # nodes, workers and SuperExecs together
+        self._stop(["superlink", "superlink-superexec"], 15.0)
 
     def log(self, name: str) -> str:
         return self.logs[name].read_text() if name in self.logs and self.logs[name].exists() else ""
@@ -198,6 +204,8 @@ class LocalFederation:
         if self.superexec == "flower":  # the SuperNode starts Flower's SuperExec
             return self._spawn(name, cmd)
         node = self._spawn(name, cmd + ["--isolation", "process"])
+        if self.node_auth and not register:  # the SuperLink never admits it: nothing will run there
+            return node
         preload = () if "worker-socket" in node_config else TRAINING_PRELOAD  # a node that trains in its ClientApp
         self._start_superexec(name, "clientapp", port, node, preload)
         return node
