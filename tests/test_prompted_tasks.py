@@ -28,9 +28,38 @@ def test_answer_scores_sum_the_answer_tokens_log_likelihoods_on_hand_made_logits
     assert got.tolist() == pytest.approx([math.log(0.5) + math.log(0.6), math.log(1 / 9)])
 
 
-@pytest.fixture(scope="module")
-def llama(tmp_path_factory):
-    return tiny_decoder("llama", tmp_path_factory.mktemp("llama"), AutoTokenizer.from_pretrained(TINY_BERT))
+@pytest.fixture(scope="module", params=["llama", "gpt2"])
+def llama(request, tmp_path_factory):
+    """A tiny random decoder: Llama (rotary positions) and GPT-2 (learned positions, which left padding shifts)."""
+    tokenizer = AutoTokenizer.from_pretrained(TINY_BERT, eos_token="[SEP]")  # answers end with it, as SmolLM2's
+    return tiny_decoder(request.param, tmp_path_factory.mktemp(request.param), tokenizer)
+
+
+def one_at_a_time(model, tokenizer, examples, answers):
+    """The three scores of a prompted task computed the plain way, one unpadded sequence at a time: the likeliest
+    answer (each scored in full), ``generate``'s greedy answer of as many tokens as the longest answer plus one,
+    and the teacher-forced loss of the answer tokens (and the end token, where the tokenizer has one)."""
+    correct = exact = 0
+    losses = []
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    answer_ids = [tokenizer(a, add_special_tokens=False)["input_ids"] for a in answers]
+    for prompt, answer, label in examples:
+        p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        scores = []
+        with torch.no_grad():
+            for a in answer_ids:
+                ids = torch.tensor([p + a])
+                scores.append(float(answer_scores(model(input_ids=ids).logits, ids, [(len(p), ids.shape[1])])[0]))
+            out = model.generate(input_ids=torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                                 max_new_tokens=1 + max(map(len, answer_ids)), do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id)
+            full = torch.tensor([p + answer_ids[label] + eos])
+            logp = torch.log_softmax(model(input_ids=full).logits[0, :-1].float(), dim=-1)
+        correct += int(max(range(len(answers)), key=lambda i: scores[i]) == label)
+        exact += int(tokenizer.decode(out[0, len(p):], skip_special_tokens=True).strip() == answer.strip())
+        losses += (-logp[len(p) - 1:].gather(-1, full[0, len(p):, None])).flatten().tolist()
+    n = len(examples)
+    return {"accuracy": correct / n, "exact_match": exact / n, "loss": sum(losses) / len(losses)}
 
 
 def test_the_prompted_tasks_pose_real_examples_with_one_answer_per_label():
@@ -53,18 +82,12 @@ def test_choice_scoring_takes_the_likeliest_answer_and_reports_exact_match(llama
                "Review: fine\nAnswer:"]
     examples = [(p, answers[i % 2], i % 2) for i, p in enumerate(prompts)]
     out = evaluate_generative(llama.model, llama.tokenizer, examples, "choice", answers=answers)
-    assert set(out) == {"accuracy", "exact_match"} and 0 <= out["exact_match"] <= 1
-    expected = []
-    for prompt, _, label in examples:
-        p = llama.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        scores = []
-        for a in answers:
-            ids = torch.tensor([p + llama.tokenizer(a, add_special_tokens=False)["input_ids"]])
-            with torch.no_grad():
-                logits = llama.model(input_ids=ids).logits
-            scores.append(float(answer_scores(logits, ids, [(len(p), ids.shape[1])])[0]))
-        expected.append(int(max(range(2), key=lambda i: scores[i]) == label))
-    assert out["accuracy"] == sum(expected) / len(examples)
+    expected = one_at_a_time(llama.model, llama.tokenizer, examples, answers)
+    assert out["accuracy"] == expected["accuracy"] and out["exact_match"] == expected["exact_match"]
+    one_token = all(len(llama.tokenizer(a, add_special_tokens=False)["input_ids"]) == 1 for a in answers)
+    assert set(out) == {"accuracy", "exact_match"} | ({"loss"} if one_token else set())  # the loss from the same pass
+    if one_token:
+        assert out["loss"] == pytest.approx(expected["loss"], rel=1e-5)
     with pytest.raises(ValueError, match="answers"):
         evaluate_generative(llama.model, llama.tokenizer, examples, "choice")
 
@@ -77,11 +100,11 @@ def test_a_tiny_llama_learns_a_two_prompt_task(tmp_path):
 
     from legendfl.models.backbone import load_backbone
 
-    tokenizer = AutoTokenizer.from_pretrained(TINY_BERT)
+    tokenizer = AutoTokenizer.from_pretrained(TINY_BERT, eos_token="[SEP]")  # answers end with it, as SmolLM2's
     torch.manual_seed(0)
     LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
                                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                                 initializer_range=0.3)).save_pretrained(tmp_path)
+                                 initializer_range=0.3, eos_token_id=tokenizer.eos_token_id)).save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
     llama = load_backbone(str(tmp_path), task_type="causal_lm", seed=0)
     pairs = [("Review: a wonderful film\nIs this review positive or negative?\nAnswer:", " positive"),
@@ -96,9 +119,14 @@ def test_a_tiny_llama_learns_a_two_prompt_task(tmp_path):
     from legendfl.methods.base import get_method
 
     examples = [(p, a, int(a == " positive")) for p, a in pairs]
+    answers = (" negative", " positive")
     with get_method("lora").inject(llama, trained, cfg, train=False) as model:
-        out = evaluate_generative(model, llama.tokenizer, examples, "choice", answers=(" negative", " positive"))
+        out = evaluate_generative(model, llama.tokenizer, examples, "choice", answers=answers)
+        expected = one_at_a_time(model, llama.tokenizer, examples, answers)
     assert out["accuracy"] == 1.0
+    # the one-pass scores of a model that answers (its greedy answers match too), as generate and a teacher-forced pass
+    assert out["exact_match"] == expected["exact_match"] and out["loss"] == pytest.approx(expected["loss"], rel=1e-5)
+    assert out["exact_match"] > 0, expected
 
 
 def test_the_gguf_conversion_is_reused_and_made_again_when_the_file_changes(tmp_path, monkeypatch):

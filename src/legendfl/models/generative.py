@@ -113,6 +113,52 @@ def _choices(model, prompts: list[list[int]], answers: list[list[int]], pad: int
     return answer_scores(logits, ids.to(device), spans).view(len(prompts), len(answers)).cpu()
 
 
+def _eos_ids(model, tokenizer) -> set[int]:
+    """The tokens that end a greedy generation (the generation config's, as ``generate`` stops on them)."""
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    eos = tokenizer.eos_token_id if eos is None else eos
+    return set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
+
+
+def _one_token_answers(model, tokenizer, ids: torch.Tensor, mask: torch.Tensor, answer_ids: list[int],
+                       labels: list[int], answer_text: list[str]) -> tuple[int, int, float, int]:
+    """Choice, exact match and answer loss of one left-padded batch when every answer is one token, from one
+    forward over the prompts and one step of one token, instead of a forward for the choice, ``generate``'s own,
+    and a teacher-forced forward for the loss.
+
+    The prompt's last logits give the choice (the likeliest answer token), the greedy first token and the
+    answer token's loss. One step after the prompt, on two rows per example (the KV cache repeated), gives the
+    greedy second token (after the greedy first) and the loss of the end-of-sequence token (after the right
+    answer), as the teacher-forced loss counts it. Positions follow the attention mask, as in ``generate``.
+    Returns (right choices, exact matches, summed answer-token loss, answer tokens)."""
+    device = ids.device
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+    gold = torch.tensor([answer_ids[y] for y in labels], device=device)
+    choice = logp[:, answer_ids].argmax(-1).cpu()
+    first = logp.argmax(-1)
+    rows = torch.arange(len(labels), device=device)
+    loss, count = float(-logp[rows, gold].sum()), len(labels)
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(2)
+    step = torch.stack([first, gold], dim=1).reshape(-1, 1)
+    step_mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1).repeat_interleave(2, dim=0)
+    step_positions = mask.sum(-1, keepdim=True).repeat_interleave(2, dim=0)
+    logp2 = torch.log_softmax(model(input_ids=step, attention_mask=step_mask, position_ids=step_positions,
+                                    past_key_values=cache, use_cache=True).logits[:, -1].float(), dim=-1)
+    if tokenizer.eos_token_id is not None:  # the teacher-forced answer ends with it (CausalLMData)
+        loss -= float(logp2[1::2, tokenizer.eos_token_id].sum())
+        count += len(labels)
+    stops, pad = _eos_ids(model, tokenizer), tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    second = logp2[0::2].argmax(-1).tolist()
+    generated = [[a, pad if a in stops else b] for a, b in zip(first.tolist(), second)]  # generate pads a finished row
+    texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
+    correct = sum(int(int(c) == y) for c, y in zip(choice, labels))
+    exact = sum(int(t.strip() == a.strip()) for t, a in zip(texts, answer_text))
+    return correct, exact, loss, count
+
+
 @torch.no_grad()
 def evaluate_generative(model: torch.nn.Module, tokenizer, examples: list[tuple[str, str, int]], scoring: str,
                         batch_size: int = 16, max_new_tokens: int = 256, answers: tuple[str, ...] = ()) -> dict[str, float]:
@@ -135,7 +181,10 @@ def evaluate_generative(model: torch.nn.Module, tokenizer, examples: list[tuple[
         max_new_tokens = 1 + max(len(a) for a in answer_ids)
         if all(len(a) == 1 for a in answer_ids):  # one token each: the next token after the prompt decides, as MMLU's letters
             letters = [a[0] for a in answer_ids]
-    correct = exact = 0
+    # one-token answers (the shipped prompted tasks): one forward and one step per batch give all three numbers
+    one_pass = scoring == "choice" and all(len(a) == 1 for a in answer_ids)
+    correct = exact = count = 0
+    loss = 0.0
     for start in range(0, len(examples), batch_size):
         chunk = examples[start:start + batch_size]
         prompts = [tokenizer(p, add_special_tokens=False)["input_ids"] for p, _, _ in chunk]
@@ -146,6 +195,11 @@ def evaluate_generative(model: torch.nn.Module, tokenizer, examples: list[tuple[
             ids[row, width - len(p):] = torch.tensor(p)
             mask[row, width - len(p):] = 1
         ids, mask = ids.to(device), mask.to(device)
+        if one_pass:
+            got = _one_token_answers(model, tokenizer, ids, mask, [a[0] for a in answer_ids], [y for _, _, y in chunk],
+                                     [a for _, a, _ in chunk])
+            correct, exact, loss, count = correct + got[0], exact + got[1], loss + got[2], count + got[3]
+            continue
         if letters:
             logits = model(input_ids=ids, attention_mask=mask).logits[:, -1]
             correct += sum(int(mmlu_choice(logits[row], letters) == label) for row, (_, _, label) in enumerate(chunk))
@@ -166,6 +220,8 @@ def evaluate_generative(model: torch.nn.Module, tokenizer, examples: list[tuple[
     out = {"accuracy": correct / n if n else 0.0}
     if scoring == "choice":
         out["exact_match"] = exact / n if n else 0.0
+    if one_pass:
+        out["loss"] = loss / count if count else float("nan")
     return out
 
 
@@ -188,6 +244,8 @@ def evaluate_split(model: torch.nn.Module, tokenizer, split: GenerativeSplit, ba
     """Accuracy (the task's scoring) and the mean answer-token loss (teacher-forced) on ``split``."""
     out = evaluate_generative(model, tokenizer, split.examples, split.scoring, batch_size, split.max_new_tokens,
                               split.answers)
+    if "loss" in out:  # one-token answers: computed in the same pass, after the same whole prompt
+        return out
     device = next(model.parameters()).device
     total = count = 0.0
     for start in range(0, len(split), batch_size):
