@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Issue 27's comparison: LEGEND, FedLoRA, HetLoRA, FedAdapter on SST-2, QNLI and MNLI posed as instructions, with
+# SmolLM2-135M-Instruct (experiments/profiles/prompted.toml: 6 Jetsons, 6 rounds of 8 local steps of batch 8, 200
+# seeded dev examples, scored by the likelier answer and by exact match). Declared 2026-12-02 before any of its runs,
+# in the order worth having if the CPU time runs out (each step resumable: finished runs are not re-run, a run cut
+# off resumes from its checkpoint):
+#   1. SST-2, seeds 0, 1, 2 (one seed at a time, all four strategies);
+#   2. QNLI, seeds 0, 1, 2;
+#   3. MNLI, seeds 0, 1, 2.
+# Protocol: the headline's (metrics/protocol.py): the target grid (every half point), the headline target (the
+# highest grid target every strategy reaches, sustained, before the last quarter of its run, on every seed),
+# accuracy at equal virtual time; ratios paired by seed, fewer than 5 seeds shown as the seeds' range.
+# The base model's row: .venv/bin/python benchmarks/base_accuracy.py --profile prompted.
+# Results in benchmarks/results/prompted/<task>/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=benchmarks/results/prompted
+for task in sst2-prompted qnli-prompted mnli-prompted; do
+  for seed in 0 1 2; do
+    .venv/bin/legendfl compare --profile prompted --tasks "$task" --strategies legend fedlora hetlora fedadapter \
+        --seeds "$seed" --cost-models profile --out "$out"
+  done
+done
