@@ -21,6 +21,7 @@ from pathlib import Path
 from . import logs
 from .core.files import write_atomic
 from .config import RunConfig, accepted_keys, legacy_keys, load_config_file, option_fields, option_hints
+from .experiments import shipped_profiles
 from .fleet.cost_model import COST_MODELS
 from .runtime.flower.superexec import SUPEREXECS, TASK_TYPES, serve
 from .strategies import get_entry, registered_bases, strategy_names
@@ -267,7 +268,7 @@ def make_parser() -> argparse.ArgumentParser:
     p_fleet.add_argument("--rounds", type=int, default=100, help="rounds of bandwidth draws summarised")
     p_fleet.set_defaults(func=_cmd_fleet)
     p_cmp = sub.add_parser("compare", help="run strategies side by side (same seed, partition, fleet trace): tables and figures")
-    p_cmp.add_argument("--profile", default="quick", help="quick, paper, pretests, or a profile TOML file")
+    p_cmp.add_argument("--profile", default="quick", help=f"a shipped profile ({', '.join(shipped_profiles())}) or a profile TOML file")
     p_cmp.add_argument("--strategies", nargs="+", help="strategies to compare (the first is the reference); default: the profile's")
     p_cmp.add_argument("--tasks", nargs="+", help="tasks (default: the profile's)")
     p_cmp.add_argument("--out", default="runs/compare", help="output folder; finished strategies in it are not re-run")

@@ -34,6 +34,7 @@ from ..core.files import write_atomic
 from ..metrics.comparison import compare_records, table_markdown, write_csv
 from ..metrics.summary import read_records
 from ..runtime.run_folder import changed_inputs, differing_settings, recorded_inputs
+from . import PROFILES, shipped_profiles
 
 log = logging.getLogger(__name__)
 
@@ -166,9 +167,6 @@ def compare_seeds(base: dict, strategies: list[str], out: Path, *, seeds: list[i
     return results
 
 
-PROFILES = Path(__file__).parent / "profiles"
-
-
 def load_profile(name_or_path: str) -> dict:
     """A profile: ``[compare]`` (tasks, strategies, ablation, or pre-test groups), ``[run]`` (RunConfig
     values; the string "none" stands for an unset value) and optional ``[hub_model]`` (task -> hub id)."""
@@ -178,8 +176,7 @@ def load_profile(name_or_path: str) -> dict:
     if not path.exists():
         path = PROFILES / f"{name_or_path}.toml"
     if not path.exists():
-        known = sorted(p.stem for p in PROFILES.glob("*.toml")) if PROFILES.exists() else []
-        raise ValueError(f"profile must be one of {known} or a TOML file, got {name_or_path!r}")
+        raise ValueError(f"profile must be one of {shipped_profiles()} or a TOML file, got {name_or_path!r}")
     try:
         data = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
