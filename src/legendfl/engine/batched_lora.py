@@ -188,13 +188,15 @@ def inject_batched(backbone: Backbone, layouts: list[LoraLayout], params: list[T
     modules = sorted(backbone.linear_modules)
     ranks: dict[str, dict[int, int]] = {}  # module path -> slot -> rank
     shapes: dict[str, tuple[int, ...]] = {}
+    kinds: dict[str, str] = {}  # module path -> its name within a block
     for slot, layout in enumerate(layouts):
         for layer in layout.layers:
             for module in modules:
                 path = f"{backbone.block_prefix}.{layer}.{module}"
-                ranks.setdefault(path, {})[slot] = layout.ranks[layer]
-                (fan_in, fan_out), r_max = backbone.linear_modules[module], max(ranks[path].values())
-                shapes[f"{path}.A"], shapes[f"{path}.B"] = (r_max, fan_in), (fan_out, r_max)
+                ranks.setdefault(path, {})[slot], kinds[path] = layout.ranks[layer], module
+    for path, by_slot in ranks.items():  # each module's bank is padded to its largest rank
+        (fan_in, fan_out), r_max = backbone.linear_modules[kinds[path]], max(by_slot.values())
+        shapes[f"{path}.A"], shapes[f"{path}.B"] = (r_max, fan_in), (fan_out, r_max)
     heads = head_modules(backbone)
     for path, module in heads.items():
         shapes[f"{path}.weight"] = tuple(module.weight.shape)
