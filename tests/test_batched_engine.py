@@ -324,13 +324,26 @@ def test_every_devices_loss_at_once_equals_each_devices_own(causal):
         labels[:, :3] = -100
         labels[3, :] = -100
         labels[3, 5] = 4
+        # the logits at the positions some row's next token counts, and the targets there (answer_logits)
+        from transformers.loss.loss_utils import ForCausalLMLoss
+
+        from legendfl.engine.answer_logits import answer_targets
+
+        keep, targets = answer_targets(labels)
+        assert keep.tolist() == [2, 3, 4, 5] and (targets[3] != -100).sum() == 1  # the last position predicts nothing
+        own = [ForCausalLMLoss(logits[g.start:g.stop], labels[g.start:g.stop], shape[-1]) for g in segments]
+        logits, labels = logits[:, keep], targets
+    # a causal loss reduces in fp32 whatever the logits' dtype (transformers' ForCausalLMLoss does too)
+    tolerance = {"rtol": 1e-6, "atol": 1e-7} if causal else {"rtol": 1e-12, "atol": 1e-15}
     together = _device_losses(logits, labels, segments, causal)
     alone = torch.stack([_device_loss(logits[g.start:g.stop], labels[g.start:g.stop], causal) for g in segments])
-    torch.testing.assert_close(together, alone, rtol=1e-12, atol=0)
+    torch.testing.assert_close(together, alone, **tolerance)
+    if causal:  # transformers' loss on every position's logits: the same
+        torch.testing.assert_close(alone, torch.stack(own), **tolerance)
     weights = torch.tensor([0.3, -1.2, 2.0], dtype=torch.float64)
     (grad_together,) = torch.autograd.grad((together * weights).sum(), logits)
     (grad_alone,) = torch.autograd.grad((alone * weights).sum(), logits)
-    torch.testing.assert_close(grad_together, grad_alone, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(grad_together, grad_alone, **tolerance)
 
 
 def test_one_adamw_step_for_every_device_equals_each_devices_own_optimizer():

@@ -92,6 +92,24 @@ def test_choice_scoring_takes_the_likeliest_answer_and_reports_exact_match(llama
         evaluate_generative(llama.model, llama.tokenizer, examples, "choice")
 
 
+def test_a_decoders_training_loss_reads_the_lm_head_only_where_it_counts(llama):
+    """The answer-only loss from the logits at the positions it reads (engine/answer_logits.py) equals transformers'
+    own loss on every position's logits, through a peft model, with prompts of different lengths."""
+    from legendfl.engine.answer_logits import answer_targets, training_loss
+    from legendfl.methods.base import get_method
+
+    pairs = [("Review: good\nAnswer:", " positive"), ("Review: a long and winding film\nAnswer:", " negative"),
+             ("Review: bad, and so on and on\nAnswer:", " negative")]
+    batch = CausalLMData(llama.tokenizer, pairs, max_length=64).batch([0, 1, 2])
+    keep, _ = answer_targets(batch["labels"])
+    assert 0 < len(keep) < batch["input_ids"].shape[1] - 3  # most positions' logits are never computed
+    layout = LoraLayout.all_layers(4, llama.num_layers)
+    params = {k: v + 0.1 for k, v in llama.spec.init_lora(layout, 0).items()}  # B non-zero: the LoRA acts
+    task = DeviceTask(-1, 0, params, layout)
+    with get_method("lora").inject(llama, task, TrainConfig(lora_dropout=0.0), train=False) as model, torch.no_grad():
+        assert float(training_loss(model, batch)) == pytest.approx(float(model(**batch).loss), rel=1e-5)
+
+
 def test_a_tiny_llama_learns_a_two_prompt_task(tmp_path):
     """Answer-only LoRA training on two prompts with opposite answers: the loss falls and the answers' likelihood
     ranks both prompts right afterwards. (Its weights are drawn wider than transformers' default 0.02: with a

@@ -35,13 +35,12 @@ from ..core.strategy import DeviceResult, DeviceTask
 from ..core.training import ADAMW_BETAS, TrainConfig
 from ..core.work import DeviceWork, counted
 from ..models.backbone import Backbone
+from .answer_logits import IGNORE_INDEX, answer_logits, causal_loss
 from .batched_lora import batchable_head, inject_batched
 from .device_rows import DeviceRows, Segment, device_dropout
 from .parameter_bank import BankAdamW, accumulating_in_place, to_device
 from .local_terms import batched_support, implement
 from .trainer import FlopsFn, autocast_bf16, local_batches, loss_metrics
-
-IGNORE_INDEX = -100
 CPU_MAX_PADDING = 0.25  # on a CPU padded tokens cost compute: cut a pass rather than pad it by more than this
 BATCH_MEMORY_BYTES = {"cpu": 4 * 2**30}  # activations one step may hold; on a GPU: half its memory
 
@@ -125,11 +124,11 @@ def _stack(parts: list[dict[str, torch.Tensor]], width: int, pad_id: int, device
 
 def _device_loss(logits: torch.Tensor, labels: torch.Tensor, causal: bool) -> torch.Tensor:
     """The loss transformers computes for one device's rows (mean over its examples or answer tokens); called
-    where the model's forward runs (under the same autocast), as transformers computes it inside the forward."""
-    if causal:  # transformers' ForCausalLMLoss: fp32 logits, shift by one, ignore -100, mean over counted tokens
-        shift = F.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
-        logits = logits.float()
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), shift.reshape(-1), ignore_index=IGNORE_INDEX)
+    where the model's forward runs (under the same autocast), as transformers computes it inside the forward.
+    Causal: ``logits`` at the positions the loss reads and ``labels`` the next-token targets there
+    (``answer_logits``)."""
+    if causal:  # transformers' ForCausalLMLoss: fp32 logits, ignore -100, mean over counted tokens
+        return causal_loss(logits, labels)
     if logits.shape[-1] == 1:  # regression head
         return F.mse_loss(logits.squeeze(), labels.squeeze().to(logits.dtype))
     return F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1))
@@ -143,12 +142,11 @@ def _device_losses(logits: torch.Tensor, labels: torch.Tensor, segments: list[Se
         return torch.stack([_device_loss(logits[g.start:g.stop], labels[g.start:g.stop], causal) for g in segments])
     sizes = [g.stop - g.start for g in segments]
     owner = to_device(torch.repeat_interleave(torch.arange(len(segments)), torch.tensor(sizes)), logits.device)
-    if causal:  # as _device_loss: fp32 logits, shift by one, ignore -100; per device, the mean over its counted tokens
-        shift = F.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
+    if causal:  # as _device_loss: fp32 logits, ignore -100; per device, the mean over its counted tokens
         logits = logits.float()
-        per_token = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), shift.reshape(-1), ignore_index=IGNORE_INDEX,
-                                    reduction="none").view(shift.shape)
-        per_row, counts = per_token.sum(dim=1), (shift != IGNORE_INDEX).sum(dim=1).to(per_token.dtype)
+        per_token = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX,
+                                    reduction="none").view(labels.shape)
+        per_row, counts = per_token.sum(dim=1), (labels != IGNORE_INDEX).sum(dim=1).to(per_token.dtype)
     else:
         per_row = F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1), reduction="none")
         counts = torch.ones_like(per_row)
@@ -194,7 +192,10 @@ def _train_pass(model, data, indices: list[np.ndarray], slots: list[int], rows: 
         at += len(part["input_ids"])
     t0 = time.perf_counter()
     with rows.step(segments), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16(cfg.bf16, device)):
-        logits = model(**batch).logits
+        if causal:  # the LM head only where some row's next token is counted
+            logits, labels = answer_logits(model, batch, labels)
+        else:
+            logits = model(**batch).logits
         device_losses = _device_losses(logits, labels, segments, causal)
     total = device_losses.float().sum()
     for j, seg in enumerate(segments):

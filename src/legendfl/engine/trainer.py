@@ -20,6 +20,7 @@ from ..core.strategy import DeviceResult, DeviceTask
 from ..core.training import ADAMW_BETAS, TrainConfig
 from ..core.work import counted
 from ..models.tokenized import TokenizedData
+from .answer_logits import training_loss
 from .device_rows import DeviceRows, Segment, device_dropout
 
 
@@ -95,8 +96,8 @@ def _train_steps(model, task, data, batches, rows: DeviceRows, cfg: TrainConfig,
         t0 = time.perf_counter()
         with (rows.step([Segment(0, 0, len(idx), batch["input_ids"].shape[1])]),
               torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16(cfg.bf16, device))):
-            out = model(**batch)
-        loss = out.loss.float()
+            batch_loss = training_loss(model, batch)
+        loss = batch_loss.float()
         for penalty in penalties:
             loss = loss + penalty(model)
         t1 = time.perf_counter()
@@ -116,7 +117,7 @@ def _train_steps(model, task, data, batches, rows: DeviceRows, cfg: TrainConfig,
         trainable_flops += batch_flops.trainable_forward
         tokens += int(batch["attention_mask"].sum())
         examples += seqs
-        losses.append(float(out.loss.detach()))
+        losses.append(float(batch_loss.detach()))
     model.eval()
     return DeviceResult(
         device_id=task.device_id, round=task.round, params={}, num_examples=examples, num_tokens=tokens,

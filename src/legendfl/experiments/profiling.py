@@ -24,6 +24,7 @@ import torch
 
 from ..core.flops import layer_forward_flops
 from ..core.lora_layout import LoraLayout
+from ..engine.answer_logits import training_loss
 from ..engine.trainer import autocast_bf16
 from ..methods.lora import lora_adapter
 from ..data.tasks import load_task
@@ -78,7 +79,7 @@ def time_layout(backbone: Backbone, layout: LoraLayout, batches: list[dict], war
             synchronize(device)
             t0 = time.perf_counter()
             with counting, torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16(bf16, device)):
-                loss = model(**batch).loss
+                loss = training_loss(model, batch)  # as training computes it (a decoder: the LM head where it counts)
             synchronize(device)
             t1 = time.perf_counter()
             loss.float().backward()
