@@ -50,6 +50,7 @@ class DeviceRows:
     _segments: tuple[Segment, ...] | None = None
     _generators: dict = field(default_factory=dict)
     _calls: dict = field(default_factory=dict)  # slot -> dropout calls it has drawn masks for (counter-based draws)
+    _layouts: dict = field(default_factory=dict)  # during a step: the per-row index tensors of counter-based draws
 
     @property
     def segments(self) -> tuple[Segment, ...]:
@@ -63,10 +64,12 @@ class DeviceRows:
         if self._segments is not None:
             raise RuntimeError("a step of these device rows is already running")
         self._segments = tuple(segments)
+        self._layouts.clear()
         try:
             yield self._segments
         finally:
             self._segments = None
+            self._layouts.clear()
 
     def generator(self, slot: int, device: torch.device) -> torch.Generator:
         key = (slot, str(device))
@@ -121,17 +124,29 @@ def _hash32(v: torch.Tensor) -> torch.Tensor:
     return v ^ (v >> 16)
 
 
+def _row_layout(rows: DeviceRows, segments: Sequence[Segment], n: int, device: torch.device) -> torch.Tensor:
+    """``[4, n]`` on ``device``: each row's owner flag, index within its segment, segment's width and segment's
+    position in ``segments``; built once per step for each set of segments (every dropout call of a step
+    shares it), on every call outside a step."""
+    key = (tuple(segments), n, str(device))
+    if key in rows._layouts:
+        return rows._layouts[key]
+    owner, local, width, which = (torch.zeros(n, dtype=torch.int64) for _ in range(4))
+    for i, seg in enumerate(segments):
+        local[seg.start:seg.stop] = torch.arange(seg.stop - seg.start)
+        width[seg.start:seg.stop], owner[seg.start:seg.stop], which[seg.start:seg.stop] = seg.width, 1, i
+    layout = to_device(torch.stack([owner, local, width, which]), device)
+    if rows._segments is not None:
+        rows._layouts[key] = layout
+    return layout
+
+
 def counter_dropout_mask(x: torch.Tensor, p: float, rows: DeviceRows, segments: Sequence[Segment]) -> torch.Tensor:
     """:func:`dropout_mask` drawn by a counter-based hash for all segments at once (see the module doc)."""
-    keys = rows.keys(segments)
-    owner, local = torch.zeros(x.shape[0], dtype=torch.int64), torch.zeros(x.shape[0], dtype=torch.int64)
-    width, key_lo, key_hi = (torch.zeros(x.shape[0], dtype=torch.int64) for _ in range(3))
-    for seg, key in zip(segments, keys):
-        local[seg.start:seg.stop] = torch.arange(seg.stop - seg.start)
-        width[seg.start:seg.stop], owner[seg.start:seg.stop] = seg.width, 1
-        key_lo[seg.start:seg.stop], key_hi[seg.start:seg.stop] = key & _M32, key >> 32
-    per_row = to_device(torch.stack([owner, local, width, key_lo, key_hi]), x.device)
-    owner, local, width, key_lo, key_hi = (t.view(-1, *([1] * (x.dim() - 1))) for t in per_row)
+    keys = torch.tensor([[key & _M32, key >> 32] for key in rows.keys(segments)], dtype=torch.int64)
+    owner, local, width, which = _row_layout(rows, segments, x.shape[0], x.device)
+    key_lo, key_hi = to_device(keys, x.device)[which].unbind(-1)  # rows of no segment: not owned, never dropped
+    owner, local, width, key_lo, key_hi = (t.view(-1, *([1] * (x.dim() - 1))) for t in (owner, local, width, key_lo, key_hi))
     if x.dim() == 4:  # (rows, heads, tokens, tokens): the own part is (rows, heads, width, width)
         head = torch.arange(x.shape[1], device=x.device).view(1, -1, 1, 1)
         t1 = torch.arange(x.shape[2], device=x.device).view(1, 1, -1, 1)
