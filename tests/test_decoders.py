@@ -228,3 +228,33 @@ def test_fedadapter_trains_bottleneck_adapters_on_a_decoder_and_full_fine_tuning
     with caplog.at_level(logging.WARNING):
         build_strategy("full").initialize(dec.spec, [0, 1])
     assert "full fine-tuning trains every weight" in caplog.text
+
+
+def test_a_fedadapter_decoder_decodes_with_its_kv_cache_as_without(decoder):
+    """AdapterHub 1.3.0's attention reads ``past_key_value`` where transformers 4.57 passes ``past_key_values``
+    (adapter-hub/adapters#824): unmended, a cached step attends to itself only. With adapters in every block, the
+    next-token logits after prompt + one token from the cache equal a full forward's, and ``generate`` equals
+    greedy decoding by full forwards."""
+    from legendfl.core.strategy import DeviceTask
+    from legendfl.strategies import build_strategy
+    from legendfl.strategies.fedadapter import AdapterLayout
+
+    kind, dec = decoder
+    strategy = build_strategy("fedadapter")
+    strategy.initialize(dec.spec, [0])
+    gen = torch.Generator().manual_seed(0)
+    params = {k: v + 0.05 * torch.randn(v.shape, generator=gen) for k, v in strategy.grow({}, 4, 8, 0).items()}
+    ids = torch.tensor([dec.tokenizer("Review: a long and winding film\nAnswer:", add_special_tokens=False)["input_ids"]])
+    task = DeviceTask(-1, 0, params, AdapterLayout(4, 8), method="adapter")
+    with get_method("adapter").inject(dec, task, TrainConfig(), train=False) as model, torch.no_grad():
+        prefill = model(input_ids=ids, use_cache=True)
+        token = prefill.logits[:, -1].argmax(-1, keepdim=True)
+        cached = model(input_ids=token, past_key_values=prefill.past_key_values, use_cache=True).logits[0, -1]
+        full = model(input_ids=torch.cat([ids, token], dim=1)).logits[0, -1]
+        torch.testing.assert_close(cached, full, rtol=1e-5, atol=1e-5)
+        greedy = ids
+        for _ in range(3):
+            greedy = torch.cat([greedy, model(input_ids=greedy).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+        generated = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=3, do_sample=False,
+                                   min_new_tokens=3, pad_token_id=0)
+        assert generated.tolist() == greedy.tolist()
