@@ -18,7 +18,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100  # label of tokens outside the loss (transformers' convention)
+from ..models.generative import IGNORE as IGNORE_INDEX  # label of tokens outside the loss (transformers' convention)
 
 
 @lru_cache(maxsize=None)
@@ -26,10 +26,15 @@ def _forward_takes_logits_to_keep(cls: type) -> bool:
     return "logits_to_keep" in inspect.signature(cls.forward).parameters
 
 
+def _next_tokens(labels: torch.Tensor) -> torch.Tensor:
+    """Each position's next-token target: ``labels`` shifted left by one, -100 after the last."""
+    return F.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
+
+
 def answer_targets(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The positions whose logits the loss reads (some row's next token there is counted) and, at those
-    positions, every row's next-token target (-100 where not counted): ``labels`` shifted left by one."""
-    shifted = F.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
+    positions, every row's next-token target (-100 where not counted)."""
+    shifted = _next_tokens(labels)
     keep = (shifted != IGNORE_INDEX).any(dim=0).nonzero().flatten()
     return keep, shifted[:, keep]
 
@@ -39,8 +44,7 @@ def answer_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor],
     """``model``'s logits at the positions the loss reads and the targets there (``batch`` without labels)."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft model's transformers model
     if not _forward_takes_logits_to_keep(type(inner)):
-        shifted = F.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
-        return model(**batch).logits, shifted
+        return model(**batch).logits, _next_tokens(labels)
     keep, targets = answer_targets(labels)
     return model(**batch, logits_to_keep=keep).logits, targets
 

@@ -64,7 +64,6 @@ class DeviceRows:
         if self._segments is not None:
             raise RuntimeError("a step of these device rows is already running")
         self._segments = tuple(segments)
-        self._layouts.clear()
         try:
             yield self._segments
         finally:

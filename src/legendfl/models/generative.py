@@ -179,8 +179,6 @@ def evaluate_generative(model: torch.nn.Module, tokenizer, examples: list[tuple[
     answer_ids = [tokenizer(a, add_special_tokens=False)["input_ids"] for a in answers]
     if scoring == "choice":
         max_new_tokens = 1 + max(len(a) for a in answer_ids)
-        if all(len(a) == 1 for a in answer_ids):  # one token each: the next token after the prompt decides, as MMLU's letters
-            letters = [a[0] for a in answer_ids]
     # one-token answers (the shipped prompted tasks): one forward and one step per batch give all three numbers
     one_pass = scoring == "choice" and all(len(a) == 1 for a in answer_ids)
     correct = exact = count = 0
