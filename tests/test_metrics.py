@@ -177,6 +177,29 @@ def test_tables_over_seeds_by_hand():
     assert "| 80.0%* | 2.45x [2.00, 3.00] |" in table and "| 80.5%" not in table  # the grid table stops at 80%
 
 
+def test_the_grid_table_goes_on_past_a_strategy_that_stops_early():
+    """Y stays near chance (55%), so the headline target is where Y stops; S and X are still compared above it,
+    and Y's cells say in how many seeds it reaches the target instead of a ratio over the seeds that happen to."""
+    seeds = {
+        0: {"S": curve([(10, 0.60, 1), (20, 0.80, 2), (30, 0.86, 3)]),
+            "X": curve([(20, 0.60, 1), (40, 0.80, 2), (60, 0.84, 3)]),
+            "Y": curve([(5, 0.55, 1), (10, 0.55, 2), (15, 0.62, 3)])},
+        1: {"S": curve([(10, 0.70, 1), (20, 0.85, 2), (30, 0.85, 3)]),
+            "X": curve([(20, 0.70, 1), (40, 0.82, 2), (60, 0.83, 3)]),
+            "Y": curve([(5, 0.55, 1), (10, 0.56, 2), (15, 0.56, 3)])},
+    }
+    result = over_seeds(seeds, grid_from=0.5)
+    assert result["headline_target"] == pytest.approx(0.56)  # Y sustains 56% from t = 10 of 15 in both seeds
+    assert result["grid"][-1] == pytest.approx(0.83)  # S and X sustain 83% in both seeds, X not 83.5%
+    table = markdown(result)
+    assert "| 56.0%* |" in table and "| 56.5% |" in table
+    # 80%: seed 0, S at 20 s and X at 40 s; seed 1 (interpolated), S at 10 + 10/15 x 10 s, X at 20 + 10/12 x 20 s
+    r0, r1 = 40 / 20, (20 + 20 * 10 / 12) / (10 + 10 * 10 / 15)
+    assert f"| 80.0% | {math.sqrt(r0 * r1):.2f}x [{r0:.2f}, {r1:.2f}] | not reached (0/2) |" in table
+    assert "| 60.0% |" in table and "not reached (1/2)" in table  # Y reaches 60% (sustained) in seed 0 only
+    assert "| 83.5%" not in table
+
+
 def test_round_progress_is_silent_unless_its_stream_is_a_terminal():
     import io
 

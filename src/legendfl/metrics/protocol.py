@@ -6,8 +6,9 @@ the runs are cut off, and that strategy crosses it at or next to its last round:
 measures the cut-off. This module adds rules that do not depend on where runs stop, all from records:
 
 - **Declared target grid** (:data:`TARGET_GRID`): every half point of accuracy, fixed before any run. A
-  table reports time to each grid target from ``grid_from`` up to the highest one every strategy reaches
-  (sustained, ``summary.crossing``) on every seed.
+  table reports the speed-up at each grid target from ``grid_from`` up to the highest one the first
+  strategy and at least one other reach (sustained, ``summary.crossing``) on every seed
+  (:func:`comparable_targets`).
 - **Headline target** (:func:`headline_target`): the highest grid target that every compared strategy
   reaches, sustained, **before the last quarter of its run** (its crossing at or before 75% of its run's
   time) on every seed; ``None`` if there is none, and the table says so.
@@ -51,10 +52,14 @@ def headline_target(seeds: dict[int, dict[str, Run]], grid=TARGET_GRID, share: f
     return None
 
 
-def reached_by_all(seeds: dict[int, dict[str, Run]], grid=TARGET_GRID, start: float = 0.0) -> list[float]:
-    """Grid targets from ``start`` up that every strategy reaches, sustained, on every seed (at any time)."""
-    runs = [evaluated(rec) for runs in seeds.values() for rec in runs.values()]
-    return [t for t in grid if t >= start - 1e-9 and all(crossing(rec, t) is not None for rec in runs)]
+def comparable_targets(seeds: dict[int, dict[str, Run]], grid=TARGET_GRID, start: float = 0.0) -> list[float]:
+    """Grid targets from ``start`` up that the first strategy and at least one other reach, sustained, on every
+    seed: where the first strategy's speed-up over that other is defined in every seed. The table goes on past
+    a strategy that stops early, so the others are still compared above it."""
+    names = list(next(iter(seeds.values()), {}))
+    runs = {n: [evaluated(runs[n]) for runs in seeds.values()] for n in names}
+    every = lambda n, t: all(crossing(rec, t) is not None for rec in runs[n])  # noqa: E731
+    return [t for t in grid if t >= start - 1e-9 and names and every(names[0], t) and any(every(n, t) for n in names[1:])]
 
 
 def plateaued(records: Run, points: int = PLATEAU_POINTS, tolerance: float = PLATEAU_TOLERANCE) -> bool:
