@@ -43,6 +43,9 @@ def test_compare_table_matches_records_and_rerun_does_not_retrain(tmp_path):
     for fig in ("fig7_accuracy_vs_time.png", "fig8_time_to_target.png", "fig11_traffic_to_target.png", "fig12_waiting.png"):
         assert (folder / fig).stat().st_size > 5000
     assert "| fedlora |" in (folder / "table.md").read_text()
+    # SST-2 has two labels: the run records its chance accuracy, and the protocol's targets lie above it
+    assert json.loads((folder / "legend" / "summary.json").read_text())["chance_accuracy"] == 0.5
+    assert "grid targets lie above chance, 50.0%" in (folder / "table.md").read_text()
     # a re-run recomputes tables and figures from the records without training again
     stamp = (folder / "legend" / "rounds.jsonl").stat().st_mtime_ns
     (folder / "table.csv").unlink()
@@ -163,6 +166,7 @@ def test_generative_profile_writes_the_papers_figures_9(tmp_path):
     ranks = legend["devices"]["0"]["ranks"]  # 30 layers at the default budget: ranks still rise towards the output
     assert ranks == sorted(ranks) and ranks[0] < ranks[-1]
     assert json.loads((folder / "legend" / "adapter" / "adapter_config.json").read_text())["task_type"] == "CAUSAL_LM"
+    assert json.loads((folder / "legend" / "summary.json").read_text())["chance_accuracy"] == 0.25  # four choices
 
 
 def test_compare_reuses_only_results_of_the_same_settings(tmp_path):

@@ -198,6 +198,11 @@ def test_the_grid_table_goes_on_past_a_strategy_that_stops_early():
     assert f"| 80.0% | {math.sqrt(r0 * r1):.2f}x [{r0:.2f}, {r1:.2f}] | not reached (0/2) |" in table
     assert "| 60.0% |" in table and "not reached (1/2)" in table  # Y reaches 60% (sustained) in seed 0 only
     assert "| 83.5%" not in table
+    # with chance at 56% no grid target above it is sustained by Y before its last quarter: no headline at all,
+    # rather than a target that guessing reaches; the grid table starts above chance
+    floored = over_seeds(seeds, grid_from=0.5, chance=0.56)
+    assert floored["headline_target"] is None and floored["grid"][0] == pytest.approx(0.565)
+    assert "Headline target: none" in markdown(floored) and "above chance, 56.0%" in markdown(floored)
 
 
 def test_round_progress_is_silent_unless_its_stream_is_a_terminal():

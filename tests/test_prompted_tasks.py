@@ -13,6 +13,7 @@ from legendfl.core.lora_layout import LoraLayout
 from legendfl.core.strategy import DeviceTask
 from legendfl.core.training import TrainConfig
 from legendfl.data.generative_tasks import PROMPTED, load_generative_task
+from legendfl.data.tasks import TaskData
 from legendfl.methods.lora import train_lora
 from legendfl.models.generative import CausalLMData, answer_scores, evaluate_generative
 
@@ -71,6 +72,16 @@ def test_the_prompted_tasks_pose_real_examples_with_one_answer_per_label():
             assert prompt.endswith("\nAnswer:") and answer == f" {spec.answers[label]}"
     first = load_generative_task("sst2-prompted").train[0]
     assert first[0].startswith("Review: ") and "Is this review positive or negative?" in first[0]
+
+
+def test_chance_accuracy_is_one_over_the_choices_and_zero_for_free_text():
+    """What the comparison's targets must exceed (metrics/comparison.over_seeds): guessing one of the labels or
+    answers, and nothing for a free-text answer, which guessing does not match."""
+    mnli = load_generative_task("mnli-prompted", max_dev_examples=5)
+    assert TaskData(mnli.name, [], [], list(mnli.answers), mnli.scoring).chance_accuracy == pytest.approx(1 / 3)
+    assert TaskData("sst2", [], [], ["negative", "positive"]).chance_accuracy == 0.5
+    assert TaskData("mmlu", [], [], list("ABCD"), "letter").chance_accuracy == 0.25
+    assert TaskData("gsm8k", [], [], ["answer"], "number").chance_accuracy == 0.0
 
 
 @pytest.mark.parametrize("answers", [(" negative", " positive"), (" not at all good", " rather good")])

@@ -41,6 +41,12 @@ class TaskData:
         return len(self.label_names)
 
     @property
+    def chance_accuracy(self) -> float:
+        """The accuracy of guessing uniformly: 1 / labels (choices for MMLU and prompted tasks); 0 where the answer
+        is free text (GSM-8K's number, an instruction's response). A target at or below it measures nothing."""
+        return 0.0 if self.scoring in ("number", "exact") else 1.0 / self.num_labels
+
+    @property
     def pair(self) -> bool:
         return any(ex[1] is not None for ex in self.train[:50])
 

@@ -61,6 +61,18 @@ def settings_in(folder: Path, cfg: RunConfig) -> list[str]:
     return differing_settings(old, new) + changed_inputs(recorded_inputs(folder) or {}, new)
 
 
+def recorded_chance(folders) -> float:
+    """The task's chance accuracy as the runs' ``summary.json`` records it (0 for runs from before it was)."""
+    for folder in folders:
+        try:
+            value = json.loads((Path(folder) / "summary.json").read_text()).get("chance_accuracy")
+        except (OSError, json.JSONDecodeError, AttributeError):
+            continue
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    return 0.0
+
+
 def run_strategies(base: dict, strategies: list[str], out: Path,
                    retime_from: Path | None = None) -> dict[str, list[dict]]:
     """Run each strategy once into ``out/<strategy>`` (skipping finished ones); return their records.
@@ -114,7 +126,8 @@ def compare(base: dict, strategies: list[str], out: Path, *, target: float | Non
     target, rows = compare_records(runs, target)
     md = table_markdown(target, rows, title)
     if len(runs) > 1:  # the protocol's table of the same runs: declared grid, headline target, equal time (one seed)
-        protocol_result = comparison.over_seeds({base.get("seed", 0): runs}, declared)
+        protocol_result = comparison.over_seeds({base.get("seed", 0): runs}, declared,
+                                                chance=recorded_chance(out / n for n in runs))
         md += "\n" + comparison.markdown(protocol_result, "The comparison protocol (metrics/protocol.py), ")
     write_atomic(out / "table.md", md)
     write_csv(target, rows, out / "table.csv")
@@ -150,7 +163,8 @@ def compare_seeds(base: dict, strategies: list[str], out: Path, *, seeds: list[i
             if not names:
                 continue
             chosen = {s: {n: runs[s][n] for n in names} for s in seeds}
-            result = comparison.over_seeds(chosen, target)
+            result = comparison.over_seeds(chosen, target,
+                                           chance=recorded_chance(folder / f"seed-{s}" / n for s in seeds for n in names))
             md = comparison.markdown(result, f"{title}{label}, cost model {cost}: ")
             write_atomic(folder / f"{label}.md", md)
             write_atomic(folder / f"{label}.json", json.dumps(comparison.to_json(result), indent=1))

@@ -86,20 +86,24 @@ def speedup_curve(seeds: dict[int, dict[str, Run]], targets: list[float]) -> dic
     return curves
 
 
-def over_seeds(seeds: dict[int, dict[str, Run]], target: float | None = None, grid_from: float = 0.75) -> dict:
+def over_seeds(seeds: dict[int, dict[str, Run]], target: float | None = None, grid_from: float = 0.75,
+               chance: float = 0.0) -> dict:
     """Per-seed values and, per strategy and metric, the summary over seeds; ``target`` (if given) is the
-    declared headline target and the paper's target alike, else each follows its rule."""
+    declared headline target and the paper's target alike, else each follows its rule. Grid targets (the
+    headline's and the grid table's) lie above ``chance``, the task's chance accuracy: reaching a target at
+    or below it measures nothing."""
     seeds = {s: {n: round_points(rec) for n, rec in runs.items()} for s, runs in seeds.items()}
-    headline = target if target is not None else protocol.headline_target(seeds)
+    above = [t for t in protocol.TARGET_GRID if t > chance + 1e-9]
+    headline = target if target is not None else protocol.headline_target(seeds, above)
     per_seed = {s: seed_values(runs, headline, target) for s, runs in seeds.items()}
     names = list(next(iter(seeds.values())))
     column = lambda name, m: [per_seed[s]["strategies"][name][m] for s in per_seed]  # noqa: E731
     intervals = {name: {**{m: t_interval(column(name, m)) for m in VALUES},
                         **{m: ratio_interval(column(name, m)) for m in RATIOS}} for name in names}
     plateaus = {name: sum(bool(v) for v in column(name, "plateaued")) for name in names}
-    grid = protocol.comparable_targets(seeds, start=grid_from)
+    grid = protocol.comparable_targets(seeds, above, start=grid_from)
     early = {t: all(protocol.reached_early(rec, t) for runs in seeds.values() for rec in runs.values()) for t in grid}
-    return {"headline_target": headline, "headline_rule": "declared" if target is not None else "grid",
+    return {"headline_target": headline, "headline_rule": "declared" if target is not None else "grid", "chance": chance,
             "per_seed": per_seed, "intervals": intervals, "plateaued": plateaus, "reference": names[0],
             "seeds": list(seeds), "grid": grid, "grid_early": early, "grid_speedups": speedup_curve(seeds, grid)}
 
@@ -186,7 +190,8 @@ def markdown(result: dict, title: str = "") -> str:
     head = result["headline_target"]
     rule = ("declared with --target" if result["headline_rule"] == "declared" else
             "the highest target on the 0.5-point grid that every strategy reaches, sustained, before the last quarter "
-            "of its run, in every seed")
+            "of its run, in every seed" + (f"; grid targets lie above chance, {100 * result['chance']:.1f}%"
+                                           if result.get("chance") else ""))
     paper = ", ".join(f"seed {s}: {100 * v['paper_target']:.2f}%" for s, v in result["per_seed"].items())
     equal = ", ".join(f"seed {s}: {v['equal_time_s']:.1f} s" for s, v in result["per_seed"].items())
     lines = [f"{title}{_interval_note(n)}.", "",

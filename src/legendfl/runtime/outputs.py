@@ -25,7 +25,7 @@ def write_outputs(ctx: RunContext, strategy: Strategy, records: list[dict], out:
     cfg = ctx.cfg
     summary = {**summarize(records, cfg.target_accuracy), **strategy.summary(), "task": cfg.task, "model": cfg.model,
                "cost_model": cfg.cost_model, "fleet": cfg.fleet, "num_devices": cfg.num_devices,
-               "wall_time_s": wall_time_s, **extra}
+               "chance_accuracy": ctx.task.chance_accuracy if ctx.task is not None else None, "wall_time_s": wall_time_s, **extra}
     task = strategy.evaluation_task()
     method = get_method(task.method)
     with staged_directory(out / method.export_name) as staging:  # a folder that appears whole or not at all
