@@ -77,8 +77,8 @@ def test_the_prompted_tasks_pose_real_examples_with_one_answer_per_label():
 def test_chance_accuracy_is_one_over_the_choices_and_zero_for_free_text():
     """What the comparison's targets must exceed (metrics/comparison.over_seeds): guessing one of the labels or
     answers, and nothing for a free-text answer, which guessing does not match."""
-    mnli = load_generative_task("mnli-prompted", max_dev_examples=5)
-    assert TaskData(mnli.name, [], [], list(mnli.answers), mnli.scoring).chance_accuracy == pytest.approx(1 / 3)
+    mnli = PROMPTED["mnli-prompted"].answers
+    assert TaskData("mnli-prompted", [], [], list(mnli), "choice").chance_accuracy == pytest.approx(1 / 3)
     assert TaskData("sst2", [], [], ["negative", "positive"]).chance_accuracy == 0.5
     assert TaskData("mmlu", [], [], list("ABCD"), "letter").chance_accuracy == 0.25
     assert TaskData("gsm8k", [], [], ["answer"], "number").chance_accuracy == 0.0
