@@ -169,7 +169,8 @@ def compare_seeds(base: dict, strategies: list[str], out: Path, *, seeds: list[i
             write_atomic(folder / f"{label}.md", md)
             write_atomic(folder / f"{label}.json", json.dumps(comparison.to_json(result), indent=1))
             finals = [v["final_accuracy"] for per in result["per_seed"].values() for v in per["strategies"].values()]
-            targets = [round(x, 4) for x in np.arange(np.floor(200 * min(finals) - 12) / 200, max(finals) + 1e-9, 0.005)]
+            targets = [round(x, 4) for x in np.arange(np.floor(200 * min(finals) - 12) / 200, max(finals) + 1e-9, 0.005)
+                       if x > result["chance"] + 1e-9]
             curves = comparison.speedup_curve(chosen, targets)
             plots.plot_speedup_vs_target(curves, names[0], folder / f"speedup_vs_target_{label}.png")
             write_atomic(folder / f"speedup_vs_target_{label}.json", json.dumps(
