@@ -4,11 +4,12 @@
 
 Per task (SST-2, QNLI, MNLI posed as instructions; SmolLM2-135M-Instruct): the base model's row
 (<root>/base.jsonl, written by `benchmarks/base_accuracy.py --profile prompted`), the headline protocol's table
-(metrics/protocol.py: the target grid, declared before any run to start at the task's chance level, and the
-headline target: the highest grid target every strategy reaches, sustained, before the last quarter of its run, in
-every seed), the grid table at every 5 points, final exact match and each strategy's mean virtual round time on
-30 layers; per seed, a figure of accuracy against virtual time, one curve per strategy. A seed is used only where
-every strategy has finished it; the tables show n (fewer than 5 seeds: the seeds' range).
+(metrics/protocol.py: the target grid, declared before any run to start at the task's chance level, above which
+every target now lies, and the headline target: the highest grid target every strategy reaches, sustained, before
+the last quarter of its run, in every seed), the grid table at every 5 points, final exact match and each
+strategy's mean virtual round time on 30 layers; post hoc, the same protocol over the three LoRA methods alone;
+per seed, a figure of accuracy against virtual time, one curve per strategy. A seed is used only where every
+strategy has finished it; the tables show n (fewer than 5 seeds: the seeds' range).
 Writes <root>/report.md and <root>/<task>/fig_accuracy_vs_time_seed<s>.png.
 """
 from __future__ import annotations
