@@ -5,7 +5,8 @@ the first round at or above it) puts the target where the slowest-learning strat
 the runs are cut off, and that strategy crosses it at or next to its last round: the speed-up then
 measures the cut-off. This module adds rules that do not depend on where runs stop, all from records:
 
-- **Declared target grid** (:data:`TARGET_GRID`): every half point of accuracy, fixed before any run. A
+- **Declared target grid** (:data:`TARGET_GRID`): every half point of accuracy, fixed before any run;
+  ``comparison.over_seeds`` hands the rules below only its points above the task's chance accuracy. A
   table reports the speed-up at each grid target from ``grid_from`` up to the highest one the first
   strategy and at least one other reach (sustained, ``summary.crossing``) on every seed
   (:func:`comparable_targets`).
@@ -57,9 +58,11 @@ def comparable_targets(seeds: dict[int, dict[str, Run]], grid=TARGET_GRID, start
     seed: where the first strategy's speed-up over that other is defined in every seed. The table goes on past
     a strategy that stops early, so the others are still compared above it."""
     names = list(next(iter(seeds.values()), {}))
+    if not names:
+        return []
     runs = {n: [evaluated(runs[n]) for runs in seeds.values()] for n in names}
     every = lambda n, t: all(crossing(rec, t) is not None for rec in runs[n])  # noqa: E731
-    return [t for t in grid if t >= start - 1e-9 and names and every(names[0], t) and any(every(n, t) for n in names[1:])]
+    return [t for t in grid if t >= start - 1e-9 and every(names[0], t) and any(every(n, t) for n in names[1:])]
 
 
 def plateaued(records: Run, points: int = PLATEAU_POINTS, tolerance: float = PLATEAU_TOLERANCE) -> bool:
