@@ -8,7 +8,8 @@ Per task (SST-2, QNLI, MNLI posed as instructions; SmolLM2-135M-Instruct): the b
 every target now lies, and the headline target: the highest grid target every strategy reaches, sustained, before
 the last quarter of its run, in every seed), the grid table at every 5 points, final exact match and each
 strategy's mean virtual round time on 30 layers; post hoc, the same protocol over the three LoRA methods alone;
-per seed, a figure of accuracy against virtual time, one curve per strategy. A seed is used only where every
+per seed, a figure of accuracy against virtual time, one curve per strategy, with chance and the base model as
+levels. A seed is used only where every
 strategy has finished it; the tables show n (fewer than 5 seeds: the seeds' range).
 Writes <root>/report.md and <root>/<task>/fig_accuracy_vs_time_seed<s>.png.
 """
@@ -72,8 +73,10 @@ def task_section(root: Path, task: str, base: dict | None) -> str:
             "the headline target and the equal time above): the same protocol over the LoRA methods alone.\n",
             comparison.markdown(thin_grid(comparison.over_seeds(lora, grid_from=CHANCE[task], chance=CHANCE[task])),
                                 f"{task}, {', '.join(LORA)}, seeds {sorted(seeds)}: ")]
+    levels = {"chance": CHANCE[task], **({"base model": base["accuracy"]} if base else {})}
     for s, runs in seeds.items():
-        plot_accuracy_vs_time({name: runs[name] for name in STRATEGIES}, root / task / f"fig_accuracy_vs_time_seed{s}.png")
+        plot_accuracy_vs_time({name: runs[name] for name in STRATEGIES}, root / task / f"fig_accuracy_vs_time_seed{s}.png",
+                              levels=levels)
     return "\n".join(out)
 
 

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from legendfl.metrics import protocol
 from legendfl.metrics.comparison import markdown, over_seeds, seed_values, speedup_curve
+from legendfl.metrics.plots import plot_accuracy_vs_time
 from legendfl.metrics.stats import bootstrap_ci, ratio_interval, t_interval, t_quantile
 from legendfl.metrics.records import round_points
 from legendfl.metrics.summary import crossing, summarize
@@ -234,3 +235,13 @@ def test_the_metrics_read_records_by_field_and_refuse_a_value_that_is_not_a_numb
     del rec[0]["mean_waiting_s"]
     with pytest.raises(ValueError, match="round 1: mean_waiting_s must be a number, got None"):
         crossing(rec, 0.75)
+
+
+def test_the_accuracy_figure_draws_its_reference_levels_and_refuses_too_many(tmp_path):
+    runs = {"a": curve([(10, 0.60, 1), (20, 0.80, 2)]), "b": curve([(15, 0.55, 1), (30, 0.85, 2)])}
+    plain = plot_accuracy_vs_time(runs, tmp_path / "plain.png").read_bytes()
+    levels = plot_accuracy_vs_time(runs, tmp_path / "levels.png", levels={"chance": 0.5, "base model": 0.49})
+    assert levels.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and levels.read_bytes() != plain
+    with pytest.raises(ValueError, match="levels: at most 3"):
+        plot_accuracy_vs_time(runs, tmp_path / "x.png", levels={str(i): 0.1 * i for i in range(4)})
+    assert not (tmp_path / "x.png").exists()
