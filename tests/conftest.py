@@ -170,6 +170,11 @@ def _build_tiny_bert() -> str:
     return TINY_BERT
 
 
+def relative_error(a, b) -> float:
+    """||a - b|| / ||b|| (b's norm floored at 1e-12): the equivalence tests' measure of two tensors' distance."""
+    return float((a - b).norm() / b.norm().clamp_min(1e-12))
+
+
 def linear_macs(model, inputs) -> int:
     """Multiply-adds of every nn.Linear in one forward, from the shapes that really ran; BERT's pooler is left out,
     as core.flops leaves it out (one hidden x hidden product per sequence, next to the layers' per token)."""
