@@ -76,7 +76,7 @@ def task_section(root: Path, task: str, base: dict | None) -> str:
     levels = {"chance": CHANCE[task], **({"base model": base["accuracy"]} if base else {})}
     for s, runs in seeds.items():
         plot_accuracy_vs_time({name: runs[name] for name in STRATEGIES}, root / task / f"fig_accuracy_vs_time_seed{s}.png",
-                              levels=levels)
+                              levels=levels, title=f"{task}, seed {s}: accuracy vs virtual time")
     return "\n".join(out)
 
 

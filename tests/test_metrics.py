@@ -1,5 +1,6 @@
 """Time to target (first touch, sustained and interpolated), the comparison protocol, intervals, tables over seeds."""
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ from hypothesis import strategies as st
 
 from legendfl.metrics import protocol
 from legendfl.metrics.comparison import markdown, over_seeds, seed_values, speedup_curve
-from legendfl.metrics.plots import plot_accuracy_vs_time
+from legendfl.metrics.plots import plot_accuracy_vs_time, plot_speedup_vs_target
 from legendfl.metrics.stats import bootstrap_ci, ratio_interval, t_interval, t_quantile
 from legendfl.metrics.records import round_points
 from legendfl.metrics.summary import crossing, summarize
@@ -245,3 +246,15 @@ def test_the_accuracy_figure_draws_its_reference_levels_and_refuses_too_many(tmp
     with pytest.raises(ValueError, match="levels: at most 3"):
         plot_accuracy_vs_time(runs, tmp_path / "x.png", levels={str(i): 0.1 * i for i in range(4)})
     assert not (tmp_path / "x.png").exists()
+
+
+def test_a_speedup_figure_with_nothing_reached_says_so_without_a_warning(tmp_path):
+    """The reference reaches 90% in no seed: no curve, no empty legend (matplotlib warns), a figure that says why."""
+    seeds = {0: {"a": curve([(10, 0.60, 1), (20, 0.70, 2)]), "b": curve([(15, 0.65, 1), (30, 0.95, 2)])}}
+    curves = speedup_curve(seeds, [0.9])
+    assert all(iv.n == 0 for _, iv in curves["b"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        empty = plot_speedup_vs_target(curves, "a", tmp_path / "empty.png").read_bytes()
+        drawn = plot_speedup_vs_target(speedup_curve(seeds, [0.6, 0.65]), "a", tmp_path / "drawn.png").read_bytes()
+    assert empty[:8] == drawn[:8] == b"\x89PNG\r\n\x1a\n" and empty != drawn

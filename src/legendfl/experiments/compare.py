@@ -177,7 +177,8 @@ def compare_seeds(base: dict, strategies: list[str], out: Path, *, seeds: list[i
                 {n: [{"target": t, **iv.to_json()} for t, iv in pts] for n, pts in curves.items()}, indent=1))
             tables[label] = md
             log.info(md)
-        plots.plot_accuracy_vs_time({n: runs[seeds[0]][n] for n in strategies}, folder / f"fig7_accuracy_vs_time_seed{seeds[0]}.png")
+        plots.plot_accuracy_vs_time({n: runs[seeds[0]][n] for n in strategies}, folder / f"fig7_accuracy_vs_time_seed{seeds[0]}.png",
+                                    title=f"{title}seed {seeds[0]}, cost model {cost}")
         results[cost] = tables
     return results
 

@@ -51,14 +51,14 @@ def _curves(runs: dict[str, list[dict]], x, y, path: Path, xlabel: str, ylabel: 
 
 
 def plot_accuracy_vs_time(runs: dict[str, list[dict]], path: Path, target: float | None = None,
-                          levels: dict[str, float] | None = None) -> Path:
+                          levels: dict[str, float] | None = None, title: str | None = None) -> Path:
     """Accuracy against the runs' clock; ``levels``: up to three labelled reference accuracies (base model, chance)."""
     if levels and len(levels) > 3:
         raise ValueError(f"levels: at most 3 reference lines, got {len(levels)} ({', '.join(levels)})")
     key = time_field(next(iter(runs.values()), []))
     clock = key.removesuffix("_time_s")
     return _curves(runs, lambda p: p.time_s, lambda p: 100 * p.accuracy, path, f"{clock} time (s)",
-                   "dev accuracy (%)", f"Accuracy vs {clock} time", target, levels)
+                   "dev accuracy (%)", title or f"Accuracy vs {clock} time", target, levels)
 
 
 def plot_accuracy_vs_round(runs: dict[str, list[dict]], path: Path, title: str) -> Path:
@@ -130,10 +130,12 @@ def plot_speedup_vs_target(curves: dict, reference: str, path: Path) -> Path:
     over seeds and its band (``metrics.comparison.speedup_curve``: 95% t interval on paired log ratios, or the
     seeds' range with fewer than 5 seeds); a target some seed never reached is drawn from the rest."""
     fig, ax = plt.subplots(figsize=(6.8, 4.4))
+    drawn = 0
     for i, (name, points) in enumerate(curves.items()):
         pts = [(100 * t, iv) for t, iv in points if iv.n > 0]
         if not pts:
             continue
+        drawn += 1
         xs = [x for x, _ in pts]
         ax.plot(xs, [iv.mean for _, iv in pts], marker="o", ms=3, c=f"C{i}", label=f"over {name}")
         ax.fill_between(xs, [iv.low for _, iv in pts], [iv.high for _, iv in pts], color=f"C{i}", alpha=0.18)
@@ -144,7 +146,11 @@ def plot_speedup_vs_target(curves: dict, reference: str, path: Path) -> Path:
     band = next((iv.label for pts in curves.values() for _, iv in pts if iv.n), "range")
     ax.set_title(f"{reference}'s speed-up vs target (sustained crossing; n = {n} seeds, band: {band})", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if drawn:
+        ax.legend(fontsize=8)
+    else:  # an empty figure says why rather than looking like a failed plot
+        ax.text(0.5, 0.5, f"no target that {reference} and another strategy both reach", ha="center",
+                va="center", transform=ax.transAxes, fontsize=9)
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)
