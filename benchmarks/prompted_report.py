@@ -9,8 +9,8 @@ every target now lies, and the headline target: the highest grid target every st
 the last quarter of its run, in every seed), the grid table at every 5 points, final exact match and each
 strategy's mean virtual round time on 30 layers; post hoc, the same protocol over the three LoRA methods alone;
 per seed, a figure of accuracy against virtual time, one curve per strategy, with chance and the base model as
-levels. A seed is used only where every
-strategy has finished it; the tables show n (fewer than 5 seeds: the seeds' range).
+levels. A seed is used only where every strategy has finished it; the tables show n (fewer than 5 seeds: the
+seeds' range).
 Writes <root>/report.md and <root>/<task>/fig_accuracy_vs_time_seed<s>.png.
 """
 from __future__ import annotations

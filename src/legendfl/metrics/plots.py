@@ -27,17 +27,23 @@ def save_figure(fig, path: Path) -> None:
     write_atomic(path, buffer.getvalue())
 
 
+LEVEL_STYLES = (":", "-.", (0, (1, 3)))  # the reference levels' line styles: one each, so at most three levels
+
+
 def _curves(runs: dict[str, list[dict]], x, y, path: Path, xlabel: str, ylabel: str, title: str,
             target: float | None = None, levels: dict[str, float] | None = None) -> Path:
     """One line per run over its evaluated rounds, x(point) against y(point) (``records.RoundPoint``); the target
-    and each labelled level (an accuracy in [0, 1], e.g. the base model's or chance) as horizontal lines."""
+    and each labelled level (an accuracy in [0, 1], e.g. the base model's or chance) as horizontal lines, one
+    line style each (``LEVEL_STYLES``)."""
+    if levels and len(levels) > len(LEVEL_STYLES):
+        raise ValueError(f"levels: at most {len(LEVEL_STYLES)} reference lines, got {len(levels)} ({', '.join(levels)})")
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for name, records in runs.items():
         ev = evaluated(records)
         ax.plot([x(r) for r in ev], [y(r) for r in ev], marker="o", ms=3, label=name)
     if target is not None:
         ax.axhline(100 * target, ls="--", c="grey", lw=1, label=f"target {100 * target:.1f}%")
-    for (label, level), style in zip((levels or {}).items(), (":", "-.", (0, (1, 3)))):
+    for (label, level), style in zip((levels or {}).items(), LEVEL_STYLES):
         ax.axhline(100 * level, ls=style, c="black", lw=1, label=f"{label} {100 * level:.1f}%")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -53,8 +59,6 @@ def _curves(runs: dict[str, list[dict]], x, y, path: Path, xlabel: str, ylabel: 
 def plot_accuracy_vs_time(runs: dict[str, list[dict]], path: Path, target: float | None = None,
                           levels: dict[str, float] | None = None, title: str | None = None) -> Path:
     """Accuracy against the runs' clock; ``levels``: up to three labelled reference accuracies (base model, chance)."""
-    if levels and len(levels) > 3:
-        raise ValueError(f"levels: at most 3 reference lines, got {len(levels)} ({', '.join(levels)})")
     key = time_field(next(iter(runs.values()), []))
     clock = key.removesuffix("_time_s")
     return _curves(runs, lambda p: p.time_s, lambda p: 100 * p.accuracy, path, f"{clock} time (s)",
