@@ -2,6 +2,7 @@
 table arithmetic from the records, no re-training on re-run."""
 import csv
 import json
+from pathlib import Path
 
 import pytest
 
@@ -120,7 +121,7 @@ def test_compare_over_seeds_and_cost_models_retimes_what_ignores_time(tmp_path):
         assert ref["mean"] == ref["low"] == ref["high"] == 1.0 and ref["interval"] == "range" and ref["n"] == 2
         finals = [table["per_seed"][str(s)]["strategies"]["fedlora"]["final_accuracy"] for s in (0, 1)]
         assert table["intervals"]["fedlora"]["final_accuracy"]["mean"] == pytest.approx(sum(finals) / 2)
-        assert "mean [range] over n = 2 seeds" in (task / cost / "table.md").read_text()
+        assert "mean [range] over n = 2 seeds (0, 1; fewer than 5" in (task / cost / "table.md").read_text()
         assert (task / cost / "speedup_vs_target_table.png").stat().st_size > 5000
 
 
@@ -147,6 +148,7 @@ def test_every_shipped_profile_validates_for_each_of_its_tasks_and_strategies(tm
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("error:The PEFT config's")  # the exported adapter names its base as peft does, unrenamed
 def test_generative_profile_writes_the_papers_figures_9(tmp_path):
     """`compare --profile generative` on MMLU with the offline default decoder, SmolLM2-135M-Instruct from its GGUF
     package (dequantised Q4_1), shrunk to one short round per strategy."""
@@ -165,7 +167,9 @@ def test_generative_profile_writes_the_papers_figures_9(tmp_path):
     assert legend["accuracy"] is not None and {d["depth"] for d in legend["devices"].values()} == {30}  # all L first
     ranks = legend["devices"]["0"]["ranks"]  # 30 layers at the default budget: ranks still rise towards the output
     assert ranks == sorted(ranks) and ranks[0] < ranks[-1]
-    assert json.loads((folder / "legend" / "adapter" / "adapter_config.json").read_text())["task_type"] == "CAUSAL_LM"
+    adapter = json.loads((folder / "legend" / "adapter" / "adapter_config.json").read_text())
+    assert adapter["task_type"] == "CAUSAL_LM"
+    assert (Path(adapter["base_model_name_or_path"]) / "config.json").is_file()  # loadable by from_pretrained as is
     assert json.loads((folder / "legend" / "summary.json").read_text())["chance_accuracy"] == 0.25  # four choices
 
 

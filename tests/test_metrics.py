@@ -127,7 +127,7 @@ def test_the_paper_rule_measures_the_cut_off_the_protocol_does_not():
     assert per["equal_time_s"] == 100 and per["strategies"]["B"]["accuracy_equal_time"] == pytest.approx(0.790)
     assert result["plateaued"] == {"A": 1, "B": 1}
     table = markdown(result)
-    assert "Headline target: 78.5%" in table and "mean [range] over n = 1 seeds" in table
+    assert "Headline target: 78.5%" in table and "mean [range] over n = 1 seeds (0; fewer than 5" in table
 
 
 def test_equal_time_and_mean_accuracy_by_hand():

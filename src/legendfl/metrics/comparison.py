@@ -170,12 +170,14 @@ def write_csv(target: float, rows: list[ComparisonRow], path: Path) -> None:
                         r.traffic_to_target_bytes, r.traffic_reduction, r.mean_waiting_s, r.waiting_reduction])
 
 
-def _interval_note(n: int) -> str:
+def _interval_note(seeds: list[int]) -> str:
+    """How the table's intervals were made, naming the seeds (a table written by one seed's run says which)."""
+    n, which = len(seeds), ", ".join(map(str, seeds))
     if n >= MIN_SEEDS_FOR_CI:
-        return (f"mean [95% Student-t interval] over n = {n} seeds; ratios paired by seed, geometric mean and t interval "
-                "on the log scale")
-    return (f"mean [range] over n = {n} seeds (fewer than {MIN_SEEDS_FOR_CI}: the seeds' range, not a confidence "
-            "interval); ratios paired by seed, geometric mean")
+        return (f"mean [95% Student-t interval] over n = {n} seeds ({which}); ratios paired by seed, geometric mean "
+                "and t interval on the log scale")
+    return (f"mean [range] over n = {n} seeds ({which}; fewer than {MIN_SEEDS_FOR_CI}: the seeds' range, not a "
+            "confidence interval); ratios paired by seed, geometric mean")
 
 
 def _grid_cell(iv: Interval) -> str:
@@ -194,7 +196,7 @@ def markdown(result: dict, title: str = "") -> str:
                                            if result.get("chance") else ""))
     paper = ", ".join(f"seed {s}: {100 * v['paper_target']:.2f}%" for s, v in result["per_seed"].items())
     equal = ", ".join(f"seed {s}: {v['equal_time_s']:.1f} s" for s, v in result["per_seed"].items())
-    lines = [f"{title}{_interval_note(n)}.", "",
+    lines = [f"{title}{_interval_note(result['seeds'])}.", "",
              f"Headline target: {'none' if head is None else f'{100 * head:.1f}%'} ({rule}). "
              f"Paper's rule (lowest final accuracy, first touch), per seed: {paper}. "
              f"Equal time (the fastest run's end), per seed: {equal}. (k/n): only k of n seeds give a value.", "",
