@@ -16,6 +16,8 @@ from legendfl.methods.lora import export_adapter, lora_adapter
 from legendfl.methods.base import get_method
 from legendfl.strategies.legend import Legend, LegendOptions
 
+# GPT-2's Conv1D stores weights (in, out): our LoRA config says so (peft would otherwise correct it with a warning)
+pytestmark = pytest.mark.filterwarnings("error:fan_in_fan_out is set to False")
 
 @pytest.fixture(scope="module", params=["llama", "gpt2"])
 def decoder(request, tmp_path_factory, backbone):

@@ -29,7 +29,7 @@ from ..core.lora_layout import LoraLayout
 from ..core.strategy import DeviceResult, DeviceTask, Tensors
 from ..core.training import TrainConfig
 from ..engine.trainer import FlopsFn
-from ..models.backbone import Backbone, head_parameters, resolve_model_path
+from ..models.backbone import Backbone, head_parameters
 from ..models.keys import PEFT_ADAPTER as ADAPTER
 from ..models.keys import is_head_key, lora_key_of, lora_regex
 from .base import ClientMethod, register_method
@@ -47,7 +47,7 @@ def lora_config(backbone: Backbone, layout: LoraLayout, *, scaling: float = 2.0,
         r=top_rank, lora_alpha=scaling * top_rank, lora_dropout=dropout, bias="none",
         target_modules=sorted(backbone.linear_modules), layers_to_transform=layout.layers,
         layers_pattern=backbone.layers_pattern, rank_pattern=rank_pattern, alpha_pattern=alpha_pattern,
-        modules_to_save=modules_to_save,
+        modules_to_save=modules_to_save, fan_in_fan_out=backbone.fan_in_fan_out,
     )
 
 
@@ -111,11 +111,12 @@ def export_adapter(backbone: Backbone, layout: LoraLayout, params: Tensors, out_
     """Save the global LoRA (and head, as ``modules_to_save``) in peft format.
 
     ``PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(base), out_dir)`` (or
-    ``AutoModelForCausalLM`` for a decoder) then reproduces the global model.
+    ``AutoModelForCausalLM`` for a decoder) then reproduces the global model. The adapter names its base as peft
+    does, by the model's own folder: a packaged model's directory, or for a GGUF the converted model's cache folder
+    (a directory ``from_pretrained`` loads as it is; the GGUF package's folder would need ``gguf_file``).
     """
     head_modules = sorted({n.rsplit(".", 1)[0].split(".")[0] for n in backbone.head_names})
     cfg = lora_config(backbone, layout, scaling=scaling, modules_to_save=head_modules or None)
-    cfg.base_model_name_or_path = resolve_model_path(backbone.name)
     cfg.task_type = "CAUSAL_LM" if backbone.task_type == "causal_lm" else "SEQ_CLS"
     peft_model = get_peft_model(backbone.model, cfg)
     try:

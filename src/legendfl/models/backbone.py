@@ -147,6 +147,7 @@ class Backbone:
     head_names: list[str]  # parameter names of the classification head (none for a causal LM)
     spec: ModelSpec
     task_type: str = "classification"  # "classification" (encoder + head) or "causal_lm" (decoder, frozen LM head)
+    fan_in_fan_out: bool = False  # the blocks' linear weights are stored (in, out): GPT-2's Conv1D (peft's LoraConfig field)
 
     @property
     def num_layers(self) -> int:
@@ -295,4 +296,5 @@ def load_backbone(name: str = DEFAULT_MODEL, num_labels: int = 2, seed: int = 0,
                      attention_heads=int(getattr(model.config, "num_attention_heads", 0) or 0),
                      base_state={full_key(n): params[n].detach().clone() for n in backbone_names})
     model.to(resolve_device(device))
-    return Backbone(model, tokenizer, name, prefix, linear, head_names, spec, task_type)
+    conv1d = any(type(m).__name__ == "Conv1D" for m in blocks[0].modules())
+    return Backbone(model, tokenizer, name, prefix, linear, head_names, spec, task_type, fan_in_fan_out=conv1d)
