@@ -21,3 +21,9 @@ for task in sst2-prompted qnli-prompted mnli-prompted; do
         --seeds "$seed" --cost-models profile --out "$out"
   done
 done
+# Then each task's profile tables over all three seeds (every run above is finished, so nothing is re-run; each
+# per-seed invocation wrote its tables over its own seed only). A reporting step, added after the runs began.
+for task in sst2-prompted qnli-prompted mnli-prompted; do
+  .venv/bin/legendfl compare --profile prompted --tasks "$task" --strategies legend fedlora hetlora fedadapter \
+      --seeds 0 1 2 --cost-models profile --out "$out"
+done
