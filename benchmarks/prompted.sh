@@ -15,15 +15,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=benchmarks/results/prompted
+compare() {  # compare <task> <seed>...: the four strategies on one task, over the seeds given
+  .venv/bin/legendfl compare --profile prompted --tasks "$1" --strategies legend fedlora hetlora fedadapter \
+      --seeds "${@:2}" --cost-models profile --out "$out"
+}
 for task in sst2-prompted qnli-prompted mnli-prompted; do
   for seed in 0 1 2; do
-    .venv/bin/legendfl compare --profile prompted --tasks "$task" --strategies legend fedlora hetlora fedadapter \
-        --seeds "$seed" --cost-models profile --out "$out"
+    compare "$task" "$seed"
   done
 done
 # Then each task's profile tables over all three seeds (every run above is finished, so nothing is re-run; each
 # per-seed invocation wrote its tables over its own seed only). A reporting step, added after the runs began.
 for task in sst2-prompted qnli-prompted mnli-prompted; do
-  .venv/bin/legendfl compare --profile prompted --tasks "$task" --strategies legend fedlora hetlora fedadapter \
-      --seeds 0 1 2 --cost-models profile --out "$out"
+  compare "$task" 0 1 2
 done

@@ -19,6 +19,7 @@ from legendfl.strategies.legend import Legend, LegendOptions
 # GPT-2's Conv1D stores weights (in, out): our LoRA config says so (peft would otherwise correct it with a warning)
 pytestmark = pytest.mark.filterwarnings("error:fan_in_fan_out is set to False")
 
+
 @pytest.fixture(scope="module", params=["llama", "gpt2"])
 def decoder(request, tmp_path_factory, backbone):
     return request.param, tiny_decoder(request.param, tmp_path_factory.mktemp(request.param), backbone.tokenizer)

@@ -115,10 +115,15 @@ def resolve_model_path(name: str) -> str:
     raise ModelError(f"model must be a local Hugging Face directory, a hub id, or one of {sorted(MODEL_ALIASES)}; got {name!r}")
 
 
+def _is_conv1d(module: nn.Module) -> bool:
+    """GPT-2 style: a linear layer whose weight is stored (in, out)."""
+    return type(module).__name__ == "Conv1D" and hasattr(module, "weight")
+
+
 def _linear_shape(module: nn.Module) -> tuple[int, int] | None:
     if isinstance(module, nn.Linear):
         return module.in_features, module.out_features
-    if type(module).__name__ == "Conv1D" and hasattr(module, "weight"):  # GPT-2 style
+    if _is_conv1d(module):
         return tuple(module.weight.shape)  # (in, out)
     return None
 
@@ -296,5 +301,5 @@ def load_backbone(name: str = DEFAULT_MODEL, num_labels: int = 2, seed: int = 0,
                      attention_heads=int(getattr(model.config, "num_attention_heads", 0) or 0),
                      base_state={full_key(n): params[n].detach().clone() for n in backbone_names})
     model.to(resolve_device(device))
-    conv1d = any(type(m).__name__ == "Conv1D" for m in blocks[0].modules())
-    return Backbone(model, tokenizer, name, prefix, linear, head_names, spec, task_type, fan_in_fan_out=conv1d)
+    return Backbone(model, tokenizer, name, prefix, linear, head_names, spec, task_type,
+                    fan_in_fan_out=any(_is_conv1d(m) for m in blocks[0].modules()))
