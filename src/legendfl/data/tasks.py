@@ -197,6 +197,12 @@ def _read_builtin_task(name: str, stamps: tuple) -> tuple[tuple[Example, ...], t
     return tuple(train), tuple(dev)
 
 
+def builtin_chance_accuracy(name: str) -> float | None:
+    """1 / labels of a shipped task (as its :class:`TaskData` says), without reading its files; None for others."""
+    labels = _BUILTIN_LABELS.get(name)
+    return 1.0 / len(labels) if labels else None
+
+
 def load_builtin_task(name: str) -> TaskData:
     if name not in BUILTIN_TASKS:
         raise DataError(f"task must be one of {list(BUILTIN_TASKS)} (or a data file / hub name), got {name!r}")

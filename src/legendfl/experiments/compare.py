@@ -31,6 +31,7 @@ import numpy as np
 
 from ..config import RunConfig
 from ..core.files import write_atomic
+from ..data.tasks import builtin_chance_accuracy
 from ..metrics.comparison import compare_records, table_markdown, write_csv
 from ..metrics.summary import read_records
 from ..runtime.run_folder import changed_inputs, differing_settings, recorded_inputs
@@ -61,16 +62,26 @@ def settings_in(folder: Path, cfg: RunConfig) -> list[str]:
     return differing_settings(old, new) + changed_inputs(recorded_inputs(folder) or {}, new)
 
 
+def _read_object(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def recorded_chance(folders) -> float:
-    """The task's chance accuracy as the runs' ``summary.json`` records it (0 for runs from before it was)."""
+    """The task's chance accuracy as the runs' ``summary.json`` records it; for runs from before it was recorded,
+    a shipped task's (``config.json`` names the task, no data file); else 0 (no floor under the targets)."""
+    fallback = 0.0
     for folder in folders:
-        try:
-            value = json.loads((Path(folder) / "summary.json").read_text()).get("chance_accuracy")
-        except (OSError, json.JSONDecodeError, AttributeError):
-            continue
+        value = _read_object(Path(folder) / "summary.json").get("chance_accuracy")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-    return 0.0
+        config = _read_object(Path(folder) / "config.json")
+        if not fallback and not config.get("data_file") and isinstance(config.get("task"), str):
+            fallback = builtin_chance_accuracy(config["task"]) or 0.0
+    return fallback
 
 
 def run_strategies(base: dict, strategies: list[str], out: Path,
