@@ -59,9 +59,10 @@ def sensitivity(root: Path, base: Path) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     # every row over the same seeds: those in which every row's runs have finished (the headline's own runs
     # have more seeds than the sensitivity runs; a row over more seeds would not compare with the others)
-    common = sorted(set.intersection(*(set(load(sources)) for _, sources in rows)))
-    for label, sources in rows:
-        seeds = load(sources, seeds=common)
+    loaded = [(label, sources, load(sources)) for label, sources in rows]
+    common = sorted(set.intersection(*(set(finished_seeds) for _, _, finished_seeds in loaded)))
+    for label, sources, finished_seeds in loaded:
+        seeds = {s: finished_seeds[s] for s in common}
         other = [n for n in sources if n != "legend"][0]
         if not seeds:
             lines.append(f"| {label} | {other} | 0 | not run yet | | | | | |")

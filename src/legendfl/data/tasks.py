@@ -198,9 +198,10 @@ def _read_builtin_task(name: str, stamps: tuple) -> tuple[tuple[Example, ...], t
 
 
 def builtin_chance_accuracy(name: str) -> float | None:
-    """1 / labels of a shipped task (as its :class:`TaskData` says), without reading its files; None for others."""
+    """A shipped task's chance accuracy by :attr:`TaskData.chance_accuracy`'s rule, without reading its files;
+    None for other tasks."""
     labels = _BUILTIN_LABELS.get(name)
-    return 1.0 / len(labels) if labels else None
+    return TaskData(name, [], [], list(labels)).chance_accuracy if labels else None
 
 
 def load_builtin_task(name: str) -> TaskData:
